@@ -1,0 +1,164 @@
+//! [`ChatRoom`]: the tutorial's chat protocol, and nothing else.
+//!
+//! The room knows connections only by [`ConnId`] and speaks only through an
+//! [`Outbox`]: no sockets, no frames, no loop. Each event is serialized to
+//! JSON once, here, and framed once by the outbox, however many clients
+//! receive it.
+//!
+//! The wire format is the seed's, object for object, so the tutorial's own
+//! page still works: `{"type":"sys","message":"Welcome to WebSocket"}` to a
+//! newcomer, `{"type":"sys","message":"<id> has joined"}` to the others,
+//! `{"type":"user","id":<id>,"message":"<text>"}` to everyone for each line,
+//! and `{"type":"sys","message":"<id> has left"}` to those who remain.
+
+use serde::Serialize;
+
+use crate::handler::{ConnId, Outbox, WebSocketHandler};
+
+/// The newcomer's greeting, as in the tutorial.
+pub const WELCOME: &str = "Welcome to WebSocket";
+
+/// One message of the chat protocol. The enum is internally tagged, so
+/// serde writes `"type"` first and then the fields in declaration order: the
+/// seed's key order. (`serde_json::json!` would sort the keys instead.)
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ChatEvent<'a> {
+    /// A notice from the server.
+    Sys {
+        /// What happened.
+        message: &'a str,
+    },
+    /// A line someone typed.
+    User {
+        /// Who typed it: the connection's id, a JSON number.
+        id: u64,
+        /// The line, as received.
+        message: &'a str,
+    },
+}
+
+impl ChatEvent<'_> {
+    /// Compact JSON for this event.
+    pub fn to_json(&self) -> String {
+        // Serializing these borrowed strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The one room of the tutorial: everyone hears everyone.
+#[derive(Debug, Default)]
+pub struct ChatRoom {
+    /// How many clients are in the room (the tutorial's `clients` set; the
+    /// server knows who they are, the room only needs how many).
+    members: usize,
+}
+
+impl ChatRoom {
+    /// An empty room.
+    pub fn new() -> Self {
+        ChatRoom::default()
+    }
+
+    /// How many clients are in the room.
+    pub fn members(&self) -> usize {
+        self.members
+    }
+}
+
+impl WebSocketHandler for ChatRoom {
+    fn open(&mut self, id: ConnId, out: &mut Outbox) {
+        self.members += 1;
+        out.write_message(id, &ChatEvent::Sys { message: WELCOME }.to_json());
+        let joined = format!("{id} has joined");
+        out.send_to_all_except(id, &ChatEvent::Sys { message: &joined }.to_json());
+    }
+
+    fn on_message(&mut self, id: ConnId, text: &str, out: &mut Outbox) {
+        out.send_to_all(
+            &ChatEvent::User {
+                id: id.0,
+                message: text,
+            }
+            .to_json(),
+        );
+    }
+
+    fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
+        self.members = self.members.saturating_sub(1);
+        let left = format!("{id} has left");
+        out.send_to_all(&ChatEvent::Sys { message: &left }.to_json());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Recipients;
+
+    fn sent(out: &mut Outbox) -> Vec<(Recipients, String)> {
+        out.drain().map(|d| (d.to, d.text().to_owned())).collect()
+    }
+
+    #[test]
+    fn open_greets_the_newcomer_then_tells_the_others() {
+        let mut room = ChatRoom::new();
+        let mut out = Outbox::new();
+        room.open(ConnId(7), &mut out);
+        assert_eq!(
+            sent(&mut out),
+            [
+                (
+                    Recipients::One(ConnId(7)),
+                    r#"{"type":"sys","message":"Welcome to WebSocket"}"#.into()
+                ),
+                (
+                    Recipients::AllExcept(ConnId(7)),
+                    r#"{"type":"sys","message":"7 has joined"}"#.into()
+                ),
+            ]
+        );
+        assert_eq!(room.members(), 1);
+    }
+
+    #[test]
+    fn a_line_goes_to_everyone_with_a_numeric_id() {
+        let mut room = ChatRoom::new();
+        let mut out = Outbox::new();
+        room.on_message(ConnId(42), "hi \"there\" <b>", &mut out);
+        assert_eq!(
+            sent(&mut out),
+            [(
+                Recipients::All,
+                r#"{"type":"user","id":42,"message":"hi \"there\" <b>"}"#.into()
+            )]
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_grow_at_most_sixfold() {
+        let mut out = Outbox::new();
+        let line: String = "\u{1}".repeat(100);
+        ChatRoom::new().on_message(ConnId(1), &line, &mut out);
+        let json = sent(&mut out).remove(0).1;
+        assert!(json.contains(r"\u0001\u0001"));
+        assert!(json.len() <= 6 * line.len() + 64, "{}", json.len());
+    }
+
+    #[test]
+    fn leaving_is_announced_to_those_who_remain() {
+        let mut room = ChatRoom::new();
+        let mut out = Outbox::new();
+        room.open(ConnId(3), &mut out);
+        out.drain();
+        room.on_close(ConnId(3), &mut out);
+        assert_eq!(
+            sent(&mut out),
+            [(
+                Recipients::All,
+                r#"{"type":"sys","message":"3 has left"}"#.into()
+            )]
+        );
+        assert_eq!(room.members(), 0);
+    }
+}

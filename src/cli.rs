@@ -1,0 +1,227 @@
+//! Command-line flags → [`Config`]. `main` calls [`parse`]; nothing else
+//! reads `argv`.
+//!
+//! lexopt does the tokenizing (`--flag value`, `--flag=value`, `-h`); this
+//! module says what each flag means and writes the help text.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use crate::config::{self, Config, PENDING_MESSAGES_MIN};
+
+/// The address used when `--addr` is not given.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8000";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run a server on `addr` with `config`.
+    Run {
+        /// Where to listen.
+        addr: SocketAddr,
+        /// Every other setting.
+        config: Config,
+    },
+    /// Print [`help`] and exit.
+    Help,
+    /// Print the version and exit.
+    Version,
+}
+
+/// A command line that cannot be run; `main` prints it with the usage line
+/// and exits with status 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError(pub String);
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<lexopt::Error> for CliError {
+    fn from(e: lexopt::Error) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// The one-line usage, printed after an error.
+pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--allow-origin URL]... \
+                         [--max-message-bytes N] [--max-pending-bytes N]";
+
+/// The `--help` text: every flag with its default.
+pub fn help() -> String {
+    format!(
+        "eddy {version}: the Tornado tutorial's WebSocket chat room, on a hand-written mio event loop
+
+{USAGE}
+
+Options:
+  --addr HOST:PORT         Where to listen; port 0 picks a free port
+                           [default: {DEFAULT_ADDR}]
+  --templates DIR          Directory holding index.html, read once at startup
+                           [default: ./templates if it holds index.html, else the built-in page]
+  --allow-origin URL       Also accept WebSocket connections from pages served at this origin,
+                           e.g. https://chat.example.com; repeatable
+                           [default: none; only pages from the server's own Host]
+  --max-message-bytes N    Largest message (and frame) a client may send; larger ones get
+                           close code 1009 [default: {max_message}]
+  --max-pending-bytes N    Most output a client may leave unread before it is cut off with
+                           close code 1008; at least {PENDING_MESSAGES_MIN} x --max-message-bytes
+                           [default: {max_pending}]
+  -h, --help               Print this help
+  -V, --version            Print the version
+
+Environment:
+  RUST_LOG                 Log filter for env_logger, e.g. debug or eddy=trace [default: info]
+",
+        version = env!("CARGO_PKG_VERSION"),
+        max_message = config::DEFAULT_MAX_MESSAGE_BYTES,
+        max_pending = config::DEFAULT_MAX_PENDING_BYTES,
+    )
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut addr = DEFAULT_ADDR.to_owned();
+    let mut config = Config::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("addr") => addr = parser.value()?.string()?,
+            Long("templates") => config.templates = Some(PathBuf::from(parser.value()?)),
+            Long("allow-origin") => config.allowed_origins.push(parser.value()?.string()?),
+            Long("max-message-bytes") => {
+                config.max_message_bytes = size("--max-message-bytes", parser.value()?)?;
+            }
+            Long("max-pending-bytes") => {
+                config.max_pending_bytes = size("--max-pending-bytes", parser.value()?)?;
+            }
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let addr = resolve(&addr)?;
+    config.validate().map_err(|e| CliError(e.0))?;
+    Ok(Command::Run { addr, config })
+}
+
+fn size(flag: &str, value: OsString) -> Result<usize, CliError> {
+    let text = value.to_string_lossy();
+    text.parse().map_err(|_| {
+        CliError(format!(
+            "{flag} takes a whole number of bytes, not {text:?}"
+        ))
+    })
+}
+
+/// `HOST:PORT` to an address; a host name is looked up once, here.
+fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
+    let bad = |why: String| {
+        CliError(format!(
+            "--addr {addr:?}: {why} (expected HOST:PORT, e.g. {DEFAULT_ADDR})"
+        ))
+    };
+    match addr.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| bad("no address found".into())),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn no_flags_means_the_defaults() {
+        assert_eq!(
+            run(&[]).unwrap(),
+            Command::Run {
+                addr: DEFAULT_ADDR.parse().unwrap(),
+                config: Config::default()
+            }
+        );
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let Command::Run { addr, config } = run(&[
+            "--addr=127.0.0.1:0",
+            "--templates",
+            "/tmp/t",
+            "--allow-origin",
+            "https://A.example/",
+            "--allow-origin=http://b.example:81",
+            "--max-message-bytes",
+            "1000",
+            "--max-pending-bytes",
+            "8000",
+        ])
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.templates, Some(PathBuf::from("/tmp/t")));
+        assert_eq!(
+            config.allowed_origins,
+            ["https://a.example", "http://b.example:81"]
+        );
+        assert_eq!(
+            (config.max_message_bytes, config.max_pending_bytes),
+            (1000, 8000)
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_errors_that_say_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--bogus"], "--bogus"),
+            (&["--addr"], "missing argument"),
+            (&["--addr", "nowhere"], "HOST:PORT"),
+            (&["--max-message-bytes", "64k"], "whole number"),
+            (
+                &["--max-message-bytes", "1000", "--max-pending-bytes", "7999"],
+                "at least 8",
+            ),
+            (&["--allow-origin", "example.com"], "not an origin"),
+            (&["stray"], "stray"),
+        ];
+        for (args, expected) in cases {
+            let err = run(args).unwrap_err();
+            assert!(err.0.contains(expected), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_win() {
+        assert_eq!(run(&["--addr", "x", "-h"]).unwrap(), Command::Help);
+        assert_eq!(run(&["-V"]).unwrap(), Command::Version);
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_its_default() {
+        let text = help();
+        for flag in [
+            "--addr",
+            "--templates",
+            "--allow-origin",
+            "--max-message-bytes",
+            "--max-pending-bytes",
+        ] {
+            assert!(text.contains(flag), "{flag}");
+        }
+        assert!(text.contains("[default: 127.0.0.1:8000]"));
+        assert!(text.contains("[default: 65536]"));
+        assert!(text.contains("[default: 1048576]"));
+    }
+}

@@ -1,0 +1,163 @@
+//! [`Config`]: every limit and setting of a server, in one value.
+//!
+//! `main` turns flags into a `Config`; tests and benches build one directly.
+//! Either way [`Server::bind`](crate::Server::bind) checks it with
+//! [`Config::validate`] first, so a bad combination is refused the same way
+//! everywhere.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http;
+
+/// Default for [`Config::max_message_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Default for [`Config::max_pending_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 1024 * 1024;
+
+/// [`Config::max_pending_bytes`] must be at least this many messages. A chat
+/// line of control characters grows about 6x when escaped into JSON
+/// (`\u0001`), so a cap below ~6 messages could cut off a client for
+/// receiving one legal line; 8 leaves room for the JSON around it.
+pub const PENDING_MESSAGES_MIN: usize = 8;
+
+/// Default for [`Config::read_buffer_bytes`].
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 4096;
+
+/// Default for [`Config::close_timeout`]: Tornado's 5 seconds.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default for [`Config::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A server's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The largest message a client may send, in bytes; also the largest
+    /// single frame, so an oversized frame is refused from its header. Over
+    /// it: close 1009.
+    pub max_message_bytes: usize,
+    /// The most bytes a client may leave unread: checked after each flush.
+    /// A client over it is cut off (close 1008) so that one slow reader can
+    /// never grow the server's memory. At least
+    /// [`PENDING_MESSAGES_MIN`] × `max_message_bytes`.
+    pub max_pending_bytes: usize,
+    /// Origins allowed to open a WebSocket besides the server's own host
+    /// (`--allow-origin`), e.g. `https://chat.example.com`.
+    pub allowed_origins: Vec<String>,
+    /// Where `index.html` is (`--templates`); `None` for the default search.
+    pub templates: Option<PathBuf>,
+    /// tungstenite's read buffer per WebSocket connection, allocated up front.
+    /// Larger reads fewer times; smaller costs less memory per idle client.
+    pub read_buffer_bytes: usize,
+    /// How long a closing connection may take to finish (flush its close
+    /// frame, see the peer's end) before it is dropped.
+    pub close_timeout: Duration,
+    /// How long a shutdown waits for clients to take their close frames.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            allowed_origins: Vec::new(),
+            templates: None,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks the settings against each other, and normalizes the allowed
+    /// origins (lowercase, no trailing slash).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.max_message_bytes == 0 {
+            return Err(ConfigError("--max-message-bytes must be at least 1".into()));
+        }
+        let floor = self.max_message_bytes.saturating_mul(PENDING_MESSAGES_MIN);
+        if self.max_pending_bytes < floor {
+            return Err(ConfigError(format!(
+                "--max-pending-bytes ({}) must be at least {PENDING_MESSAGES_MIN} x \
+                 --max-message-bytes ({}) = {floor}: one line of control characters \
+                 grows ~6x as JSON, and must fit",
+                self.max_pending_bytes, self.max_message_bytes
+            )));
+        }
+        if self.read_buffer_bytes == 0 {
+            return Err(ConfigError(
+                "the read buffer must be at least 1 byte".into(),
+            ));
+        }
+        for origin in &mut self.allowed_origins {
+            *origin = http::normalize_origin(origin).map_err(ConfigError)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn pending_cap_must_hold_eight_messages() {
+        let mut config = Config {
+            max_message_bytes: 1000,
+            max_pending_bytes: 7999,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(err.0.contains("8000"), "{err}");
+        config.max_pending_bytes = 8000;
+        config.validate().unwrap();
+        let mut huge = Config {
+            max_message_bytes: usize::MAX,
+            ..Config::default()
+        };
+        assert!(huge.validate().is_err(), "no overflow into a small floor");
+    }
+
+    #[test]
+    fn origins_are_normalized_or_refused() {
+        let mut config = Config {
+            allowed_origins: vec!["HTTPS://A.example/".into()],
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        assert_eq!(config.allowed_origins, ["https://a.example"]);
+        config.allowed_origins.push("a.example".into());
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn zero_message_size_is_refused() {
+        let mut config = Config {
+            max_message_bytes: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,713 @@
+//! One client socket, from its first byte to its last: a state machine.
+//!
+//! ```text
+//!   Http ──(request, keep-alive)──> Http
+//!     │  └─(response with close, EOF)────────────┐
+//!     └─(101)──> Open ──(close frame, error, ─> Closing ──(queue empty: FIN;
+//!                        cut off, shutdown)          peer's EOF or deadline)──> Done
+//! ```
+//!
+//! * **Http**: collect bytes until httparse sees a complete head, answer it
+//!   (pipelined requests in order, through the output queue), repeat.
+//! * **Open**: tungstenite reads frames from the socket through the
+//!   [`Adapter`]; text goes up to the handler as [`Report::Message`].
+//! * **Closing**: tungstenite is gone (never read through it after an error).
+//!   The queue is flushed, the write side shut down (FIN), and incoming bytes
+//!   discarded until the peer's EOF: closing a socket with unread input makes
+//!   the kernel send RST, which can destroy the close frame before the peer
+//!   reads it (RFC 6455 §7.1.1, §7.1.7). The server's close timer bounds it.
+//! * **Done**: the server deregisters and frees it at the end of the turn.
+//!
+//! The connection never calls the handler or touches other connections. It
+//! tells the server what happened through a `report` callback ([`Report`]):
+//! opened, a message, left. The server owns the loop, the timers and the
+//! other connections; the connection owns its socket and its output queue.
+
+use std::io::{self, Read, Write};
+
+use log::{debug, trace};
+use tungstenite::Bytes;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+use crate::handler::ConnId;
+use crate::http::{self, Parsed, Reply, Site};
+use crate::output::OutputQueue;
+use crate::ws::{self, Adapter, Incoming};
+
+/// How much one `read` call asks the socket for, in HTTP and Closing states.
+const READ_CHUNK: usize = 4096;
+
+/// While more than this is queued for a client, its pipelined requests are
+/// left unread (in the kernel's buffer) until the queue drains, so a client
+/// that sends requests without reading responses cannot grow our memory.
+const PIPELINE_PAUSE_BYTES: usize = 64 * 1024;
+
+/// At most this many bytes are discarded per turn from a closing connection,
+/// so a client that floods us while closing cannot monopolize the loop.
+const DISCARD_PER_TURN: usize = 64 * 1024;
+
+/// The close reason sent to a client cut off for not reading.
+pub const CUT_OFF_REASON: &str = "too slow: unread output over the limit";
+
+/// The close reason sent to every client when the server shuts down.
+pub const SHUTDOWN_REASON: &str = "server shutting down";
+
+/// What a socket must offer. A trait so that tests can drive a connection
+/// with a mock; the server uses `mio::net::TcpStream`.
+pub trait Socket: Read + Write {
+    /// Sends FIN: no more bytes from us (`shutdown(SHUT_WR)`).
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Socket for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// What every connection needs from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The page and origin policy for HTTP.
+    pub site: Site,
+    /// tungstenite's limits for each WebSocket.
+    pub websocket: WebSocketConfig,
+}
+
+/// What a connection tells the server while it works.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Report<'a> {
+    /// The WebSocket handshake completed: call the handler's `open`.
+    Opened,
+    /// A text message arrived: call `on_message`.
+    Message(&'a str),
+    /// The connection is no longer open (its close frame is queued, or the
+    /// peer vanished): call `on_close`. Sent once, only after `Opened`.
+    Left,
+}
+
+/// The connection's stage; see the module docs.
+enum State {
+    /// Reading request heads. `buf` holds bytes read but not yet answered.
+    Http { buf: Vec<u8> },
+    /// A WebSocket. The context holds tungstenite's read buffer and state;
+    /// the stream is lent to it as an [`Adapter`] for each read.
+    Open(Box<WebSocketContext>),
+    /// Finishing: flush, shut down writing, wait for the peer's EOF.
+    Closing,
+    /// Finished; waiting to be freed.
+    Done,
+}
+
+/// One client connection.
+pub struct Connection<S> {
+    id: ConnId,
+    socket: S,
+    /// Everything not yet written to the socket.
+    out: OutputQueue,
+    state: State,
+    /// Set while the handler counts this connection as a member: from
+    /// `Opened` until `Left`. Only these receive broadcasts.
+    in_room: bool,
+    /// The last read ended in `WouldBlock`. Edge-triggered polling brings a
+    /// READABLE event when more arrives; until then, reading is pointless.
+    read_blocked: bool,
+    /// Reading stopped early for fairness or backpressure, with input maybe
+    /// left in the socket: no event will come for it, so the server must
+    /// call [`Connection::resume`] once output has drained.
+    read_paused: bool,
+    /// We have seen the peer's EOF (or a reset): nothing more will come.
+    peer_eof: bool,
+    /// The write side is shut down: our FIN is sent.
+    write_shut: bool,
+}
+
+impl<S: Socket> Connection<S> {
+    /// A freshly accepted connection, waiting for its first request.
+    pub fn new(id: ConnId, socket: S) -> Self {
+        Connection {
+            id,
+            socket,
+            out: OutputQueue::new(),
+            state: State::Http { buf: Vec::new() },
+            in_room: false,
+            read_blocked: false,
+            read_paused: false,
+            peer_eof: false,
+            write_shut: false,
+        }
+    }
+
+    /// The connection's lifelong id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The socket, for (de)registering with the loop.
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    /// Whether it receives broadcasts: handshake done, not closing.
+    pub fn is_open(&self) -> bool {
+        self.in_room
+    }
+
+    /// Whether it is finishing (close frame queued or response with close).
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing)
+    }
+
+    /// Whether it is finished and can be freed.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Whether output is waiting for the socket to become writable.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() && !self.is_done()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.out.pending()
+    }
+
+    /// Whether reading stopped early and should be resumed once the output
+    /// backlog is gone (see [`Connection::resume`]).
+    pub fn wants_resume(&self) -> bool {
+        self.read_paused && !self.read_blocked && self.out.pending() <= PIPELINE_PAUSE_BYTES
+    }
+
+    /// Queues a broadcast frame (shared bytes). Only for open connections:
+    /// nothing may follow a close frame.
+    pub fn queue(&mut self, frame: Bytes) {
+        debug_assert!(self.in_room, "queue on a connection that is not open");
+        if self.in_room {
+            self.out.push(frame);
+        }
+    }
+
+    /// The socket is ready (`readable`: the event said so). Reads as far as
+    /// this state allows; what was read is answered or reported.
+    pub fn on_ready(
+        &mut self,
+        readable: bool,
+        settings: &Settings,
+        report: &mut dyn FnMut(Report<'_>),
+    ) {
+        if readable {
+            self.read_blocked = false;
+        }
+        if self.read_blocked {
+            // A WRITABLE-only event: the server flushes at the end of the turn.
+            return;
+        }
+        self.read_paused = false;
+        match self.state {
+            State::Http { .. } => self.read_http(settings, report),
+            State::Open(_) => self.read_websocket(report),
+            State::Closing => self.discard_input(),
+            State::Done => {}
+        }
+    }
+
+    /// Continues reading that stopped early ([`Connection::wants_resume`]).
+    pub fn resume(&mut self, settings: &Settings, report: &mut dyn FnMut(Report<'_>)) {
+        if self.read_paused {
+            self.on_ready(false, settings, report);
+        }
+    }
+
+    /// Writes what the socket takes. In Closing, shuts down the write side
+    /// once everything is out. A write error ends the connection.
+    pub fn flush(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        if self.is_done() {
+            return;
+        }
+        match self.out.flush(&mut self.socket) {
+            Ok(n) => trace!(
+                "conn {}: wrote {n} bytes, {} pending",
+                self.id,
+                self.out.pending()
+            ),
+            Err(e) => {
+                debug!("conn {}: write failed: {e}", self.id);
+                self.finish(report);
+                return;
+            }
+        }
+        if self.is_closing() && self.out.is_empty() {
+            if !self.write_shut {
+                self.write_shut = true;
+                // ENOTCONN here means the peer already reset: nothing to shut.
+                let _ = self.socket.shutdown_write();
+            }
+            if self.peer_eof {
+                self.state = State::Done;
+            }
+        }
+    }
+
+    /// Closes with `code`: queues the close frame, leaves the room, and goes
+    /// to Closing. An HTTP connection just goes to Closing (its queued
+    /// responses still go out). Does nothing if already closing.
+    pub fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &'static str,
+        report: &mut dyn FnMut(Report<'_>),
+    ) {
+        match self.state {
+            State::Open(_) => {
+                self.leave(report);
+                self.out.push(ws::encode_close_frame(code, reason));
+                self.state = State::Closing;
+            }
+            State::Http { .. } => self.state = State::Closing,
+            State::Closing | State::Done => {}
+        }
+    }
+
+    /// Cuts off a client that let too much output pile up: its unsent
+    /// frames are dropped (all but one already partly written) and a close
+    /// 1008 takes their place; the close frame is always allowed past the cap.
+    pub fn cut_off(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        debug!(
+            "conn {}: cut off with {} bytes unsent",
+            self.id,
+            self.out.pending()
+        );
+        self.out.drop_unstarted();
+        self.close(CloseCode::Policy, CUT_OFF_REASON, report);
+    }
+
+    /// Ends the connection now, whatever its state (a deadline passed, or
+    /// the socket failed).
+    pub fn finish(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        self.leave(report);
+        self.state = State::Done;
+    }
+
+    fn leave(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        if self.in_room {
+            self.in_room = false;
+            report(Report::Left);
+        }
+    }
+
+    /// Http state: answer every complete request buffered, then read more,
+    /// until the socket would block.
+    fn read_http(&mut self, settings: &Settings, report: &mut dyn FnMut(Report<'_>)) {
+        loop {
+            // Answer what is already here, in order.
+            loop {
+                let State::Http { buf } = &mut self.state else {
+                    return;
+                };
+                let (consumed, reply) = match http::answer(buf, &settings.site) {
+                    Parsed::Partial => break,
+                    Parsed::Complete { consumed, reply } => (consumed, reply),
+                };
+                match reply {
+                    Reply::Respond(response) => {
+                        debug!(
+                            "conn {}: HTTP {} ({})",
+                            self.id, response.status, response.why
+                        );
+                        self.out.push(response.head);
+                        if let Some(body) = response.body {
+                            self.out.push(body);
+                        }
+                        if response.close {
+                            // Anything pipelined after this request is discarded.
+                            self.state = State::Closing;
+                            return self.discard_input();
+                        }
+                        buf.drain(..consumed);
+                        if buf.is_empty() {
+                            // Idle keep-alive connections hold no buffer.
+                            *buf = Vec::new();
+                        }
+                    }
+                    Reply::Upgrade(response) => {
+                        debug!("conn {}: WebSocket open", self.id);
+                        // The 101 is queued before anything tungstenite writes.
+                        self.out.push(response.head);
+                        // Bytes after the head are the client's first frames.
+                        let early_frames = buf.split_off(consumed);
+                        self.state = State::Open(Box::new(WebSocketContext::from_partially_read(
+                            early_frames,
+                            Role::Server,
+                            Some(settings.websocket),
+                        )));
+                        self.in_room = true;
+                        report(Report::Opened);
+                        return self.read_websocket(report);
+                    }
+                }
+            }
+            if self.out.pending() > PIPELINE_PAUSE_BYTES {
+                self.read_paused = true;
+                return;
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.socket.read(&mut chunk) {
+                Ok(0) => {
+                    // The client half-closed. Answers already queued still go
+                    // out (a client may send a request, then FIN, then read).
+                    self.peer_eof = true;
+                    self.state = State::Closing;
+                    return;
+                }
+                Ok(n) => {
+                    if let State::Http { buf } = &mut self.state {
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_blocked = true;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("conn {}: read failed: {e}", self.id);
+                    return self.finish(report);
+                }
+            }
+        }
+    }
+
+    /// Open state: read frames through tungstenite until the socket would
+    /// block, reporting each text message.
+    fn read_websocket(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        loop {
+            let State::Open(context) = &mut self.state else {
+                return;
+            };
+            let mut stream = Adapter {
+                socket: &mut self.socket,
+                out: &mut self.out,
+            };
+            match ws::classify(context.read(&mut stream)) {
+                Incoming::Text(text) => {
+                    trace!("conn {}: text of {} bytes", self.id, text.len());
+                    report(Report::Message(text.as_str()));
+                }
+                Incoming::Control => {}
+                Incoming::CloseReceived => {
+                    // tungstenite queued the reply; the next read hands it
+                    // to the adapter and reports Closed.
+                    debug!("conn {}: close frame received", self.id);
+                    self.leave(report);
+                }
+                Incoming::Closed => {
+                    self.state = State::Closing;
+                    return;
+                }
+                Incoming::WouldBlock => {
+                    self.read_blocked = true;
+                    return;
+                }
+                Incoming::Gone(why) => {
+                    debug!("conn {}: gone: {why}", self.id);
+                    return self.finish(report);
+                }
+                Incoming::Fail(code, reason, detail) => {
+                    debug!(
+                        "conn {}: closing with {}: {detail}",
+                        self.id,
+                        u16::from(code)
+                    );
+                    // Never read through tungstenite again: queue our own
+                    // close frame and drop the context.
+                    return self.close(code, reason, report);
+                }
+            }
+        }
+    }
+
+    /// Closing state: read and throw away until EOF, so that our close
+    /// frame is not destroyed by a reset (see the module docs).
+    fn discard_input(&mut self) {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut discarded = 0;
+        while !self.peer_eof {
+            if discarded >= DISCARD_PER_TURN {
+                self.read_paused = true;
+                return;
+            }
+            match self.socket.read(&mut chunk) {
+                Ok(0) => self.peer_eof = true,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_blocked = true;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A reset: the peer is gone and will read nothing more.
+                Err(_) => {
+                    self.peer_eof = true;
+                    self.out.drop_unstarted();
+                    self.state = State::Done;
+                    return;
+                }
+            }
+        }
+        if self.out.is_empty() {
+            self.state = State::Done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    /// What the mock socket's peer does, shared with the test.
+    #[derive(Default)]
+    struct Peer {
+        /// Chunks the next reads return; `None` is a WouldBlock.
+        incoming: VecDeque<Option<Vec<u8>>>,
+        /// After `incoming` runs out: EOF (true) or WouldBlock (false).
+        eof: bool,
+        /// Bytes the socket accepted from us.
+        received: Vec<u8>,
+        /// How many more bytes the socket takes before WouldBlock.
+        write_room: usize,
+        write_shut: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct MockSocket(Rc<RefCell<Peer>>);
+
+    impl Read for MockSocket {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut peer = self.0.borrow_mut();
+            match peer.incoming.pop_front() {
+                Some(Some(mut chunk)) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        chunk.drain(..n);
+                        peer.incoming.push_front(Some(chunk));
+                    }
+                    Ok(n)
+                }
+                Some(None) => Err(io::ErrorKind::WouldBlock.into()),
+                None if peer.eof => Ok(0),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    impl Write for MockSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut peer = self.0.borrow_mut();
+            if peer.write_room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(peer.write_room);
+            peer.write_room -= n;
+            peer.received.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for MockSocket {
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.0.borrow_mut().write_shut = true;
+            Ok(())
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            site: Site {
+                page: Bytes::from_static(b"PAGE"),
+                allowed_origins: Vec::new(),
+            },
+            websocket: ws::websocket_config(1024, 256),
+        }
+    }
+
+    const UPGRADE: &[u8] =
+        b"GET /soc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn masked_text(text: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(text); // a zero mask leaves the payload as is
+        f
+    }
+
+    /// Runs one ready event and returns the reports, owned.
+    fn ready(conn: &mut Connection<MockSocket>, readable: bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        conn.on_ready(readable, &settings(), &mut |r| seen.push(format!("{r:?}")));
+        seen
+    }
+
+    fn flush(conn: &mut Connection<MockSocket>) {
+        conn.flush(&mut |r| panic!("unexpected {r:?}"));
+    }
+
+    #[test]
+    fn pipelined_requests_split_by_would_block_are_answered_in_order() {
+        let socket = MockSocket::default();
+        {
+            let mut peer = socket.0.borrow_mut();
+            peer.write_room = usize::MAX;
+            peer.incoming
+                .push_back(Some(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /x HT".to_vec()));
+            peer.incoming.push_back(None);
+            peer.incoming
+                .push_back(Some(b"TP/1.1\r\nHost: h\r\n\r\n".to_vec()));
+        }
+        let mut conn = Connection::new(ConnId(1), socket.clone());
+        assert!(ready(&mut conn, true).is_empty());
+        flush(&mut conn);
+        assert!(
+            ready(&mut conn, false).is_empty(),
+            "WouldBlock: a writable event reads nothing"
+        );
+        assert!(ready(&mut conn, true).is_empty());
+        flush(&mut conn);
+        let received = String::from_utf8(socket.0.borrow().received.clone()).unwrap();
+        let first = received.find("200 OK").unwrap();
+        let second = received.find("404 Not Found").unwrap();
+        assert!(first < second, "{received}");
+        assert!(received.contains("\r\n\r\nPAGE"));
+        assert!(!conn.is_closing(), "keep-alive");
+    }
+
+    #[test]
+    fn output_blocked_by_the_socket_waits_and_resumes_exactly() {
+        let socket = MockSocket::default();
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone());
+        ready(&mut conn, true);
+        socket.0.borrow_mut().write_room = 10;
+        flush(&mut conn);
+        assert!(conn.wants_write(), "the socket took only 10 bytes");
+        let pending = conn.pending();
+        socket.0.borrow_mut().write_room = usize::MAX;
+        flush(&mut conn);
+        assert!(!conn.wants_write());
+        let received = socket.0.borrow().received.clone();
+        assert_eq!(received.len(), 10 + pending);
+        assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n") && received.ends_with(b"PAGE"));
+    }
+
+    #[test]
+    fn frames_in_the_handshake_packet_are_not_lost() {
+        let socket = MockSocket::default();
+        let mut packet = UPGRADE.to_vec();
+        packet.extend(masked_text(b"early"));
+        socket.0.borrow_mut().incoming.push_back(Some(packet));
+        let mut conn = Connection::new(ConnId(1), socket);
+        assert_eq!(ready(&mut conn, true), ["Opened", "Message(\"early\")"]);
+        assert!(conn.is_open());
+    }
+
+    #[test]
+    fn an_error_closes_once_and_tungstenite_is_never_read_again() {
+        let socket = MockSocket::default();
+        {
+            let mut peer = socket.0.borrow_mut();
+            peer.write_room = usize::MAX;
+            let mut packet = UPGRADE.to_vec();
+            packet.extend([0x82, 0x80, 0, 0, 0, 0]); // binary: 1003
+            packet.extend(masked_text(b"after the error"));
+            peer.incoming.push_back(Some(packet));
+            peer.incoming.push_back(None);
+            peer.incoming.push_back(Some(masked_text(b"more garbage")));
+        }
+        let mut conn = Connection::new(ConnId(1), socket.clone());
+        assert_eq!(ready(&mut conn, true), ["Opened", "Left"]);
+        assert!(conn.is_closing());
+        flush(&mut conn);
+        let received = socket.0.borrow().received.clone();
+        let close = [0x88u8, 0x23, 0x03, 0xeb]; // close, 35-byte payload, code 1003
+        assert!(received.windows(4).any(|w| w == close), "{received:?}");
+        assert!(socket.0.borrow().write_shut, "FIN after the close frame");
+        // Later bytes are discarded, not parsed; EOF finishes the connection.
+        assert!(ready(&mut conn, true).is_empty());
+        socket.0.borrow_mut().eof = true;
+        assert!(ready(&mut conn, true).is_empty());
+        assert!(conn.is_done());
+    }
+
+    #[test]
+    fn a_client_close_is_answered_then_the_connection_finishes() {
+        let socket = MockSocket::default();
+        {
+            let mut peer = socket.0.borrow_mut();
+            peer.write_room = usize::MAX;
+            let mut packet = UPGRADE.to_vec();
+            packet.extend([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]); // close 1000
+            peer.incoming.push_back(Some(packet));
+            peer.eof = true;
+        }
+        let mut conn = Connection::new(ConnId(1), socket.clone());
+        assert_eq!(ready(&mut conn, true), ["Opened", "Left"]);
+        flush(&mut conn);
+        let received = socket.0.borrow().received.clone();
+        assert!(
+            received.ends_with(&[0x88, 0x02, 0x03, 0xe8]),
+            "{received:?}"
+        );
+        assert!(ready(&mut conn, true).is_empty());
+        assert!(conn.is_done());
+    }
+
+    #[test]
+    fn cut_off_keeps_a_partly_written_frame_and_ends_with_1008() {
+        let socket = MockSocket::default();
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(UPGRADE.to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone());
+        ready(&mut conn, true);
+        socket.0.borrow_mut().write_room = usize::MAX;
+        flush(&mut conn); // the 101
+        let frame = ws::encode_text_frame("0123456789");
+        conn.queue(frame.clone());
+        conn.queue(frame.clone());
+        socket.0.borrow_mut().write_room = 5;
+        flush(&mut conn);
+        let mut seen = Vec::new();
+        conn.cut_off(&mut |r| seen.push(format!("{r:?}")));
+        assert_eq!(seen, ["Left"]);
+        assert!(!conn.is_open());
+        socket.0.borrow_mut().write_room = usize::MAX;
+        flush(&mut conn);
+        let received = socket.0.borrow().received.clone();
+        let after_101 =
+            &received[received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        assert_eq!(
+            &after_101[..frame.len()],
+            &frame[..],
+            "the started frame is finished"
+        );
+        let close = &after_101[frame.len()..];
+        assert_eq!(
+            close[..4],
+            [0x88, 2 + CUT_OFF_REASON.len() as u8, 0x03, 0xf0]
+        ); // 1008
+        assert_eq!(&close[4..], CUT_OFF_REASON.as_bytes());
+    }
+}

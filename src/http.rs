@@ -1,0 +1,629 @@
+//! HTTP/1.x, just enough for a page and an upgrade. Pure functions, no I/O.
+//!
+//! [`answer`] takes the bytes a connection has read so far and decides, with
+//! httparse, whether they hold a complete request head and what to answer.
+//! The checks run in this order, and the first that applies wins:
+//!
+//! | request                                                      | answer          |
+//! |--------------------------------------------------------------|-----------------|
+//! | head not parseable (httparse error, bad version)             | 400, close      |
+//! | head over [`MAX_HEAD_BYTES`], or over [`MAX_HEADERS`] headers | 431, close      |
+//! | HTTP/1.1 without `Host`                                      | 400, close      |
+//! | `Transfer-Encoding` present                                  | 501, close      |
+//! | `Content-Length` invalid or repeated                         | 400, close      |
+//! | `Content-Length` > 0 (any method)                            | 413, close      |
+//! | method not GET/HEAD                                          | 405 + `Allow`   |
+//! | GET/HEAD `/`                                                 | 200, the page   |
+//! | GET `/soc` with a valid upgrade                              | 101             |
+//! | `/soc` without `Upgrade: websocket` + `Connection: upgrade`, not GET, or a bad key | 400 |
+//! | `/soc` with `Sec-WebSocket-Version` other than 13            | 426 + `Sec-WebSocket-Version: 13` |
+//! | `/soc` with an `Origin` that is not this host nor allowed     | 403             |
+//! | any other path                                               | 404             |
+//!
+//! A request that carries `Upgrade` and is not answered with 101 closes the
+//! connection after its answer: bytes after its head may be frames.
+//!
+//! Every response but the 101 carries `Content-Length` (RFC 9110 forbids it
+//! on 1xx). A request with a body is refused rather than read: Eddy has no
+//! use for bodies, and skipping one safely would mean parsing it.
+
+use tungstenite::Bytes;
+use tungstenite::handshake::derive_accept_key;
+
+/// The longest request head (request line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// The most headers a request may have; httparse needs a fixed-size array.
+pub const MAX_HEADERS: usize = 64;
+
+/// The path of the WebSocket endpoint, as in the tutorial.
+pub const WEBSOCKET_PATH: &str = "/soc";
+
+/// What the HTTP layer serves: the page and the origin policy.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The body of `GET /`, read once at startup.
+    pub page: Bytes,
+    /// Extra origins allowed to open a WebSocket, lowercase, without a
+    /// trailing slash (`--allow-origin`).
+    pub allowed_origins: Vec<String>,
+}
+
+/// The outcome of looking at the bytes read so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// No complete head yet, and not too long: read more.
+    Partial,
+    /// A complete head of `consumed` bytes (or a fatal error, in which case
+    /// `reply` closes the connection and `consumed` does not matter).
+    Complete {
+        /// Length of the head, including the blank line.
+        consumed: usize,
+        /// What to do.
+        reply: Reply,
+    },
+}
+
+/// The decision for one request.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send this response; then close if it says so, else read the next request.
+    Respond(Response),
+    /// Send this 101 and switch the connection to WebSocket.
+    Upgrade(Response),
+}
+
+/// A response ready to be queued: head bytes, an optional shared body, and
+/// whether the connection closes after it.
+#[derive(Debug)]
+pub struct Response {
+    /// The status code, for logs and tests.
+    pub status: u16,
+    /// Why this answer, in a few words, for the connection's log line.
+    pub why: &'static str,
+    /// Status line and headers, ending with the blank line.
+    pub head: Bytes,
+    /// The body, absent for HEAD and 101 (the page is shared, not copied).
+    pub body: Option<Bytes>,
+    /// Whether the connection ends after this response.
+    pub close: bool,
+}
+
+/// The part of a parsed request head the router looks at.
+struct Request<'a> {
+    method: &'a str,
+    /// The path without its query string.
+    path: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    version: u8,
+    headers: &'a [httparse::Header<'a>],
+}
+
+impl<'a> Request<'a> {
+    /// The values of every header called `name` (case-insensitive).
+    fn all(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let headers = self.headers;
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// The value of header `name`, if present (the first one).
+    fn get(&self, name: &'a str) -> Option<&'a [u8]> {
+        self.all(name).next()
+    }
+
+    /// Whether a comma-separated header (`Connection`, `Upgrade`) holds
+    /// `token`, compared case-insensitively (RFC 9110 §7.6.1).
+    fn has_token(&self, name: &'a str, token: &str) -> bool {
+        self.all(name).any(|value| {
+            value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes
+    /// unless told `keep-alive` (RFC 9112 §9.3).
+    fn keep_alive(&self) -> bool {
+        if self.has_token("connection", "close") {
+            false
+        } else {
+            self.version == 1 || self.has_token("connection", "keep-alive")
+        }
+    }
+}
+
+/// Looks at `buf`, the bytes read so far on a connection between requests,
+/// and decides what to do.
+pub fn answer(buf: &[u8], site: &Site) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return fatal(431, "request head too large");
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return fatal(431, "too many headers"),
+        Err(_) => return fatal(400, "malformed request"),
+    };
+    if consumed > MAX_HEAD_BYTES {
+        return fatal(431, "request head too large");
+    }
+    // httparse fills all three on Complete; be defensive anyway.
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return fatal(400, "malformed request");
+    };
+    let request = Request {
+        method,
+        path: target.split('?').next().unwrap_or(target),
+        version,
+        headers: req.headers,
+    };
+    Parsed::Complete {
+        consumed,
+        reply: route(&request, site),
+    }
+}
+
+/// A response that ends the connection, for a request that cannot be trusted.
+fn fatal(status: u16, why: &'static str) -> Parsed {
+    Parsed::Complete {
+        consumed: 0,
+        reply: Reply::Respond(error(status, why, false, true, &[])),
+    }
+}
+
+fn route(req: &Request<'_>, site: &Site) -> Reply {
+    if req.version == 1 && req.get("host").is_none() {
+        return Reply::Respond(error(400, "missing Host header", false, true, &[]));
+    }
+    if req.get("transfer-encoding").is_some() {
+        return Reply::Respond(error(
+            501,
+            "Transfer-Encoding is not supported",
+            false,
+            true,
+            &[],
+        ));
+    }
+    let mut lengths = req.all("content-length");
+    match (lengths.next(), lengths.next()) {
+        (None, _) => {}
+        (Some(_), Some(_)) => {
+            return Reply::Respond(error(400, "repeated Content-Length", false, true, &[]));
+        }
+        (Some(value), None) => match parse_content_length(value) {
+            None => return Reply::Respond(error(400, "invalid Content-Length", false, true, &[])),
+            Some(0) => {}
+            Some(_) => {
+                return Reply::Respond(error(
+                    413,
+                    "request bodies are not accepted",
+                    false,
+                    true,
+                    &[],
+                ));
+            }
+        },
+    }
+    let head_only = req.method == "HEAD";
+    // A client that asked to switch protocols may already have sent frames
+    // after its head; if the switch is refused, those bytes must not be read
+    // as the next request. So a refused upgrade ends the connection.
+    let close = !req.keep_alive() || req.get("upgrade").is_some();
+    if req.method != "GET" && !head_only {
+        let allow: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
+        return Reply::Respond(error(405, "method not allowed", head_only, close, allow));
+    }
+    match req.path {
+        "/" => Reply::Respond(page(site, req.version, head_only, close)),
+        WEBSOCKET_PATH => upgrade(req, site, close),
+        _ => Reply::Respond(error(404, "not found", head_only, close, &[])),
+    }
+}
+
+/// `Content-Length` as RFC 9110 §8.6 allows it: digits only.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn page(site: &Site, version: u8, head_only: bool, close: bool) -> Response {
+    let head = response_head(
+        200,
+        "text/html; charset=utf-8",
+        site.page.len(),
+        &[],
+        connection_header(version, close),
+    );
+    Response {
+        status: 200,
+        why: "the page",
+        head,
+        body: (!head_only).then(|| site.page.clone()),
+        close,
+    }
+}
+
+/// The WebSocket opening handshake, server side (RFC 6455 §4.2).
+fn upgrade(req: &Request<'_>, site: &Site, close: bool) -> Reply {
+    let head_only = req.method == "HEAD";
+    let refuse = |status, why: &'static str, extra: &[(&str, &str)]| {
+        Reply::Respond(error(status, why, head_only, close, extra))
+    };
+    if req.method != "GET"
+        || !req.has_token("upgrade", "websocket")
+        || !req.has_token("connection", "upgrade")
+    {
+        return refuse(
+            400,
+            "this is a WebSocket endpoint: use GET with Upgrade: websocket",
+            &[],
+        );
+    }
+    let Some(key) = req.get("sec-websocket-key").filter(|k| is_valid_key(k)) else {
+        return refuse(400, "missing or invalid Sec-WebSocket-Key", &[]);
+    };
+    if req.get("sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return refuse(
+            426,
+            "unsupported WebSocket version",
+            &[("Sec-WebSocket-Version", "13")],
+        );
+    }
+    if let Some(origin) = req.get("origin") {
+        if !origin_allowed(origin, req.get("host"), &site.allowed_origins) {
+            return refuse(403, "cross-origin WebSocket refused", &[]);
+        }
+    }
+    let accept = derive_accept_key(key);
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    Reply::Upgrade(Response {
+        status: 101,
+        why: "WebSocket upgrade",
+        head: Bytes::from(head),
+        body: None,
+        close: false,
+    })
+}
+
+/// A `Sec-WebSocket-Key` must be the base64 of 16 bytes (RFC 6455 §4.1):
+/// 22 base64 digits, the last of which carries only 2 bits, then `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    let key = key.trim_ascii();
+    let is_b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..22].iter().all(is_b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
+
+/// Tornado's default `check_origin`: the origin's `host[:port]` must equal
+/// the `Host` header (both compared in lowercase), unless the whole origin
+/// was allowed explicitly. Browsers always send `Origin`; its check is what
+/// stops another site's page from opening a socket here with the visitor's
+/// browser. Clients that send no `Origin` are not browsers and are allowed
+/// by the caller.
+pub fn origin_allowed(origin: &[u8], host: Option<&[u8]>, allowed: &[String]) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    let origin = origin.trim().to_ascii_lowercase();
+    if allowed.iter().any(|a| *a == origin.trim_end_matches('/')) {
+        return true;
+    }
+    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return false;
+    };
+    let netloc = origin.split_once("://").map_or("", |(_, rest)| rest);
+    let netloc = netloc.split('/').next().unwrap_or("");
+    !netloc.is_empty() && netloc == host.trim().to_ascii_lowercase()
+}
+
+/// Normalizes an `--allow-origin` value, or says why it is not an origin.
+pub fn normalize_origin(origin: &str) -> Result<String, String> {
+    let lower = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    match lower.split_once("://") {
+        Some((scheme, host))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                && !host.is_empty()
+                && !host.contains('/') =>
+        {
+            Ok(lower)
+        }
+        _ => Err(format!(
+            "{origin:?} is not an origin like https://example.com or http://host:8000"
+        )),
+    }
+}
+
+fn connection_header(version: u8, close: bool) -> Option<&'static str> {
+    match (close, version) {
+        (true, _) => Some("close"),
+        (false, 0) => Some("keep-alive"),
+        (false, _) => None,
+    }
+}
+
+/// An error response with a short text body saying what went wrong.
+fn error(
+    status: u16,
+    why: &'static str,
+    head_only: bool,
+    close: bool,
+    extra: &[(&str, &str)],
+) -> Response {
+    let body = format!("{status} {}: {why}\n", reason(status));
+    let connection = if close { Some("close") } else { None };
+    let head = response_head(
+        status,
+        "text/plain; charset=utf-8",
+        body.len(),
+        extra,
+        connection,
+    );
+    Response {
+        status,
+        why,
+        head,
+        body: (!head_only).then(|| Bytes::from(body)),
+        close,
+    }
+}
+
+fn response_head(
+    status: u16,
+    content_type: &str,
+    content_length: usize,
+    extra: &[(&str, &str)],
+    connection: Option<&str>,
+) -> Bytes {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n",
+        reason(status)
+    );
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(connection) = connection {
+        head.push_str(&format!("Connection: {connection}\r\n"));
+    }
+    head.push_str("\r\n");
+    Bytes::from(head)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn site() -> Site {
+        Site {
+            page: Bytes::from_static(b"<p>hi</p>"),
+            allowed_origins: vec!["https://chat.example".into()],
+        }
+    }
+
+    /// Answers `head` and returns (status, closes, consumed, full response text).
+    fn ask(head: &str) -> (u16, bool, usize, String) {
+        match answer(head.as_bytes(), &site()) {
+            Parsed::Partial => panic!("partial: {head:?}"),
+            Parsed::Complete {
+                consumed,
+                reply: Reply::Respond(r) | Reply::Upgrade(r),
+            } => {
+                let mut text = String::from_utf8(r.head.to_vec()).unwrap();
+                if let Some(body) = &r.body {
+                    text.push_str(std::str::from_utf8(body).unwrap());
+                }
+                (r.status, r.close, consumed, text)
+            }
+        }
+    }
+
+    fn upgrade_head(extra: &str) -> String {
+        format!(
+            "GET /soc HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more() {
+        assert!(matches!(
+            answer(b"GET / HTTP/1.1\r\nHost: x\r\n", &site()),
+            Parsed::Partial
+        ));
+        assert!(matches!(answer(b"", &site()), Parsed::Partial));
+    }
+
+    #[test]
+    fn the_page_has_type_and_length_and_head_has_no_body() {
+        let (status, close, consumed, text) = ask("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET");
+        assert_eq!((status, close, consumed), (200, false, 27));
+        assert!(text.contains("Content-Type: text/html; charset=utf-8\r\n"));
+        assert!(text.contains("Content-Length: 9\r\n"));
+        assert!(text.ends_with("\r\n\r\n<p>hi</p>"));
+        let (status, _, _, text) = ask("HEAD /?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(text.contains("Content-Length: 9\r\n") && text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_table_is_checked_in_order() {
+        let cases: &[(&str, u16, bool)] = &[
+            ("GARBAGE\r\n\r\n", 400, true),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400, true),
+            ("GET / HTTP/1.1\r\n\r\n", 400, true),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                501,
+                true,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+                413,
+                true,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+                400,
+                true,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+                400,
+                true,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                405,
+                false,
+            ),
+            ("DELETE /soc HTTP/1.1\r\nHost: x\r\n\r\n", 405, false),
+            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            ("GET /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
+            ("HEAD /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
+            ("GET / HTTP/1.0\r\n\r\n", 200, true),
+            (
+                "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                200,
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                200,
+                true,
+            ),
+        ];
+        for (head, status, close) in cases {
+            let got = ask(head);
+            assert_eq!((got.0, got.1), (*status, *close), "{head:?} -> {}", got.3);
+            assert!(got.3.contains("Content-Length: "), "{}", got.3);
+        }
+        let (_, _, _, text) = ask("PUT / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(text.contains("Allow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn oversized_heads_get_431() {
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(ask(&long).0, 431, "partial and already too long");
+        let complete = format!("{long}\r\n");
+        assert_eq!(ask(&complete).0, 431, "complete but too long");
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            ask(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")).0,
+            431
+        );
+    }
+
+    #[test]
+    fn a_valid_upgrade_gets_101_with_the_rfc_accept_key() {
+        let (status, close, _, text) = ask(&upgrade_head(""));
+        assert_eq!((status, close), (101, false));
+        // The example from RFC 6455 §1.3.
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(!text.contains("Content-Length"));
+        // Header names and tokens are case-insensitive; lists are lists.
+        let head = format!(
+            "GET /soc?since=3 HTTP/1.1\r\nhost: h:1\r\nupgrade: WebSocket\r\nconnection: keep-alive, UPGRADE\r\n\
+             sec-websocket-key: {KEY}\r\nsec-websocket-version: 13\r\n\r\n"
+        );
+        assert_eq!(ask(&head).0, 101);
+    }
+
+    #[test]
+    fn bad_upgrades_are_refused() {
+        let no_upgrade = upgrade_head("").replace("Upgrade: websocket\r\n", "");
+        assert_eq!(ask(&no_upgrade).0, 400);
+        let refused = ask(&upgrade_head("Origin: http://elsewhere\r\n"));
+        assert_eq!(
+            (refused.0, refused.1),
+            (403, true),
+            "a refused upgrade closes"
+        );
+        let no_connection = upgrade_head("").replace("Connection: Upgrade\r\n", "");
+        assert_eq!(ask(&no_connection).0, 400);
+        for bad_key in [
+            "short==",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ=x",
+            "!GhlIHNhbXBsZSBub25jZQ==",
+        ] {
+            assert_eq!(
+                ask(&upgrade_head("").replace(KEY, bad_key)).0,
+                400,
+                "{bad_key}"
+            );
+        }
+        let v8 = upgrade_head("").replace("Version: 13", "Version: 8");
+        let (status, _, _, text) = ask(&v8);
+        assert_eq!(status, 426);
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert_eq!(ask(&upgrade_head("").replace("/soc", "/other")).0, 404);
+    }
+
+    #[test]
+    fn origin_must_match_host_or_be_allowed() {
+        assert_eq!(ask(&upgrade_head("Origin: http://h:1\r\n")).0, 101);
+        assert_eq!(ask(&upgrade_head("Origin: HTTP://H:1\r\n")).0, 101);
+        assert_eq!(ask(&upgrade_head("Origin: http://h:2\r\n")).0, 403);
+        assert_eq!(ask(&upgrade_head("Origin: http://evil.example\r\n")).0, 403);
+        assert_eq!(ask(&upgrade_head("Origin: null\r\n")).0, 403);
+        assert_eq!(
+            ask(&upgrade_head("Origin: https://chat.example\r\n")).0,
+            101
+        );
+        assert_eq!(
+            ask(&upgrade_head("Origin: https://chat.example/\r\n")).0,
+            101
+        );
+    }
+
+    #[test]
+    fn allow_origin_values_are_checked() {
+        assert_eq!(
+            normalize_origin("HTTPS://Chat.Example:8443/").unwrap(),
+            "https://chat.example:8443"
+        );
+        assert!(normalize_origin("chat.example").is_err());
+        assert!(normalize_origin("https://").is_err());
+        assert!(normalize_origin("https://a/b").is_err());
+    }
+}

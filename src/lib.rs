@@ -1,0 +1,48 @@
+//! Eddy: a WebSocket chat server on a hand-written, single-threaded mio
+//! event loop, in the style of Tornado's `IOLoop`.
+//!
+//! Read it in this order; each module's own docs say what it owns:
+//!
+//! 1. [`ioloop`]: the event loop. One `mio::Poll`, timers, callbacks, a
+//!    waker. Knows nothing of HTTP or WebSocket.
+//! 2. [`server`]: the listener and the table of connections; dispatches
+//!    readiness to connections and messages to the handler, flushes, reaps.
+//! 3. [`connection`]: one socket's state machine, HTTP → WebSocket → closing.
+//! 4. [`http`]: pure request-head parsing and routing (httparse).
+//! 5. [`ws`]: tungstenite over an I/O adapter, limits, close codes.
+//! 6. [`output`]: the per-connection output queue and its vectored flush.
+//! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`].
+//! 8. [`chat`]: the tutorial's chat room, as a handler. [`echo`]: an echo.
+//! 9. [`config`], [`cli`], [`page`]: settings, flags, the page on disk.
+//!
+//! ```no_run
+//! use eddy::{Config, Server};
+//! let server = Server::bind("127.0.0.1:0".parse().unwrap(), Config::default())?;
+//! let addr = server.local_addr()?;
+//! let handle = server.handle();
+//! let thread = std::thread::spawn(move || server.run());
+//! // ... talk to ws://{addr}/soc ...
+//! handle.shutdown()?;
+//! thread.join().unwrap()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod echo;
+pub mod handler;
+pub mod http;
+pub mod ioloop;
+pub mod output;
+pub mod page;
+pub mod server;
+pub mod ws;
+
+pub use chat::ChatRoom;
+pub use config::Config;
+pub use echo::EchoHandler;
+pub use handler::{ConnId, Outbox, Recipients, WebSocketHandler};
+pub use server::{Server, ServerHandle};

@@ -1,0 +1,51 @@
+//! The `eddy` binary: flags → [`eddy::Config`], the logger, bind, run.
+//! Nothing else lives here, so tests and benches configure a server exactly
+//! as the command line does.
+
+use std::process::ExitCode;
+
+use eddy::Server;
+use eddy::cli::{self, Command};
+
+fn main() -> ExitCode {
+    // env_logger's own default is "error"; a server should say it started.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let (addr, config) = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run { addr, config }) => (addr, config),
+        Ok(Command::Help) => {
+            print!("{}", cli::help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("eddy {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "eddy: {e}\n{}\nTry 'eddy --help' for more information.",
+                cli::USAGE
+            );
+            return ExitCode::from(2);
+        }
+    };
+
+    let mut server = match Server::bind(addr, config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("eddy: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = server.stop_on_signals() {
+        eprintln!("eddy: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eddy: event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

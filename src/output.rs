@@ -1,0 +1,243 @@
+//! A connection's output queue: the one place that holds unsent bytes.
+//!
+//! Everything a connection sends goes through here, in order: HTTP responses,
+//! the 101, broadcast frames (shared [`Bytes`], encoded once for all
+//! recipients), and the pongs and close frames tungstenite writes. The server
+//! [`flush`](OutputQueue::flush)es the queue once per loop turn with vectored
+//! writes until it is empty or the socket says `WouldBlock`; what is left
+//! waits for a WRITABLE event. Because this queue is the only buffer, its
+//! length is the one number the backpressure cap has to watch.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use tungstenite::Bytes;
+
+/// How many chunks one `writev` call may carry. Linux allows 1024
+/// (`IOV_MAX`); 64 already turns a burst of small frames into one system
+/// call, and keeps the slice array small enough for the stack.
+const MAX_IOVECS: usize = 64;
+
+/// Bytes waiting to be written to one socket, oldest first.
+#[derive(Debug, Default)]
+pub struct OutputQueue {
+    /// The chunks, each a whole HTTP response part or WebSocket frame.
+    chunks: VecDeque<Bytes>,
+    /// How much of the front chunk the socket has already taken. A partial
+    /// write keeps its place here; nothing is ever sent twice.
+    front_offset: usize,
+    /// Unsent bytes in total (what the backpressure cap is compared with).
+    pending: usize,
+}
+
+impl OutputQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        OutputQueue::default()
+    }
+
+    /// Appends shared bytes (a broadcast frame, the page body) without copying.
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.pending += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Unsent bytes in total.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether everything queued has been written.
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    /// Drops every chunk the socket has not started on. A chunk already
+    /// partly written is kept: dropping its tail would corrupt the byte
+    /// stream, and the next frame would be read as the rest of it.
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.front_offset > 0);
+        self.chunks.truncate(keep);
+        self.pending = self
+            .chunks
+            .front()
+            .map_or(0, |c| c.len() - self.front_offset);
+    }
+
+    /// Writes as much as `sink` takes, until the queue is empty or the sink
+    /// would block. `Ok` means "no error", not "all written": check
+    /// [`is_empty`](Self::is_empty). Returns the number of bytes written.
+    pub fn flush(&mut self, sink: &mut impl Write) -> io::Result<usize> {
+        let mut written = 0;
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                let start = if count == 0 { self.front_offset } else { 0 };
+                *slot = IoSlice::new(&chunk[start..]);
+                count += 1;
+            }
+            match sink.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    self.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Marks `n` bytes from the front as written.
+    fn consume(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left_in_front = front.len() - self.front_offset;
+            if n < left_in_front {
+                self.front_offset += n;
+                return;
+            }
+            n -= left_in_front;
+            self.chunks.pop_front();
+            self.front_offset = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `budget` bytes, then says WouldBlock.
+    struct Trickle {
+        taken: Vec<u8>,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.budget);
+            self.taken.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn queue_of(parts: &[&'static [u8]]) -> OutputQueue {
+        let mut q = OutputQueue::new();
+        for p in parts {
+            q.push(Bytes::from_static(p));
+        }
+        q
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped_and_never_resend() {
+        let mut q = queue_of(&[b"hello ", b"", b"wide ", b"world"]);
+        assert_eq!(q.pending(), 16);
+        let mut sink = Trickle {
+            taken: Vec::new(),
+            budget: 4,
+        };
+        assert_eq!(q.flush(&mut sink).unwrap(), 4);
+        assert_eq!(q.pending(), 12);
+        sink.budget = 5;
+        q.flush(&mut sink).unwrap();
+        sink.budget = 100;
+        q.flush(&mut sink).unwrap();
+        assert_eq!(sink.taken, b"hello wide world");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn vectored_flush_writes_many_chunks_in_one_call() {
+        /// Counts write calls; takes everything.
+        struct Counting(usize, Vec<u8>);
+        impl Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0 += 1;
+                self.1.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                self.0 += 1;
+                let mut n = 0;
+                for b in bufs {
+                    self.1.extend_from_slice(b);
+                    n += b.len();
+                }
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut q = OutputQueue::new();
+        for _ in 0..MAX_IOVECS {
+            q.push(Bytes::from_static(b"ab"));
+        }
+        q.push(Bytes::from_static(b"c"));
+        let mut sink = Counting(0, Vec::new());
+        q.flush(&mut sink).unwrap();
+        assert_eq!(
+            sink.0, 2,
+            "64 chunks in the first writev, the 65th in a second"
+        );
+        assert_eq!(sink.1.len(), 2 * MAX_IOVECS + 1);
+    }
+
+    #[test]
+    fn drop_unstarted_keeps_a_partly_written_chunk_whole() {
+        let mut q = queue_of(&[b"frame-one", b"frame-two"]);
+        let mut sink = Trickle {
+            taken: Vec::new(),
+            budget: 3,
+        };
+        q.flush(&mut sink).unwrap();
+        q.drop_unstarted();
+        assert_eq!(q.pending(), 6);
+        q.push(Bytes::from_static(b"close"));
+        sink.budget = 100;
+        q.flush(&mut sink).unwrap();
+        assert_eq!(sink.taken, b"frame-oneclose");
+    }
+
+    #[test]
+    fn drop_unstarted_empties_a_queue_with_nothing_in_flight() {
+        let mut q = queue_of(&[b"a", b"b"]);
+        q.drop_unstarted();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_sink_that_takes_nothing_is_an_error() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Ok(0)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut q = queue_of(&[b"x"]);
+        assert_eq!(
+            q.flush(&mut Closed).unwrap_err().kind(),
+            io::ErrorKind::WriteZero
+        );
+    }
+}

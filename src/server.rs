@@ -1,0 +1,586 @@
+//! The server: the listener, the table of connections, and the glue between
+//! the loop, the connections and the handler. The only module that touches
+//! both the loop and the connections.
+//!
+//! How one chat line travels (see also the README's tour):
+//!
+//! 1. `epoll` reports the sender's socket readable; [`IoLoop`] calls
+//!    [`ServerState::ready`] with its token, the connection's slab slot.
+//! 2. The [`Connection`] reads until `WouldBlock`; tungstenite decodes the
+//!    frame; the connection reports [`Report::Message`].
+//! 3. The report reaches the handler's `on_message`, which serializes the
+//!    JSON once; the [`Outbox`](crate::Outbox) frames it once.
+//! 4. [`ServerState::deliver`] queues that one shared buffer on every open
+//!    connection and marks each *dirty*.
+//! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes every
+//!    dirty connection once (one `writev` for all it got this turn), cuts
+//!    off any client whose unread output is over the cap, asks mio for
+//!    WRITABLE only where bytes remain, and frees finished connections.
+//!
+//! Slots are freed only at the end of a turn, never while the events of a
+//! `poll` are being dispatched: `deregister` does not remove events already
+//! returned (mio #219), so a slot freed and reused within one batch could
+//! hand a stale event to a brand-new connection. Timers and callbacks carry
+//! the [`ConnId`] as well as the slot, and do nothing if the slot now holds
+//! someone else.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Token};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::chat::ChatRoom;
+use crate::config::Config;
+use crate::connection::{Connection, Report, SHUTDOWN_REASON, Settings};
+use crate::handler::{ConnId, Outbox, Recipients, WebSocketHandler};
+use crate::http::Site;
+use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
+use crate::{page, ws};
+
+/// The listening socket's token, outside the slab's range.
+const LISTENER_TOKEN: Token = Token(usize::MAX - 1);
+
+/// The signal pipe's token, outside the slab's range.
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 2);
+
+/// Slab slots from here up would collide with the tokens above.
+const MAX_SLOTS: usize = usize::MAX - 16;
+
+/// How long accepting pauses when the process runs out of file descriptors.
+/// Accepting again at once would fail again at once: a busy loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accept errors in a row (other than running out of descriptors) after
+/// which accepting pauses too, in case the listener itself is failing.
+const MAX_ACCEPT_ERRORS_IN_A_ROW: u32 = 64;
+
+/// A WebSocket server: bind it, then [`run`](Server::run) it.
+///
+/// ```no_run
+/// let server = eddy::Server::bind("127.0.0.1:8000".parse().unwrap(), eddy::Config::default())?;
+/// println!("on {}", server.local_addr()?);
+/// server.run()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server<H: WebSocketHandler + Send + 'static = ChatRoom> {
+    ioloop: IoLoop<ServerState<H>>,
+    state: ServerState<H>,
+}
+
+impl<H: WebSocketHandler + Send + 'static> fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.state.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server<ChatRoom> {
+    /// Binds a chat server to `addr` (port 0 picks a free port), reading the
+    /// page and checking `config` first.
+    pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
+        Server::with_handler(addr, config, ChatRoom::new())
+    }
+}
+
+impl<H: WebSocketHandler + Send + 'static> Server<H> {
+    /// Binds a server that runs `handler` for its WebSocket connections.
+    pub fn with_handler(addr: SocketAddr, mut config: Config, handler: H) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (page, source) = page::load(config.templates.as_deref())?;
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        info!("serving {source} at /");
+        let local_addr = listener.local_addr()?;
+        let ioloop = IoLoop::new()?;
+        ioloop.add_handler(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        let settings = Settings {
+            site: Site {
+                page,
+                allowed_origins: config.allowed_origins.clone(),
+            },
+            websocket: ws::websocket_config(config.max_message_bytes, config.read_buffer_bytes),
+        };
+        let state = ServerState {
+            listener: Some(listener),
+            local_addr,
+            connections: Slab::new(),
+            app: App {
+                handler,
+                outbox: Outbox::new(),
+                open: HashMap::new(),
+            },
+            settings,
+            config,
+            next_id: 1,
+            dirty: Vec::new(),
+            finished: Vec::new(),
+            accept_paused: false,
+            accept_trouble_warned: false,
+            shutting_down: false,
+            signals: None,
+        };
+        Ok(Server { ioloop, state })
+    }
+
+    /// The address actually bound (useful after binding port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.state.local_addr)
+    }
+
+    /// A handle that can shut the server down from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle(Arc::new(self.ioloop.handle()))
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown (a second one
+    /// stops at once). Signals are process-wide, so only `main` calls this;
+    /// in-process test servers are shut down through a [`ServerHandle`].
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])?;
+        self.ioloop
+            .add_handler(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        self.state.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Runs until shut down. Returns an error only if polling itself fails.
+    pub fn run(mut self) -> io::Result<()> {
+        info!("listening on http://{}/", self.state.local_addr);
+        self.ioloop.start(&mut self.state)?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Controls a running [`Server`] from another thread. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle(Arc<dyn Control>);
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerHandle")
+    }
+}
+
+impl ServerHandle {
+    /// Starts a graceful shutdown, as SIGTERM does: stop accepting, close
+    /// every WebSocket with 1001, let output drain for at most the
+    /// configured shutdown timeout, then return from `run`.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.0.shutdown()
+    }
+
+    /// Makes `run` return at the end of the current turn, dropping every
+    /// connection without a goodbye.
+    pub fn stop(&self) -> io::Result<()> {
+        self.0.stop()
+    }
+}
+
+/// What a [`ServerHandle`] can do, with the handler type erased.
+trait Control: Send + Sync {
+    fn shutdown(&self) -> io::Result<()>;
+    fn stop(&self) -> io::Result<()>;
+}
+
+impl<H: WebSocketHandler + Send + 'static> Control for LoopHandle<ServerState<H>> {
+    fn shutdown(&self) -> io::Result<()> {
+        self.add_callback(|state: &mut ServerState<H>, ioloop| state.begin_shutdown(ioloop))
+    }
+
+    fn stop(&self) -> io::Result<()> {
+        LoopHandle::stop(self)
+    }
+}
+
+/// A slot in the connection table: the connection plus the server's
+/// bookkeeping about it.
+struct Entry {
+    conn: Connection<TcpStream>,
+    /// The interest mio has for this socket now. Compared with what is
+    /// wanted after each flush; `update_handler` only when they differ.
+    interest: Interest,
+    /// Already listed in [`ServerState::dirty`] for this turn.
+    is_dirty: bool,
+    /// The deadline for finishing a close, once closing began.
+    close_timer: Option<TimeoutHandle>,
+    /// A [`ServerState::resume`] callback is queued for it.
+    resume_queued: bool,
+}
+
+/// The application side: the handler, the messages it produced and not yet
+/// delivered, and the connections it may address.
+struct App<H> {
+    handler: H,
+    outbox: Outbox,
+    /// Open connections by id, for messages to one recipient.
+    open: HashMap<ConnId, usize>,
+}
+
+impl<H: WebSocketHandler> App<H> {
+    /// Turns a connection's report into a handler call.
+    fn report(&mut self, key: usize, id: ConnId, report: Report<'_>) {
+        match report {
+            Report::Opened => {
+                self.open.insert(id, key);
+                self.handler.open(id, &mut self.outbox);
+            }
+            Report::Message(text) => self.handler.on_message(id, text, &mut self.outbox),
+            Report::Left => {
+                self.open.remove(&id);
+                self.handler.on_close(id, &mut self.outbox);
+            }
+        }
+    }
+}
+
+/// Everything the loop dispatches to. Callbacks and timers receive it as
+/// `&mut ServerState`.
+pub struct ServerState<H> {
+    /// `None` once shutting down: we stop accepting.
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    /// Every connection, keyed by slot = mio token.
+    connections: Slab<Entry>,
+    app: App<H>,
+    settings: Settings,
+    config: Config,
+    /// The next [`ConnId`]; ids are never reused.
+    next_id: u64,
+    /// Slots touched this turn: to be flushed and re-synced before polling.
+    dirty: Vec<usize>,
+    /// Slots whose connection is done: to be freed at the end of the turn.
+    finished: Vec<usize>,
+    /// Accepting is paused (out of descriptors); a timer resumes it.
+    accept_paused: bool,
+    /// The accept trouble of this episode has been logged already.
+    accept_trouble_warned: bool,
+    shutting_down: bool,
+    signals: Option<Signals>,
+}
+
+impl<H: WebSocketHandler> EventHandler for ServerState<H> {
+    fn ready(&mut self, ioloop: &mut IoLoop<Self>, token: Token, event: &Event) {
+        match token {
+            LISTENER_TOKEN => self.accept(ioloop),
+            SIGNAL_TOKEN => self.on_signal(ioloop),
+            Token(key) => {
+                // Errors and hang-ups are discovered by reading.
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                self.on_connection_ready(key, readable);
+            }
+        }
+    }
+
+    fn end_of_turn(&mut self, ioloop: &mut IoLoop<Self>) {
+        // Flushing can cut off a slow client, whose "has left" goes to the
+        // others and can push another over its cap: repeat until quiet. It
+        // ends, because each connection can be cut off only once.
+        let mut batch = Vec::new();
+        while !self.dirty.is_empty() {
+            std::mem::swap(&mut batch, &mut self.dirty);
+            for key in batch.drain(..) {
+                self.settle(ioloop, key);
+            }
+            self.deliver();
+        }
+        self.dirty = batch; // keep the allocation
+        self.free_finished(ioloop);
+        if self.shutting_down && self.connections.is_empty() {
+            ioloop.stop();
+        }
+    }
+}
+
+impl<H: WebSocketHandler> ServerState<H> {
+    /// Accepts until the listener would block (edge-triggered: a pending
+    /// connection left in the backlog brings no new event).
+    fn accept(&mut self, ioloop: &mut IoLoop<Self>) {
+        let mut errors_in_a_row = 0;
+        while !self.accept_paused {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => {
+                    errors_in_a_row = 0;
+                    if self.accept_trouble_warned {
+                        self.accept_trouble_warned = false;
+                        info!("accepting connections again");
+                    }
+                    self.add_connection(ioloop, socket, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    errors_in_a_row += 1;
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    if out_of_fds || errors_in_a_row >= MAX_ACCEPT_ERRORS_IN_A_ROW {
+                        self.pause_accepting(ioloop, &e);
+                    } else {
+                        // ECONNABORTED and the like: that client is gone, go on.
+                        debug!("accept failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops accepting for [`ACCEPT_PAUSE`]: never a sleep, never a busy loop.
+    fn pause_accepting(&mut self, ioloop: &mut IoLoop<Self>, error: &io::Error) {
+        if !self.accept_trouble_warned {
+            self.accept_trouble_warned = true;
+            warn!(
+                "accept failed: {error}; pausing accepts for {ACCEPT_PAUSE:?} at a time until it works"
+            );
+        }
+        self.accept_paused = true;
+        ioloop.call_later(ACCEPT_PAUSE, |state: &mut Self, ioloop| {
+            state.accept_paused = false;
+            state.accept(ioloop);
+        });
+    }
+
+    fn add_connection(&mut self, ioloop: &mut IoLoop<Self>, socket: TcpStream, peer: SocketAddr) {
+        if self.shutting_down {
+            return;
+        }
+        // Chat lines are small and latency-bound: don't let Nagle hold them.
+        if let Err(e) = socket.set_nodelay(true) {
+            debug!("set_nodelay failed for {peer}: {e}");
+        }
+        let slot = self.connections.vacant_entry();
+        let key = slot.key();
+        if key >= MAX_SLOTS {
+            return;
+        }
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        let mut conn = Connection::new(id, socket);
+        if let Err(e) = ioloop.add_handler(conn.socket_mut(), Token(key), Interest::READABLE) {
+            warn!("cannot register a connection from {peer}: {e}");
+            return;
+        }
+        debug!("conn {id}: accepted from {peer}");
+        slot.insert(Entry {
+            conn,
+            interest: Interest::READABLE,
+            is_dirty: false,
+            close_timer: None,
+            resume_queued: false,
+        });
+    }
+
+    fn on_connection_ready(&mut self, key: usize, readable: bool) {
+        // A miss is an event for a slot freed earlier: ignore it.
+        let Some(entry) = self.connections.get_mut(key) else {
+            return;
+        };
+        if entry.conn.is_done() {
+            return;
+        }
+        let id = entry.conn.id();
+        let app = &mut self.app;
+        entry
+            .conn
+            .on_ready(readable, &self.settings, &mut |r| app.report(key, id, r));
+        mark_dirty(&mut self.dirty, key, entry);
+        self.deliver();
+    }
+
+    /// Queues the handler's messages on their recipients. Each frame is
+    /// shared: queuing it is a reference-count increment, not a copy.
+    fn deliver(&mut self) {
+        for delivery in self.app.outbox.drain() {
+            match delivery.to {
+                Recipients::One(id) => {
+                    let Some(&key) = self.app.open.get(&id) else {
+                        continue;
+                    };
+                    if let Some(entry) = self.connections.get_mut(key) {
+                        entry.conn.queue(delivery.frame);
+                        mark_dirty(&mut self.dirty, key, entry);
+                    }
+                }
+                to @ (Recipients::All | Recipients::AllExcept(_)) => {
+                    for (key, entry) in self.connections.iter_mut() {
+                        if entry.conn.is_open() && to.includes(entry.conn.id()) {
+                            entry.conn.queue(delivery.frame.clone());
+                            mark_dirty(&mut self.dirty, key, entry);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end-of-turn work for one touched connection: flush, enforce the
+    /// output cap, start the close timer, sync interest, schedule a resume.
+    fn settle(&mut self, ioloop: &mut IoLoop<Self>, key: usize) {
+        let Some(entry) = self.connections.get_mut(key) else {
+            return;
+        };
+        entry.is_dirty = false;
+        let id = entry.conn.id();
+        let app = &mut self.app;
+        let report = &mut |r: Report<'_>| app.report(key, id, r);
+        entry.conn.flush(report);
+        if entry.conn.is_open() && entry.conn.pending() > self.config.max_pending_bytes {
+            entry.conn.cut_off(report);
+            entry.conn.flush(report);
+        }
+        if entry.conn.is_done() {
+            self.finished.push(key);
+            return;
+        }
+        if entry.conn.is_closing() && entry.close_timer.is_none() {
+            let deadline = self.config.close_timeout;
+            entry.close_timer = Some(ioloop.call_later(deadline, move |state: &mut Self, _| {
+                state.close_timed_out(key, id)
+            }));
+        }
+        // WRITABLE only while output is pending: a socket with room to write
+        // is the normal case, and asking for it would wake us for nothing.
+        let wanted = if entry.conn.wants_write() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if wanted != entry.interest {
+            if let Err(e) = ioloop.update_handler(entry.conn.socket_mut(), Token(key), wanted) {
+                debug!("conn {id}: reregister failed: {e}");
+                entry.conn.finish(report);
+                self.finished.push(key);
+                return;
+            }
+            entry.interest = wanted;
+        }
+        if entry.conn.wants_resume() && !entry.resume_queued {
+            entry.resume_queued = true;
+            ioloop.add_callback(move |state: &mut Self, _| state.resume(key, id));
+        }
+    }
+
+    /// Continues a connection's reading that stopped early.
+    fn resume(&mut self, key: usize, id: ConnId) {
+        let Some(entry) = self.connections.get_mut(key).filter(|e| e.conn.id() == id) else {
+            return;
+        };
+        entry.resume_queued = false;
+        let app = &mut self.app;
+        entry
+            .conn
+            .resume(&self.settings, &mut |r| app.report(key, id, r));
+        mark_dirty(&mut self.dirty, key, entry);
+        self.deliver();
+    }
+
+    /// A closing connection ran out of time: drop it.
+    fn close_timed_out(&mut self, key: usize, id: ConnId) {
+        // The slot may hold a newer connection by now.
+        let Some(entry) = self.connections.get_mut(key).filter(|e| e.conn.id() == id) else {
+            return;
+        };
+        entry.close_timer = None;
+        debug!("conn {id}: close did not finish in time; dropping it");
+        let app = &mut self.app;
+        entry.conn.finish(&mut |r| app.report(key, id, r));
+        mark_dirty(&mut self.dirty, key, entry);
+        self.deliver();
+    }
+
+    /// Frees the slots of finished connections: the only place slots are
+    /// freed, after all of this turn's events have been dispatched.
+    fn free_finished(&mut self, ioloop: &mut IoLoop<Self>) {
+        for key in self.finished.drain(..) {
+            if !self.connections.get(key).is_some_and(|e| e.conn.is_done()) {
+                continue; // listed twice
+            }
+            let mut entry = self.connections.remove(key);
+            if let Some(timer) = entry.close_timer.take() {
+                ioloop.remove_timeout(timer);
+            }
+            // Closing the socket would deregister it too; saying so is clearer.
+            let _ = ioloop.remove_handler(entry.conn.socket_mut());
+            debug!("conn {}: closed", entry.conn.id());
+        }
+    }
+
+    fn on_signal(&mut self, ioloop: &mut IoLoop<Self>) {
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        // Drain the pipe: edge-triggered, like any other source.
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            let name = if signal == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            if self.shutting_down {
+                warn!("{name} again: stopping now");
+                ioloop.stop();
+            } else {
+                info!("{name}: shutting down");
+                self.begin_shutdown(ioloop);
+            }
+        }
+    }
+
+    /// Stops accepting, closes every connection (WebSockets with 1001), and
+    /// gives them until the shutdown timeout to drain.
+    fn begin_shutdown(&mut self, ioloop: &mut IoLoop<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = ioloop.remove_handler(&mut listener);
+        }
+        info!("closing {} connections", self.connections.len());
+        let app = &mut self.app;
+        for (key, entry) in self.connections.iter_mut() {
+            let id = entry.conn.id();
+            entry
+                .conn
+                .close(CloseCode::Away, SHUTDOWN_REASON, &mut |r| {
+                    app.report(key, id, r)
+                });
+            mark_dirty(&mut self.dirty, key, entry);
+        }
+        // Every "has left" produced above now has no open recipient.
+        self.deliver();
+        let grace = self.config.shutdown_timeout;
+        ioloop.call_later(grace, |state: &mut Self, ioloop| {
+            if !state.connections.is_empty() {
+                info!(
+                    "{} connections did not finish closing in time",
+                    state.connections.len()
+                );
+            }
+            ioloop.stop();
+        });
+    }
+}
+
+/// Lists `key` for the end-of-turn flush, once.
+fn mark_dirty(dirty: &mut Vec<usize>, key: usize, entry: &mut Entry) {
+    if !entry.is_dirty {
+        entry.is_dirty = true;
+        dirty.push(key);
+    }
+}

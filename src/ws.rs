@@ -1,0 +1,301 @@
+//! WebSocket framing: tungstenite over an I/O adapter, with Eddy's limits.
+//!
+//! tungstenite does the RFC 6455 work (frame parsing, unmasking, fragment
+//! reassembly, UTF-8 checks, control frames). This module decides how it
+//! meets the rest of Eddy:
+//!
+//! * [`Adapter`]: tungstenite *reads* straight from the socket, but its
+//!   *writes* (pongs, close replies) land in the connection's
+//!   [`OutputQueue`], so they never see `WouldBlock` and are flushed in order
+//!   with everything else.
+//! * [`websocket_config`]: explicit limits; tungstenite's defaults (a 128 KiB
+//!   read buffer per connection, 64 MiB messages, 16 MiB frames, an unbounded
+//!   write buffer) are never used.
+//! * [`encode_text_frame`]: a broadcast is framed once, into shared bytes.
+//! * [`close_for_error`]: which close code answers which error, for the
+//!   errors tungstenite only reports (it queues no close frame for them).
+
+use std::io::{self, Read, Write};
+
+use tungstenite::error::{CapacityError, Error, ProtocolError};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
+use tungstenite::{Bytes, Message};
+
+use crate::output::OutputQueue;
+
+/// The most tungstenite may hold unwritten. It only ever writes control
+/// frames here (at most 2 + 125 bytes each), and hands them to the adapter at
+/// once, so this bound is never approached; it exists so that nothing inside
+/// tungstenite is unbounded.
+const MAX_TUNGSTENITE_WRITE_BUFFER: usize = 4096;
+
+/// tungstenite's limits for one connection. `max_frame_size` equals the
+/// message limit, so an oversized frame is refused from its header, before
+/// its payload is read or buffered.
+pub fn websocket_config(max_message_bytes: usize, read_buffer_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer_bytes)
+        // 0: every frame tungstenite writes goes straight to the adapter.
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_TUNGSTENITE_WRITE_BUFFER)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .accept_unmasked_frames(false)
+}
+
+/// The stream tungstenite sees: reads from the socket, writes to the queue.
+/// Built for the duration of one `read` call, from two disjoint borrows of a
+/// connection.
+pub struct Adapter<'a, S> {
+    /// The connection's socket, for reading.
+    pub socket: &'a mut S,
+    /// The connection's output queue, for writing.
+    pub out: &'a mut OutputQueue,
+}
+
+impl<S: Read> Read for Adapter<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+}
+
+impl<S> Write for Adapter<'_, S> {
+    /// Takes everything: tungstenite's writes never block or fail.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    /// Nothing to do: the server flushes the queue to the socket once per turn.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Frames `text` as one final, unmasked text frame (the server-to-client
+/// form), header and payload in one buffer that every recipient shares.
+pub fn encode_text_frame(text: &str) -> Bytes {
+    let frame = Frame::message(
+        Bytes::copy_from_slice(text.as_bytes()),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    encode(frame)
+}
+
+/// Frames a close with `code` and a short `reason` (the reason must fit a
+/// control frame: at most 123 bytes).
+pub fn encode_close_frame(code: CloseCode, reason: &'static str) -> Bytes {
+    debug_assert!(reason.len() <= 123);
+    encode(Frame::close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    })))
+}
+
+fn encode(frame: Frame) -> Bytes {
+    let mut buf = Vec::with_capacity(frame.len());
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut buf);
+    Bytes::from(buf)
+}
+
+/// The payload of a frame made by [`encode_text_frame`]. For tests and logs.
+pub fn text_frame_payload(frame: &[u8]) -> &str {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame
+        .get(header_len..)
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .unwrap_or("")
+}
+
+/// What reading from tungstenite produced, for the connection's state machine.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A complete text message.
+    Text(Utf8Bytes),
+    /// A control frame tungstenite handled itself (a ping, whose pong it
+    /// queued, or a pong); keep reading.
+    Control,
+    /// The client's close frame; tungstenite queued the reply. Keep reading:
+    /// the next read flushes the reply and reports `Closed`.
+    CloseReceived,
+    /// The closing handshake is complete on tungstenite's side.
+    Closed,
+    /// The socket has no more bytes for now.
+    WouldBlock,
+    /// The peer went away without a closing handshake, or the socket failed.
+    /// Nothing can be sent any more.
+    Gone(String),
+    /// The client broke a rule. Send this close frame, then close.
+    Fail(CloseCode, &'static str, String),
+}
+
+/// Classifies the result of one `WebSocketContext::read`. After `Fail` or
+/// `Gone` the caller must not read through tungstenite again: a read after an
+/// error can trip tungstenite's debug assertions.
+pub fn classify(result: Result<Message, Error>) -> Incoming {
+    match result {
+        Ok(Message::Text(text)) => Incoming::Text(text),
+        Ok(Message::Binary(_)) => Incoming::Fail(
+            CloseCode::Unsupported,
+            "binary messages are not supported",
+            "binary message".into(),
+        ),
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Incoming::Control,
+        Ok(Message::Close(_)) => Incoming::CloseReceived,
+        Err(Error::ConnectionClosed) => Incoming::Closed,
+        Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Incoming::WouldBlock,
+        Err(e) => close_for_error(e),
+    }
+}
+
+/// The close code for an error tungstenite reported (RFC 6455 §7.4.1).
+pub fn close_for_error(error: Error) -> Incoming {
+    let detail = error.to_string();
+    match error {
+        Error::Utf8(_) => Incoming::Fail(CloseCode::Invalid, "invalid UTF-8", detail),
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Incoming::Fail(CloseCode::Size, "message too big", detail)
+        }
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) | Error::Io(_) => {
+            Incoming::Gone(detail)
+        }
+        Error::Protocol(_) | Error::Capacity(_) => {
+            Incoming::Fail(CloseCode::Protocol, "protocol error", detail)
+        }
+        // AlreadyClosed would be a bug in Eddy (reading after the end);
+        // nothing else is reachable from a server-side read. Fail safe.
+        _ => Incoming::Fail(CloseCode::Error, "internal error", detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::protocol::{Role, WebSocketContext};
+
+    /// A socket that serves `input` in steps of at most `step` bytes, says
+    /// WouldBlock when it runs dry (like a non-blocking socket), and records
+    /// nothing: writes must go to the queue.
+    struct MockSocket {
+        input: Vec<u8>,
+        pos: usize,
+        step: usize,
+        eof: bool,
+    }
+
+    impl Read for MockSocket {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.input.len() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.step).min(self.input.len() - self.pos);
+            buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut f = vec![0x80 | opcode];
+        assert!(payload.len() < 126);
+        f.push(0x80 | payload.len() as u8);
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    fn read_all(input: Vec<u8>, step: usize) -> (Vec<String>, OutputQueue) {
+        let mut socket = MockSocket {
+            input,
+            pos: 0,
+            step,
+            eof: false,
+        };
+        let mut out = OutputQueue::new();
+        let mut ctx = WebSocketContext::new(Role::Server, Some(websocket_config(1024, 64)));
+        let mut seen = Vec::new();
+        loop {
+            let mut io = Adapter {
+                socket: &mut socket,
+                out: &mut out,
+            };
+            match classify(ctx.read(&mut io)) {
+                Incoming::Text(t) => seen.push(format!("text:{}", t.as_str())),
+                Incoming::Control => seen.push("control".into()),
+                Incoming::WouldBlock => break,
+                other => {
+                    seen.push(format!("{other:?}"));
+                    break;
+                }
+            }
+        }
+        (seen, out)
+    }
+
+    #[test]
+    fn frames_split_across_would_block_reads_are_reassembled() {
+        let mut input = masked(0x1, b"hello");
+        input.extend(masked(0x9, b"p"));
+        input.extend(masked(0x1, b"world"));
+        // One byte per read: every frame is interrupted by WouldBlock-free
+        // short reads; the final WouldBlock ends the burst.
+        let (seen, mut out) = read_all(input, 1);
+        assert_eq!(seen, ["text:hello", "control", "text:world"]);
+        // The pong went to the queue, not the socket.
+        let mut sent = Vec::new();
+        out.flush(&mut sent).unwrap();
+        assert_eq!(sent, [0x8a, 0x01, b'p']);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header() {
+        // Header only: 127 = 64-bit length, claiming 10 MB; no payload sent.
+        let mut input = vec![0x81, 0xff];
+        input.extend(10_000_000u64.to_be_bytes());
+        input.extend([1, 2, 3, 4]);
+        let (seen, _) = read_all(input, 4096);
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].starts_with("Fail(Size"), "{seen:?}");
+    }
+
+    #[test]
+    fn errors_map_to_rfc_close_codes() {
+        let unmasked = vec![0x81, 0x01, b'x'];
+        assert!(read_all(unmasked, 64).0[0].starts_with("Fail(Protocol"));
+        let binary = masked(0x2, b"\x00");
+        assert!(read_all(binary, 64).0[0].starts_with("Fail(Unsupported"));
+        let bad_utf8 = masked(0x1, b"\xff\xfe");
+        assert!(read_all(bad_utf8, 64).0[0].starts_with("Fail(Invalid"));
+        let reserved_bits = {
+            let mut f = masked(0x1, b"x");
+            f[0] |= 0x40;
+            f
+        };
+        assert!(read_all(reserved_bits, 64).0[0].starts_with("Fail(Protocol"));
+    }
+
+    #[test]
+    fn encoded_frames_round_trip() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let text = "x".repeat(len);
+            let frame = encode_text_frame(&text);
+            assert_eq!(frame[0], 0x81);
+            assert_eq!(text_frame_payload(&frame), text);
+        }
+        let close = encode_close_frame(CloseCode::Away, "bye");
+        assert_eq!(&close[..], [0x88, 0x05, 0x03, 0xe9, b'b', b'y', b'e']);
+    }
+}

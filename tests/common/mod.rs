@@ -1,0 +1,450 @@
+//! Shared test helpers: a real server on 127.0.0.1:0 in a thread, real
+//! clients (tungstenite's client, and raw `TcpStream`s for byte-exact HTTP
+//! and frames). Every socket has a read timeout, so a missing message fails
+//! the test instead of hanging it; nothing sleeps to synchronise.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use eddy::{ChatRoom, Config, Server, ServerHandle, WebSocketHandler};
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single expected event may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server running in a thread. Dropping it stops the loop and joins.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl TestServer {
+    /// A chat server with `config`.
+    pub fn chat(config: Config) -> TestServer {
+        TestServer::with_handler(config, ChatRoom::new())
+    }
+
+    /// A chat server with the default config.
+    pub fn start() -> TestServer {
+        TestServer::chat(Config::default())
+    }
+
+    /// A server running `handler`.
+    pub fn with_handler<H: WebSocketHandler + Send + 'static>(
+        config: Config,
+        handler: H,
+    ) -> TestServer {
+        let server =
+            Server::with_handler("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
+        let addr = server.local_addr().unwrap();
+        let handle = server.handle();
+        let thread = thread::spawn(move || server.run());
+        TestServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts a graceful shutdown and waits for `run` to return.
+    pub fn shutdown(mut self) {
+        self.handle.shutdown().unwrap();
+        self.thread.take().unwrap().join().unwrap().unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.stop();
+            let result = thread.join();
+            if !thread::panicking() {
+                result
+                    .expect("server thread panicked")
+                    .expect("server run failed");
+            }
+        }
+    }
+}
+
+/// A TCP connection with timeouts set.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; returns everything.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    match stream.read_to_end(&mut all) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "reading until close: {e} (got {:?})",
+            String::from_utf8_lossy(&all)
+        ),
+    }
+    all
+}
+
+/// Sends `request` on a fresh connection and returns all the server sent
+/// before closing.
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tcp(addr);
+    stream.write_all(request).unwrap();
+    String::from_utf8_lossy(&read_to_close(&mut stream)).into_owned()
+}
+
+/// One HTTP response read off a keep-alive connection.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads exactly one response (head, then `Content-Length` bytes of body;
+/// none for a HEAD request) from `stream`.
+pub fn read_response(stream: &mut TcpStream, head_request: bool) -> HttpResponse {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("reading a response head");
+        assert_eq!(
+            n,
+            1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut response = HttpResponse {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    let length: usize = response
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    if !head_request {
+        response.body = vec![0; length];
+        stream.read_exact(&mut response.body).unwrap();
+    }
+    response
+}
+
+/// A WebSocket client (tungstenite's own) over a plain TcpStream.
+pub type Client = WebSocket<TcpStream>;
+
+/// Opens `ws://addr/soc`.
+pub fn connect(addr: SocketAddr) -> Client {
+    let (client, response) =
+        tungstenite::client(format!("ws://{addr}/soc"), tcp(addr)).expect("handshake");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// Opens a chat client and reads its welcome.
+pub fn join(addr: SocketAddr) -> Client {
+    let mut client = connect(addr);
+    assert_eq!(recv_json(&mut client), welcome());
+    client
+}
+
+/// The welcome every newcomer gets.
+pub fn welcome() -> Value {
+    serde_json::json!({"type": "sys", "message": "Welcome to WebSocket"})
+}
+
+/// The next text message, as a string; fails on anything else.
+pub fn recv_text(client: &mut Client) -> String {
+    loop {
+        match client.read() {
+            Ok(Message::Text(text)) => return text.as_str().to_owned(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The next text message, parsed as JSON.
+pub fn recv_json(client: &mut Client) -> Value {
+    let text = recv_text(client);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON: {text:?}: {e}"))
+}
+
+/// Sends a text message.
+pub fn send(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).unwrap();
+}
+
+/// Reads the "<id> has joined" notice and returns the id as a number.
+pub fn recv_joined(client: &mut Client) -> u64 {
+    sys_id(&recv_json(client), "has joined")
+}
+
+/// The id in a sys notice `"<id> <suffix>"`.
+pub fn sys_id(message: &Value, suffix: &str) -> u64 {
+    assert_eq!(message["type"], "sys", "{message}");
+    let text = message["message"].as_str().unwrap();
+    let id = text
+        .strip_suffix(suffix)
+        .unwrap_or_else(|| panic!("{text:?} does not end with {suffix:?}"));
+    id.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not an id: {text:?}"))
+}
+
+/// Reads until the server's close frame and returns its code; fails if a
+/// text message or the end of the stream comes first.
+pub fn recv_close(client: &mut Client) -> CloseCode {
+    loop {
+        match client.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(Message::Close(None)) => panic!("close frame without a code"),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// A raw WebSocket: upgrades `stream` by hand and checks the 101, so tests
+/// can send bytes no well-behaved client would.
+pub fn raw_upgrade(addr: SocketAddr, after_head: &[u8]) -> TcpStream {
+    let mut stream = tcp(addr);
+    let mut request = upgrade_request(addr, "").into_bytes();
+    request.extend_from_slice(after_head);
+    stream.write_all(&request).unwrap();
+    let response = read_response(&mut stream, true);
+    assert_eq!(response.status, 101, "{}", response.head);
+    stream
+}
+
+/// A valid upgrade request for `/soc`, plus `extra` header lines.
+pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "GET /soc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A client-to-server frame, masked as RFC 6455 requires.
+pub fn masked_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![opcode | if fin { 0x80 } else { 0 }];
+    push_length(&mut frame, 0x80, payload.len() as u64);
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// A frame without a mask (a protocol violation from a client).
+pub fn unmasked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    push_length(&mut frame, 0, payload.len() as u64);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Writes a frame's length field (7, 7+16 or 7+64 bits) with the mask bit.
+pub fn push_length(frame: &mut Vec<u8>, mask_bit: u8, len: u64) {
+    match len {
+        0..=125 => frame.push(mask_bit | len as u8),
+        126..=65535 => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+}
+
+/// Reads one server frame from a raw stream: (opcode, payload).
+pub fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).expect("frame header");
+    assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Reads raw frames until a close frame; returns its code (skipping data).
+pub fn read_close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let (opcode, payload) = read_frame(stream);
+        if opcode == 0x8 {
+            assert!(payload.len() >= 2, "close frame without a code");
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// Checks that two fresh clients can still chat: the room survived.
+pub fn assert_room_works(addr: SocketAddr) {
+    let mut a = join(addr);
+    let mut b = join(addr);
+    let b_id = recv_joined(&mut a);
+    send(&mut b, "still here?");
+    for client in [&mut a, &mut b] {
+        let line = recv_user_line(client);
+        assert_eq!(line["id"], b_id);
+        assert_eq!(line["message"], "still here?");
+    }
+}
+
+/// The next "user" message, skipping sys notices.
+pub fn recv_user_line(client: &mut Client) -> Value {
+    loop {
+        let message = recv_json(client);
+        if message["type"] == "user" {
+            return message;
+        }
+    }
+}
+
+/// The built `eddy` binary, started with `args`, stderr captured. Its log
+/// lines arrive on `stderr` as they are written.
+pub struct Binary {
+    child: Option<Child>,
+    pub pid: u32,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Binary {
+    pub fn start(args: &[&str]) -> Binary {
+        Binary::start_in(args, None)
+    }
+
+    pub fn start_in(args: &[&str], dir: Option<&std::path::Path>) -> Binary {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
+        command
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Binary {
+            pid: child.id(),
+            child: Some(child),
+            stderr: rx,
+        }
+    }
+
+    /// Waits for the "listening on http://ADDR/" line and returns ADDR.
+    pub fn listening_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .expect("no 'listening on' line");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return rest.trim_end_matches('/').parse().unwrap();
+            }
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("waited for twice");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(status) => status.unwrap().code(),
+            Err(_) => {
+                self.signal("KILL");
+                panic!("eddy did not exit within {limit:?}");
+            }
+        }
+    }
+
+    /// Every stderr line, once the process has exited and its stderr closed.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut lines = Vec::new();
+        loop {
+            match self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return lines,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stderr still open: {lines:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
