@@ -584,3 +584,55 @@ fn mark_dirty(dirty: &mut Vec<usize>, key: usize, entry: &mut Entry) {
         dirty.push(key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::echo::EchoHandler;
+
+    /// A connected pair: the server side as a mio stream, the client side kept open.
+    fn socket_pair() -> (TcpStream, std::net::TcpStream, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        server_side.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(server_side), client, peer)
+    }
+
+    #[test]
+    fn a_slot_freed_during_a_turn_is_reused_only_after_it() {
+        let server = Server::with_handler(
+            "127.0.0.1:0".parse().unwrap(),
+            Config::default(),
+            EchoHandler,
+        )
+        .unwrap();
+        let (mut ioloop, mut state) = (server.ioloop, server.state);
+        let (a, _a_client, peer) = socket_pair();
+        state.add_connection(&mut ioloop, a, peer);
+        let a_id = state.connections[0].conn.id();
+
+        // Mid-batch, connection A finishes...
+        state.connections[0].conn.finish(&mut |_| {});
+        state.settle(&mut ioloop, 0);
+        // ...and B arrives in the same batch: it must not get A's slot, or an
+        // event polled for A would reach B.
+        let (b, _b_client, peer) = socket_pair();
+        state.add_connection(&mut ioloop, b, peer);
+        assert_eq!(state.connections.len(), 2);
+        let b_id = state.connections[1].conn.id();
+        state.on_connection_ready(0, true); // A's stale event: ignored
+        assert!(!state.connections[1].conn.is_done());
+
+        // After the turn, the slot is free and goes to the next newcomer.
+        state.end_of_turn(&mut ioloop);
+        let (c, _c_client, peer) = socket_pair();
+        state.add_connection(&mut ioloop, c, peer);
+        let c_id = state.connections[0].conn.id();
+        assert!(a_id < b_id && b_id < c_id, "ids are never reused");
+
+        // A timer set for A finds C in its slot and leaves it alone.
+        state.close_timed_out(0, a_id);
+        assert!(!state.connections[0].conn.is_done());
+    }
+}
