@@ -20,21 +20,12 @@ fn eddy(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn help_lists_every_flag_and_exits_0() {
+fn help_prints_the_flag_list_and_exits_0() {
+    // What the text says is checked by cli's unit tests; here, that the
+    // binary prints exactly it.
     let out = eddy(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8(out.stdout).unwrap();
-    for flag in [
-        "--addr",
-        "--templates",
-        "--allow-origin",
-        "--max-message-bytes",
-        "--max-pending-bytes",
-        "--help",
-    ] {
-        assert!(text.contains(flag), "{flag} missing from --help");
-    }
-    assert!(text.contains("[default: 127.0.0.1:8000]"));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), eddy::cli::help());
 }
 
 #[test]
