@@ -43,15 +43,30 @@ const READ_CHUNK: usize = 4096;
 /// that sends requests without reading responses cannot grow our memory.
 const PIPELINE_PAUSE_BYTES: usize = 64 * 1024;
 
-/// At most this many bytes are discarded per turn from a closing connection,
-/// so a client that floods us while closing cannot monopolize the loop.
-const DISCARD_PER_TURN: usize = 64 * 1024;
+/// The most bytes one connection may read from its socket per readiness
+/// event (or resumption). Without a budget, a client that sends as fast as
+/// we read would keep us inside its read loop forever: no other client
+/// served, no flush, no output cap enforced, no timer or signal handled.
+/// When it is spent, reading pauses and the server resumes it next turn
+/// (an `add_callback`: edge-triggered polling brings no new event for bytes
+/// we left in the socket).
+pub const READ_BUDGET: usize = 64 * 1024;
 
 /// The close reason sent to a client cut off for not reading.
 pub const CUT_OFF_REASON: &str = "too slow: unread output over the limit";
 
 /// The close reason sent to every client when the server shuts down.
 pub const SHUTDOWN_REASON: &str = "server shutting down";
+
+/// Why reading stopped before the socket said `WouldBlock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// This turn's [`READ_BUDGET`] is spent: continue next turn.
+    Budget,
+    /// Too much output waits for this client ([`PIPELINE_PAUSE_BYTES`]):
+    /// continue once it has drained.
+    Backlog,
+}
 
 /// What a socket must offer. A trait so that tests can drive a connection
 /// with a mock; the server uses `mio::net::TcpStream`.
@@ -82,8 +97,10 @@ pub enum Report<'a> {
     Opened,
     /// A text message arrived: call `on_message`.
     Message(&'a str),
-    /// The connection is no longer open (its close frame is queued, or the
-    /// peer vanished): call `on_close`. Sent once, only after `Opened`.
+    /// The connection is no longer open: it sent or is about to send its
+    /// close frame (ours, or tungstenite's reply to the client's, which the
+    /// next read queues), or the peer vanished. Call `on_close`. Sent once,
+    /// only after `Opened`; no broadcast reaches the connection after it.
     Left,
 }
 
@@ -113,10 +130,10 @@ pub struct Connection<S> {
     /// The last read ended in `WouldBlock`. Edge-triggered polling brings a
     /// READABLE event when more arrives; until then, reading is pointless.
     read_blocked: bool,
-    /// Reading stopped early for fairness or backpressure, with input maybe
-    /// left in the socket: no event will come for it, so the server must
-    /// call [`Connection::resume`] once output has drained.
-    read_paused: bool,
+    /// Reading stopped early, with input maybe left in the socket: no event
+    /// will come for it, so the server must call [`Connection::resume`]
+    /// (see [`Connection::wants_resume`]).
+    paused: Option<Pause>,
     /// We have seen the peer's EOF (or a reset): nothing more will come.
     peer_eof: bool,
     /// The write side is shut down: our FIN is sent.
@@ -133,7 +150,7 @@ impl<S: Socket> Connection<S> {
             state: State::Http { buf: Vec::new() },
             in_room: false,
             read_blocked: false,
-            read_paused: false,
+            paused: None,
             peer_eof: false,
             write_shut: false,
         }
@@ -174,10 +191,15 @@ impl<S: Socket> Connection<S> {
         self.out.pending()
     }
 
-    /// Whether reading stopped early and should be resumed once the output
-    /// backlog is gone (see [`Connection::resume`]).
+    /// Whether reading stopped early and should be resumed now (see
+    /// [`Connection::resume`]): next turn after a spent budget, or once a
+    /// backlog of output has drained.
     pub fn wants_resume(&self) -> bool {
-        self.read_paused && !self.read_blocked && self.out.pending() <= PIPELINE_PAUSE_BYTES
+        match self.paused {
+            Some(Pause::Budget) => true,
+            Some(Pause::Backlog) => self.out.pending() <= PIPELINE_PAUSE_BYTES,
+            None => false,
+        }
     }
 
     /// Queues a broadcast frame (shared bytes). Only for open connections:
@@ -204,18 +226,19 @@ impl<S: Socket> Connection<S> {
             // A WRITABLE-only event: the server flushes at the end of the turn.
             return;
         }
-        self.read_paused = false;
+        self.paused = None;
+        let mut budget = READ_BUDGET;
         match self.state {
-            State::Http { .. } => self.read_http(settings, report),
-            State::Open(_) => self.read_websocket(report),
-            State::Closing => self.discard_input(),
+            State::Http { .. } => self.read_http(settings, &mut budget, report),
+            State::Open(_) => self.read_websocket(&mut budget, report),
+            State::Closing => self.discard_input(&mut budget),
             State::Done => {}
         }
     }
 
     /// Continues reading that stopped early ([`Connection::wants_resume`]).
     pub fn resume(&mut self, settings: &Settings, report: &mut dyn FnMut(Report<'_>)) {
-        if self.read_paused {
+        if self.paused.is_some() {
             self.on_ready(false, settings, report);
         }
     }
@@ -299,7 +322,12 @@ impl<S: Socket> Connection<S> {
 
     /// Http state: answer every complete request buffered, then read more,
     /// until the socket would block.
-    fn read_http(&mut self, settings: &Settings, report: &mut dyn FnMut(Report<'_>)) {
+    fn read_http(
+        &mut self,
+        settings: &Settings,
+        budget: &mut usize,
+        report: &mut dyn FnMut(Report<'_>),
+    ) {
         loop {
             // Answer what is already here, in order.
             loop {
@@ -323,7 +351,7 @@ impl<S: Socket> Connection<S> {
                         if response.close {
                             // Anything pipelined after this request is discarded.
                             self.state = State::Closing;
-                            return self.discard_input();
+                            return self.discard_input(budget);
                         }
                         buf.drain(..consumed);
                         if buf.is_empty() {
@@ -344,16 +372,21 @@ impl<S: Socket> Connection<S> {
                         )));
                         self.in_room = true;
                         report(Report::Opened);
-                        return self.read_websocket(report);
+                        return self.read_websocket(budget, report);
                     }
                 }
             }
             if self.out.pending() > PIPELINE_PAUSE_BYTES {
-                self.read_paused = true;
+                self.paused = Some(Pause::Backlog);
+                return;
+            }
+            if *budget == 0 {
+                self.paused = Some(Pause::Budget);
                 return;
             }
             let mut chunk = [0u8; READ_CHUNK];
-            match self.socket.read(&mut chunk) {
+            let want = READ_CHUNK.min(*budget);
+            match self.socket.read(&mut chunk[..want]) {
                 Ok(0) => {
                     // The client half-closed. Answers already queued still go
                     // out (a client may send a request, then FIN, then read).
@@ -362,6 +395,7 @@ impl<S: Socket> Connection<S> {
                     return;
                 }
                 Ok(n) => {
+                    *budget -= n;
                     if let State::Http { buf } = &mut self.state {
                         buf.extend_from_slice(&chunk[..n]);
                     }
@@ -381,7 +415,7 @@ impl<S: Socket> Connection<S> {
 
     /// Open state: read frames through tungstenite until the socket would
     /// block, reporting each text message.
-    fn read_websocket(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+    fn read_websocket(&mut self, budget: &mut usize, report: &mut dyn FnMut(Report<'_>)) {
         loop {
             let State::Open(context) = &mut self.state else {
                 return;
@@ -389,6 +423,7 @@ impl<S: Socket> Connection<S> {
             let mut stream = Adapter {
                 socket: &mut self.socket,
                 out: &mut self.out,
+                budget: &mut *budget,
             };
             match ws::classify(context.read(&mut stream)) {
                 Incoming::Text(text) => {
@@ -404,6 +439,11 @@ impl<S: Socket> Connection<S> {
                 }
                 Incoming::Closed => {
                     self.state = State::Closing;
+                    return;
+                }
+                Incoming::WouldBlock if *budget == 0 => {
+                    // The adapter, not the socket, said stop.
+                    self.paused = Some(Pause::Budget);
                     return;
                 }
                 Incoming::WouldBlock => {
@@ -430,17 +470,17 @@ impl<S: Socket> Connection<S> {
 
     /// Closing state: read and throw away until EOF, so that our close
     /// frame is not destroyed by a reset (see the module docs).
-    fn discard_input(&mut self) {
+    fn discard_input(&mut self, budget: &mut usize) {
         let mut chunk = [0u8; READ_CHUNK];
-        let mut discarded = 0;
         while !self.peer_eof {
-            if discarded >= DISCARD_PER_TURN {
-                self.read_paused = true;
+            if *budget == 0 {
+                self.paused = Some(Pause::Budget);
                 return;
             }
-            match self.socket.read(&mut chunk) {
+            let want = READ_CHUNK.min(*budget);
+            match self.socket.read(&mut chunk[..want]) {
                 Ok(0) => self.peer_eof = true,
-                Ok(n) => discarded += n,
+                Ok(n) => *budget -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.read_blocked = true;
                     return;
@@ -670,6 +710,44 @@ mod tests {
         );
         assert!(ready(&mut conn, true).is_empty());
         assert!(conn.is_done());
+    }
+
+    #[test]
+    fn a_fast_sender_is_read_one_budget_per_turn_and_resumed() {
+        let socket = MockSocket::default();
+        let line = [b'x'; 100];
+        let lines = 3 * READ_BUDGET / masked_text(&line).len();
+        {
+            let mut peer = socket.0.borrow_mut();
+            let mut all = UPGRADE.to_vec();
+            for _ in 0..lines {
+                all.extend(masked_text(&line));
+            }
+            peer.incoming.push_back(Some(all));
+        }
+        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut messages = 0;
+        let mut turns = 0;
+        let mut count = |r: Report<'_>| {
+            if let Report::Message(_) = r {
+                messages += 1;
+            }
+        };
+        conn.on_ready(true, &settings(), &mut count);
+        while conn.wants_resume() {
+            turns += 1;
+            assert!(turns < 10, "resumed forever");
+            conn.resume(&settings(), &mut count);
+        }
+        assert_eq!(messages, lines, "nothing lost across the pauses");
+        assert!(
+            turns >= 3,
+            "read in budget-sized slices, not at once: {turns} resumptions"
+        );
+        assert!(
+            !conn.wants_resume(),
+            "socket drained: wait for the next event"
+        );
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! |--------------------------------------------------------------|-----------------|
 //! | head not parseable (httparse error, bad version)             | 400, close      |
 //! | head over [`MAX_HEAD_BYTES`], or over [`MAX_HEADERS`] headers | 431, close      |
-//! | HTTP/1.1 without `Host`                                      | 400, close      |
 //! | `Transfer-Encoding` present                                  | 501, close      |
 //! | `Content-Length` invalid or repeated                         | 400, close      |
 //! | `Content-Length` > 0 (any method)                            | 413, close      |
+//! | HTTP/1.1 without `Host`                                      | 400, close      |
 //! | method not GET/HEAD                                          | 405 + `Allow`   |
 //! | GET/HEAD `/`                                                 | 200, the page   |
 //! | GET `/soc` with a valid upgrade                              | 101             |
@@ -172,56 +172,68 @@ pub fn answer(buf: &[u8], site: &Site) -> Parsed {
 fn fatal(status: u16, why: &'static str) -> Parsed {
     Parsed::Complete {
         consumed: 0,
-        reply: Reply::Respond(error(status, why, false, true, &[])),
+        reply: Reply::Respond(error(FATAL, status, why, &[])),
     }
 }
 
+/// How a response must be shaped for the request it answers.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// The request's minor version: HTTP/1.0 keep-alive must be confirmed.
+    version: u8,
+    /// A HEAD request: headers only.
+    head_only: bool,
+    /// The connection ends after this response.
+    close: bool,
+}
+
+/// The shape of an answer to a request that cannot be trusted to frame the
+/// next one: it closes the connection.
+const FATAL: Shape = Shape {
+    version: 1,
+    head_only: false,
+    close: true,
+};
+
 fn route(req: &Request<'_>, site: &Site) -> Reply {
-    if req.version == 1 && req.get("host").is_none() {
-        return Reply::Respond(error(400, "missing Host header", false, true, &[]));
-    }
+    let refuse = |status, why| Reply::Respond(error(FATAL, status, why, &[]));
     if req.get("transfer-encoding").is_some() {
-        return Reply::Respond(error(
-            501,
-            "Transfer-Encoding is not supported",
-            false,
-            true,
-            &[],
-        ));
+        return refuse(501, "Transfer-Encoding is not supported");
     }
     let mut lengths = req.all("content-length");
     match (lengths.next(), lengths.next()) {
         (None, _) => {}
-        (Some(_), Some(_)) => {
-            return Reply::Respond(error(400, "repeated Content-Length", false, true, &[]));
-        }
+        (Some(_), Some(_)) => return refuse(400, "repeated Content-Length"),
         (Some(value), None) => match parse_content_length(value) {
-            None => return Reply::Respond(error(400, "invalid Content-Length", false, true, &[])),
+            None => return refuse(400, "invalid Content-Length"),
             Some(0) => {}
-            Some(_) => {
-                return Reply::Respond(error(
-                    413,
-                    "request bodies are not accepted",
-                    false,
-                    true,
-                    &[],
-                ));
-            }
+            Some(_) => return refuse(413, "request bodies are not accepted"),
         },
     }
-    let head_only = req.method == "HEAD";
-    // A client that asked to switch protocols may already have sent frames
-    // after its head; if the switch is refused, those bytes must not be read
-    // as the next request. So a refused upgrade ends the connection.
-    let close = !req.keep_alive() || req.get("upgrade").is_some();
-    if req.method != "GET" && !head_only {
-        let allow: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
-        return Reply::Respond(error(405, "method not allowed", head_only, close, allow));
+    if req.version == 1 && req.get("host").is_none() {
+        return refuse(400, "missing Host header");
+    }
+    let shape = Shape {
+        version: req.version,
+        head_only: req.method == "HEAD",
+        // A client that asked to switch protocols may already have sent
+        // frames after its head; if the switch is refused, those bytes must
+        // not be read as the next request. So a refused upgrade ends the
+        // connection.
+        close: !req.keep_alive() || req.get("upgrade").is_some(),
+    };
+    if req.method != "GET" && !shape.head_only {
+        return Reply::Respond(error(
+            shape,
+            405,
+            "method not allowed",
+            &[("Allow", "GET, HEAD")],
+        ));
     }
     match req.path {
-        "/" => Reply::Respond(page(site, req.version, head_only, close)),
-        WEBSOCKET_PATH => upgrade(req, site, close),
-        _ => Reply::Respond(error(404, "not found", head_only, close, &[])),
+        "/" => Reply::Respond(page(site, shape)),
+        WEBSOCKET_PATH => upgrade(req, site, shape),
+        _ => Reply::Respond(error(shape, 404, "not found", &[])),
     }
 }
 
@@ -234,28 +246,27 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-fn page(site: &Site, version: u8, head_only: bool, close: bool) -> Response {
+fn page(site: &Site, shape: Shape) -> Response {
     let head = response_head(
         200,
         "text/html; charset=utf-8",
         site.page.len(),
         &[],
-        connection_header(version, close),
+        connection_header(shape),
     );
     Response {
         status: 200,
         why: "the page",
         head,
-        body: (!head_only).then(|| site.page.clone()),
-        close,
+        body: (!shape.head_only).then(|| site.page.clone()),
+        close: shape.close,
     }
 }
 
 /// The WebSocket opening handshake, server side (RFC 6455 §4.2).
-fn upgrade(req: &Request<'_>, site: &Site, close: bool) -> Reply {
-    let head_only = req.method == "HEAD";
+fn upgrade(req: &Request<'_>, site: &Site, shape: Shape) -> Reply {
     let refuse = |status, why: &'static str, extra: &[(&str, &str)]| {
-        Reply::Respond(error(status, why, head_only, close, extra))
+        Reply::Respond(error(shape, status, why, extra))
     };
     if req.method != "GET"
         || !req.has_token("upgrade", "websocket")
@@ -351,8 +362,10 @@ pub fn normalize_origin(origin: &str) -> Result<String, String> {
     }
 }
 
-fn connection_header(version: u8, close: bool) -> Option<&'static str> {
-    match (close, version) {
+/// HTTP/1.1 keeps connections unless told otherwise; HTTP/1.0 closes them
+/// unless the response confirms keep-alive.
+fn connection_header(shape: Shape) -> Option<&'static str> {
+    match (shape.close, shape.version) {
         (true, _) => Some("close"),
         (false, 0) => Some("keep-alive"),
         (false, _) => None,
@@ -360,28 +373,21 @@ fn connection_header(version: u8, close: bool) -> Option<&'static str> {
 }
 
 /// An error response with a short text body saying what went wrong.
-fn error(
-    status: u16,
-    why: &'static str,
-    head_only: bool,
-    close: bool,
-    extra: &[(&str, &str)],
-) -> Response {
+fn error(shape: Shape, status: u16, why: &'static str, extra: &[(&str, &str)]) -> Response {
     let body = format!("{status} {}: {why}\n", reason(status));
-    let connection = if close { Some("close") } else { None };
     let head = response_head(
         status,
         "text/plain; charset=utf-8",
         body.len(),
         extra,
-        connection,
+        connection_header(shape),
     );
     Response {
         status,
         why,
         head,
-        body: (!head_only).then(|| Bytes::from(body)),
-        close,
+        body: (!shape.head_only).then(|| Bytes::from(body)),
+        close: shape.close,
     }
 }
 
@@ -516,6 +522,11 @@ mod tests {
             ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
             ("GET /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
             ("HEAD /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+                true,
+            ),
             ("GET / HTTP/1.0\r\n\r\n", 200, true),
             (
                 "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
@@ -535,6 +546,17 @@ mod tests {
         }
         let (_, _, _, text) = ask("PUT / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(text.contains("Allow: GET, HEAD\r\n"));
+        // HTTP/1.0 keep-alive is confirmed on every response that keeps it.
+        for head in [
+            "GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ] {
+            let (_, close, _, text) = ask(head);
+            assert!(
+                !close && text.contains("Connection: keep-alive\r\n"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@
 //! 3. call [`EventHandler::end_of_turn`], so everything queued so far is
 //!    flushed before the loop may sleep;
 //! 4. `poll`: without blocking if callbacks are waiting, otherwise until the
-//!    next timer's deadline (or forever), retrying on `EINTR`;
+//!    next timer's deadline (or forever); interrupted by a signal (`EINTR`),
+//!    it simply ends the turn early, and the next turn polls again;
 //! 5. hand each event to [`EventHandler::ready`].
 
 use std::cmp::Reverse;
@@ -353,15 +354,16 @@ impl<S: EventHandler> IoLoop<S> {
     /// Steps 4 and 5: wait for readiness, then dispatch it.
     fn poll_once(&mut self, state: &mut S) -> io::Result<()> {
         let timeout = self.poll_timeout();
-        // mio's Poll docs: `poll` can return `Interrupted` when a signal
-        // arrives (our SIGTERM handler, for one). That is not a failure; the
-        // signal itself shows up as an event on the next poll.
-        loop {
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            // mio's Poll docs: `poll` can fail with `Interrupted` when a
+            // signal arrives (our SIGTERM handler, for one). That is not a
+            // failure: return as from an empty poll, and the next turn polls
+            // again. Not a retry right here with the same timeout: under a
+            // stream of signals that would restart the full wait each time,
+            // and a due timer would never run.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
         }
         // Take the events out so handlers can borrow `self` mutably; give
         // the buffer back afterwards so its allocation is reused.
@@ -497,20 +499,63 @@ mod tests {
     }
 
     #[test]
-    fn handle_stops_and_calls_back_from_another_thread() {
+    fn handle_calls_back_from_another_thread() {
         let mut ioloop = IoLoop::new().unwrap();
         let handle = ioloop.handle();
         let mut log = Log::default();
         let remote = thread::spawn(move || {
             handle
-                .add_callback(|l: &mut Log, _| l.entries.push("remote"))
+                .add_callback(|l: &mut Log, lp| {
+                    l.entries.push("remote");
+                    lp.stop();
+                })
                 .unwrap();
-            handle.stop().unwrap();
         });
         // Blocks in poll (no timers, no callbacks) until the waker fires.
         ioloop.start(&mut log).unwrap();
         remote.join().unwrap();
         assert_eq!(log.entries, ["remote"]);
+    }
+
+    #[test]
+    fn handle_stops_a_loop_blocked_in_poll() {
+        let mut ioloop: IoLoop<Log> = IoLoop::new().unwrap();
+        let handle = ioloop.handle();
+        let remote = thread::spawn(move || handle.stop().unwrap());
+        ioloop.start(&mut Log::default()).unwrap();
+        remote.join().unwrap();
+    }
+
+    #[test]
+    fn a_signal_during_poll_does_not_end_the_loop() {
+        use std::sync::mpsc;
+        // A handler for SIGUSR1, so the signal interrupts system calls
+        // (epoll_wait fails with EINTR) instead of killing the process.
+        let _handler = signal_hook_mio::v1_0::Signals::new([libc::SIGUSR1]).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let looper = thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            let mut ioloop = IoLoop::new().unwrap();
+            let mut log = Log::default();
+            ioloop.call_later(Duration::from_millis(300), |l: &mut Log, lp| {
+                l.entries.push("timer");
+                lp.stop();
+            });
+            let result = ioloop.start(&mut log).map_err(|e| e.kind());
+            (result, log.entries)
+        });
+        let thread_id = rx.recv().unwrap();
+        // Interrupt the loop's poll over and over until it returns (its
+        // timer ends it). The pause only paces the signals.
+        while !looper.is_finished() {
+            // SAFETY: the thread is not joined yet, so its id is valid.
+            unsafe { libc::pthread_kill(thread_id, libc::SIGUSR1) };
+            thread::sleep(Duration::from_millis(2));
+        }
+        let (result, entries) = looper.join().unwrap();
+        assert_eq!(result, Ok(()), "EINTR must be retried, not returned");
+        assert_eq!(entries, ["timer"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! 4. [`ServerState::deliver`] queues that one shared buffer on every open
 //!    connection and marks each *dirty*.
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes every
-//!    dirty connection once (one `writev` for all it got this turn), cuts
+//!    dirty connection once (vectored writes of all it got this turn), cuts
 //!    off any client whose unread output is over the cap, asks mio for
 //!    WRITABLE only where bytes remain, and frees finished connections.
 //!
@@ -621,8 +621,10 @@ mod tests {
         state.add_connection(&mut ioloop, b, peer);
         assert_eq!(state.connections.len(), 2);
         let b_id = state.connections[1].conn.id();
-        state.on_connection_ready(0, true); // A's stale event: ignored
-        assert!(!state.connections[1].conn.is_done());
+        // A stale event polled for A's token still finds A (done), not B.
+        assert_eq!(state.connections[0].conn.id(), a_id);
+        state.on_connection_ready(0, true);
+        assert!(state.connections[0].conn.is_done());
 
         // After the turn, the slot is free and goes to the next newcomer.
         state.end_of_turn(&mut ioloop);
@@ -634,5 +636,126 @@ mod tests {
         // A timer set for A finds C in its slot and leaves it alone.
         state.close_timed_out(0, a_id);
         assert!(!state.connections[0].conn.is_done());
+    }
+
+    /// Server sockets whose kernel send buffer is already full, so that
+    /// nothing we queue leaves the process: their clients never read.
+    fn stuck_pair() -> (TcpStream, std::net::TcpStream, SocketAddr) {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut server_side, client, peer) = socket_pair();
+        // Fixed, small buffers: the kernel's autotuning would otherwise keep
+        // making room, and bytes we count as stuck would trickle out.
+        for (fd, option) in [
+            (server_side.as_raw_fd(), libc::SO_SNDBUF),
+            (client.as_raw_fd(), libc::SO_RCVBUF),
+        ] {
+            let size: libc::c_int = 4096;
+            // SAFETY: a valid open socket, and a pointer to a c_int of the
+            // size we pass.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+        }
+        let chunk = [0u8; 64 * 1024];
+        loop {
+            match server_side.write(&chunk) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (server_side, client, peer)
+    }
+
+    /// Accepts `socket` and completes a WebSocket handshake on it; returns its slot.
+    fn open_websocket<H: WebSocketHandler>(
+        state: &mut ServerState<H>,
+        ioloop: &mut IoLoop<ServerState<H>>,
+        socket: TcpStream,
+        client: &mut std::net::TcpStream,
+        peer: SocketAddr,
+    ) -> usize {
+        use std::io::Write;
+        state.add_connection(ioloop, socket, peer);
+        let key = state.connections.len() - 1;
+        client
+            .write_all(
+                b"GET /soc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+        // The request is on loopback already; poll until the server reads it.
+        while !state.connections[key].conn.is_open() {
+            state.on_connection_ready(key, true);
+        }
+        key
+    }
+
+    #[test]
+    fn cut_offs_repeat_until_nobody_new_is_over_the_cap() {
+        let config = Config {
+            max_message_bytes: 1024,
+            max_pending_bytes: 8192,
+            close_timeout: Duration::from_millis(50),
+            ..Config::default()
+        };
+        let cap = config.max_pending_bytes;
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let (mut ioloop, mut state) = (server.ioloop, server.state);
+        let (a, mut a_client, peer) = stuck_pair();
+        let a_key = open_websocket(&mut state, &mut ioloop, a, &mut a_client, peer);
+        let (b, mut b_client, peer) = stuck_pair();
+        let b_key = open_websocket(&mut state, &mut ioloop, b, &mut b_client, peer);
+        let a_id = state.connections[a_key].conn.id();
+        assert_eq!(state.app.handler.members(), 2);
+
+        // A is over the cap; B is just under it by less than the size of
+        // the frame that will announce A's departure.
+        let left = crate::chat::ChatEvent::Sys {
+            message: &format!("{a_id} has left"),
+        }
+        .to_json();
+        let left_frame = ws::encode_text_frame(&left).len();
+        for (key, target) in [(a_key, cap + 1), (b_key, cap + 1 - left_frame)] {
+            let conn = &mut state.connections[key].conn;
+            let missing = target - conn.pending();
+            conn.queue(tungstenite::Bytes::from(vec![0u8; missing]));
+        }
+        state.end_of_turn(&mut ioloop);
+
+        // A was cut off; "A has left" pushed B over; B was cut off too.
+        assert!(!state.connections[a_key].conn.is_open());
+        assert!(!state.connections[b_key].conn.is_open());
+        assert_eq!(state.app.handler.members(), 0, "on_close ran for both");
+        // Their close frames wait for a socket that takes nothing: WRITABLE
+        // is asked for exactly there.
+        for key in [a_key, b_key] {
+            assert!(state.connections[key].conn.is_closing());
+            assert_eq!(
+                state.connections[key].interest,
+                Interest::READABLE | Interest::WRITABLE
+            );
+        }
+
+        // A client that reads: once its output is out, WRITABLE is dropped.
+        let (c, mut c_client, peer) = socket_pair();
+        let c_key = open_websocket(&mut state, &mut ioloop, c, &mut c_client, peer);
+        state.end_of_turn(&mut ioloop);
+        assert_eq!(state.connections[c_key].interest, Interest::READABLE);
+
+        // The stuck ones never finish their close: their deadline frees them.
+        ioloop.call_later(Duration::from_millis(500), |_, ioloop| ioloop.stop());
+        ioloop.start(&mut state).unwrap();
+        assert!(!state.connections.contains(a_key) && !state.connections.contains(b_key));
+        assert!(state.connections.contains(c_key));
+        drop((a_client, b_client, c_client));
     }
 }

@@ -46,18 +46,28 @@ pub fn websocket_config(max_message_bytes: usize, read_buffer_bytes: usize) -> W
 }
 
 /// The stream tungstenite sees: reads from the socket, writes to the queue.
-/// Built for the duration of one `read` call, from two disjoint borrows of a
+/// Built for the duration of one `read` call, from disjoint borrows of a
 /// connection.
 pub struct Adapter<'a, S> {
     /// The connection's socket, for reading.
     pub socket: &'a mut S,
     /// The connection's output queue, for writing.
     pub out: &'a mut OutputQueue,
+    /// Bytes this connection may still read this turn. At 0 the adapter
+    /// reports `WouldBlock` although the socket may hold more: tungstenite
+    /// then returns to us mid-stream, its state intact, and we resume later.
+    pub budget: &'a mut usize,
 }
 
 impl<S: Read> Read for Adapter<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.socket.read(buf)
+        if *self.budget == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let want = buf.len().min(*self.budget);
+        let n = self.socket.read(&mut buf[..want])?;
+        *self.budget -= n;
+        Ok(n)
     }
 }
 
@@ -227,10 +237,12 @@ mod tests {
         let mut out = OutputQueue::new();
         let mut ctx = WebSocketContext::new(Role::Server, Some(websocket_config(1024, 64)));
         let mut seen = Vec::new();
+        let mut budget = usize::MAX;
         loop {
             let mut io = Adapter {
                 socket: &mut socket,
                 out: &mut out,
+                budget: &mut budget,
             };
             match classify(ctx.read(&mut io)) {
                 Incoming::Text(t) => seen.push(format!("text:{}", t.as_str())),

@@ -11,10 +11,13 @@ use eddy::Config;
 #[test]
 fn a_client_that_stops_reading_is_cut_off_while_the_others_keep_receiving() {
     // Small limits so the cap is reached quickly; the kernel's socket buffers
-    // (several MB on loopback) fill first, and only then our queue.
+    // (several MB on loopback) fill first, and only then our queue. A long
+    // close timeout: the stuck client reads its close frame only at the end
+    // of the test, and must find it still there.
     let config = Config {
         max_message_bytes: 1024,
         max_pending_bytes: 8 * 1024,
+        close_timeout: std::time::Duration::from_secs(120),
         ..Config::default()
     };
     let server = TestServer::chat(config);

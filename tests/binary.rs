@@ -78,7 +78,9 @@ fn an_explicit_template_dir_without_index_html_is_a_startup_error() {
 
 #[test]
 fn run_from_another_directory_it_serves_the_built_in_page() {
-    let dir = std::env::temp_dir();
+    // A fresh, empty directory: no templates/ to find there.
+    let dir = std::env::temp_dir().join(format!("eddy-elsewhere-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let binary = Binary::start_in(&["--addr", "127.0.0.1:0"], Some(&dir));
     let addr = binary.listening_addr();
     let mut stream = tcp(addr);
@@ -86,6 +88,7 @@ fn run_from_another_directory_it_serves_the_built_in_page() {
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let response = read_response(&mut stream, false);
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(response.body, include_bytes!("../templates/index.html"));
 }
 
@@ -94,7 +97,7 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let mut binary = Binary::start(&["--addr", "127.0.0.1:0"]);
     let addr = binary.listening_addr();
     let mut clients: Vec<_> = (0..10).map(|_| join(addr)).collect();
-    binary.signal("TERM");
+    binary.signal(libc::SIGTERM);
     for client in &mut clients {
         let code = loop {
             match client.read() {
@@ -109,14 +112,26 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
 }
 
 #[test]
-fn sigint_exits_0_even_with_a_client_that_never_answers() {
+fn sigint_stops_accepting_and_exits_0_even_with_a_client_that_never_answers() {
     let mut binary = Binary::start(&["--addr", "127.0.0.1:0"]);
     let addr = binary.listening_addr();
     // This client never reads its close frame nor closes: the shutdown's
     // 2 s grace period ends it.
     let _silent = join(addr);
-    binary.signal("INT");
+    binary.signal(libc::SIGINT);
+    binary.wait_for_line("SIGINT: shutting down");
+    binary.wait_for_line("closing 1 connections");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting while shutting down"
+    );
     assert_eq!(binary.wait_exit(Duration::from_secs(5)), Some(0));
-    let log = binary.stderr_lines().join("\n");
-    assert!(log.contains("SIGINT"), "{log}");
+}
+
+#[test]
+fn logs_at_info_when_rust_log_is_unset() {
+    // Binary::start removes RUST_LOG; the startup lines are info.
+    let binary = Binary::start(&["--addr", "127.0.0.1:0"]);
+    let line = binary.wait_for_line("listening on");
+    assert!(line.contains("INFO"), "{line}");
 }

@@ -417,7 +417,7 @@ fn shutdown_closes_every_client_with_1001() {
         assert_eq!(code, CloseCode::Away);
     }
     drop(clients);
-    // run() returns once every client is gone, well before the grace period.
+    // run() returns once every client is gone (or the grace period ends).
     server.shutdown();
     assert!(
         std::net::TcpStream::connect(addr).is_err(),

@@ -317,16 +317,31 @@ pub fn read_close_code(stream: &mut TcpStream) -> u16 {
     }
 }
 
-/// Checks that two fresh clients can still chat: the room survived.
+/// Checks that two fresh clients can still chat: the room survived. Other
+/// traffic (lines of clients still connected) is skipped.
 pub fn assert_room_works(addr: SocketAddr) {
     let mut a = join(addr);
     let mut b = join(addr);
-    let b_id = recv_joined(&mut a);
+    let b_id = loop {
+        let message = recv_json(&mut a);
+        if message["type"] == "sys"
+            && message["message"]
+                .as_str()
+                .unwrap()
+                .ends_with(" has joined")
+        {
+            break sys_id(&message, " has joined");
+        }
+    };
     send(&mut b, "still here?");
     for client in [&mut a, &mut b] {
-        let line = recv_user_line(client);
-        assert_eq!(line["id"], b_id);
-        assert_eq!(line["message"], "still here?");
+        loop {
+            let line = recv_user_line(client);
+            if line["id"] == b_id {
+                assert_eq!(line["message"], "still here?");
+                break;
+            }
+        }
     }
 }
 
@@ -382,6 +397,21 @@ impl Binary {
         }
     }
 
+    /// Waits for a stderr line containing `text` and returns it.
+    pub fn wait_for_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
     /// Waits for the "listening on http://ADDR/" line and returns ADDR.
     pub fn listening_addr(&self) -> SocketAddr {
         let deadline = Instant::now() + TIMEOUT;
@@ -397,14 +427,12 @@ impl Binary {
         }
     }
 
-    /// Sends a signal (`TERM`, `INT`, ...) with the `kill` command.
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // child's, which we have not reaped yet.
+        let rc = unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
     }
 
     /// Waits up to `limit` for the process to exit; returns its exit code.
@@ -417,7 +445,7 @@ impl Binary {
         match rx.recv_timeout(limit) {
             Ok(status) => status.unwrap().code(),
             Err(_) => {
-                self.signal("KILL");
+                self.signal(libc::SIGKILL);
                 panic!("eddy did not exit within {limit:?}");
             }
         }

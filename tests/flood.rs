@@ -1,0 +1,164 @@
+//! A client that sends as fast as it can must not take the loop from
+//! everyone else: each connection reads at most a budget per turn.
+//!
+//! Every flood here is bounded twice: it stops when the test has seen what
+//! it waits for, and in any case after [`FLOOD_LIMIT`].
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::*;
+use eddy::{Config, EchoHandler};
+
+/// The longest any flood runs, whatever happens.
+const FLOOD_LIMIT: Duration = Duration::from_secs(30);
+
+/// A client that writes text frames of `line_len` bytes until told to stop
+/// (or [`FLOOD_LIMIT`]), while a second thread reads and discards whatever
+/// the server sends it, so that it is never cut off for not reading.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    running: Arc<AtomicBool>,
+    /// For hanging up when the test is done with the flood.
+    socket: TcpStream,
+    sent: Arc<AtomicU64>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(addr: SocketAddr, line_len: usize) -> Flood {
+        let mut stream = raw_upgrade(addr, &[]);
+        let mut reader = stream.try_clone().unwrap();
+        let socket = stream.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut sink = vec![0u8; 1 << 16];
+            while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicBool::new(true));
+        let sent = Arc::new(AtomicU64::new(0));
+        let frames = (64 * 1024 / (line_len + 6)).max(1);
+        let batch: Vec<u8> = (0..frames)
+            .flat_map(|_| masked_frame(0x1, true, &vec![b'f'; line_len]))
+            .collect();
+        let writer = {
+            let (stop, running, sent) = (stop.clone(), running.clone(), sent.clone());
+            thread::spawn(move || {
+                let end = Instant::now() + FLOOD_LIMIT;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                    if stream.write_all(&batch).is_err() {
+                        break;
+                    }
+                    sent.fetch_add(batch.len() as u64, Ordering::SeqCst);
+                }
+                running.store(false, Ordering::SeqCst);
+            })
+        };
+        Flood {
+            stop,
+            running,
+            socket,
+            sent,
+            writer: Some(writer),
+        }
+    }
+
+    /// Waits until the flood has pushed `bytes` into the server.
+    fn wait_until_sent(&self, bytes: u64) {
+        while self.sent.load(Ordering::SeqCst) < bytes {
+            assert!(self.is_running(), "the flood ended early");
+            thread::yield_now();
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_the_others() {
+    let server = TestServer::with_handler(Config::default(), EchoHandler);
+    // One-byte messages: per-frame work on the server, almost none for the
+    // sender, so the sender can keep the server's socket buffer full.
+    let flood = Flood::start(server.addr, 1);
+    flood.wait_until_sent(4 << 20);
+    // While the flood goes on, another client is served, again and again.
+    let mut client = connect(server.addr);
+    for i in 0..20 {
+        let line = format!("between the waves {i}");
+        send(&mut client, &line);
+        assert_eq!(recv_text(&mut client), line);
+    }
+    assert!(
+        flood.is_running(),
+        "served only because the flood had stopped"
+    );
+}
+
+#[test]
+fn a_stuck_client_is_cut_off_during_a_flood_not_after_it() {
+    let server = TestServer::chat(Config::default());
+    let mut watcher = raw_upgrade(server.addr, &[]);
+    read_frame(&mut watcher); // welcome
+    let mut stuck = raw_upgrade(server.addr, &[]);
+    let (_, joined) = read_frame(&mut watcher);
+    let stuck_id = sys_id(&serde_json::from_slice(&joined).unwrap(), " has joined");
+    // The flood reaches every member, the stuck one included, whose unread
+    // output must hit the cap (1 MiB) and get it cut off while the flood
+    // still runs: that needs the loop to flush and check between reads.
+    let flood = Flood::start(server.addr, 1000);
+    let left = format!(r#"{{"type":"sys","message":"{stuck_id} has left"}}"#);
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = watcher
+            .read(&mut buf)
+            .expect("the watcher was starved or cut off");
+        assert!(n > 0, "the watcher was disconnected");
+        // Keep a tail, in case the notice straddles two reads.
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(left.len()).any(|w| w == left.as_bytes()) {
+            break;
+        }
+        let keep = seen.len().saturating_sub(left.len());
+        seen.drain(..keep);
+    }
+    assert!(
+        flood.is_running(),
+        "the cut-off waited for the flood to end"
+    );
+    drop(flood);
+    drop(watcher);
+    let _ = stuck.set_read_timeout(Some(TIMEOUT));
+    assert_eq!(read_close_code(&mut stuck), 1008);
+    assert_room_works(server.addr);
+}
+
+#[test]
+fn sigterm_during_a_flood_still_exits_promptly() {
+    let mut binary = Binary::start(&["--addr", "127.0.0.1:0"]);
+    let addr = binary.listening_addr();
+    let flood = Flood::start(addr, 1000);
+    flood.wait_until_sent(4 << 20);
+    binary.signal(libc::SIGTERM);
+    assert_eq!(binary.wait_exit(Duration::from_secs(5)), Some(0));
+    drop(flood);
+    assert!(TcpStream::connect(addr).is_err());
+}
