@@ -6,8 +6,9 @@
 //! receive it.
 //!
 //! The wire format is the seed's, object for object, so the tutorial's own
-//! page still works: `{"type":"sys","message":"Welcome to WebSocket"}` to a
-//! newcomer, `{"type":"sys","message":"<id> has joined"}` to the others,
+//! page still works: `{"type":"sys","message":"Welcome to WebSocket","id":<id>}`
+//! to a newcomer (the `id` key is Eddy's addition, so a page can tell its own
+//! lines; the tutorial's page ignores keys it does not use), `{"type":"sys","message":"<id> has joined"}` to the others,
 //! `{"type":"user","id":<id>,"message":"<text>"}` to everyone for each line,
 //! and `{"type":"sys","message":"<id> has left"}` to those who remain.
 
@@ -28,6 +29,15 @@ pub enum ChatEvent<'a> {
     Sys {
         /// What happened.
         message: &'a str,
+    },
+    /// The newcomer's greeting: a `sys` notice that also tells the client
+    /// its own id.
+    #[serde(rename = "sys")]
+    Welcome {
+        /// [`WELCOME`].
+        message: &'a str,
+        /// The newcomer's id, as it will appear in its `user` lines.
+        id: u64,
     },
     /// A line someone typed.
     User {
@@ -69,7 +79,11 @@ impl ChatRoom {
 impl WebSocketHandler for ChatRoom {
     fn open(&mut self, id: ConnId, out: &mut Outbox) {
         self.members += 1;
-        out.write_message(id, &ChatEvent::Sys { message: WELCOME }.to_json());
+        let welcome = ChatEvent::Welcome {
+            message: WELCOME,
+            id: id.0,
+        };
+        out.write_message(id, &welcome.to_json());
         let joined = format!("{id} has joined");
         out.send_to_all_except(id, &ChatEvent::Sys { message: &joined }.to_json());
     }
@@ -110,7 +124,7 @@ mod tests {
             [
                 (
                     Recipients::One(ConnId(7)),
-                    r#"{"type":"sys","message":"Welcome to WebSocket"}"#.into()
+                    r#"{"type":"sys","message":"Welcome to WebSocket","id":7}"#.into()
                 ),
                 (
                     Recipients::AllExcept(ConnId(7)),

@@ -51,7 +51,7 @@ impl From<lexopt::Error> for CliError {
 
 /// The one-line usage, printed after an error.
 pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--allow-origin URL]... \
-                         [--max-message-bytes N] [--max-pending-bytes N]";
+                         [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N]";
 
 /// The `--help` text: every flag with its default.
 pub fn help() -> String {
@@ -68,6 +68,9 @@ Options:
   --allow-origin URL       Also accept WebSocket connections from pages served at this origin,
                            e.g. https://chat.example.com; repeatable
                            [default: none; only pages from the server's own Host]
+  --csp POLICY|off         Content-Security-Policy of the page; off sends none (for legacy
+                           pages that need eval or inline script, like the tutorial's)
+                           [default: {csp}]
   --max-message-bytes N    Largest message (and frame) a client may send; larger ones get
                            close code 1009 [default: {max_message}]
   --max-pending-bytes N    Most output a client may leave unread before it is cut off with
@@ -82,6 +85,7 @@ Environment:
         version = env!("CARGO_PKG_VERSION"),
         max_message = config::DEFAULT_MAX_MESSAGE_BYTES,
         max_pending = config::DEFAULT_MAX_PENDING_BYTES,
+        csp = config::DEFAULT_CSP,
     )
 }
 
@@ -96,6 +100,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Long("addr") => addr = parser.value()?.string()?,
             Long("templates") => config.templates = Some(PathBuf::from(parser.value()?)),
             Long("allow-origin") => config.allowed_origins.push(parser.value()?.string()?),
+            Long("csp") => {
+                let policy = parser.value()?.string()?;
+                config.csp = (policy != "off").then_some(policy);
+            }
             Long("max-message-bytes") => {
                 config.max_message_bytes = size("--max-message-bytes", parser.value()?)?;
             }
@@ -166,6 +174,8 @@ mod tests {
             "1000",
             "--max-pending-bytes",
             "8000",
+            "--csp",
+            "default-src 'self'",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -180,6 +190,11 @@ mod tests {
             (config.max_message_bytes, config.max_pending_bytes),
             (1000, 8000)
         );
+        assert_eq!(config.csp.as_deref(), Some("default-src 'self'"));
+        let Ok(Command::Run { config, .. }) = run(&["--csp", "off"]) else {
+            panic!()
+        };
+        assert_eq!(config.csp, None);
     }
 
     #[test]
@@ -194,6 +209,7 @@ mod tests {
                 "at least 8",
             ),
             (&["--allow-origin", "example.com"], "not an origin"),
+            (&["--csp", ""], "--csp"),
             (&["stray"], "stray"),
         ];
         for (args, expected) in cases {
@@ -217,6 +233,7 @@ mod tests {
             "--allow-origin",
             "--max-message-bytes",
             "--max-pending-bytes",
+            "--csp",
         ] {
             assert!(text.contains(flag), "{flag}");
         }

@@ -571,7 +571,11 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             site: Site {
-                page: Bytes::from_static(b"PAGE"),
+                assets: crate::templates::Assets::from_files([(
+                    crate::templates::INDEX,
+                    Bytes::from_static(b"PAGE"),
+                )]),
+                csp: None,
                 allowed_origins: Vec::new(),
             },
             websocket: ws::websocket_config(1024, 256),

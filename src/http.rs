@@ -1,4 +1,5 @@
-//! HTTP/1.x, just enough for a page and an upgrade. Pure functions, no I/O.
+//! HTTP/1.x, just enough for a page, its files and an upgrade. Pure
+//! functions, no I/O.
 //!
 //! [`answer`] takes the bytes a connection has read so far and decides, with
 //! httparse, whether they hold a complete request head and what to answer.
@@ -13,12 +14,19 @@
 //! | `Content-Length` > 0 (any method)                            | 413, close      |
 //! | HTTP/1.1 without `Host`                                      | 400, close      |
 //! | method not GET/HEAD                                          | 405 + `Allow`   |
-//! | GET/HEAD `/`                                                 | 200, the page   |
 //! | GET `/soc` with a valid upgrade                              | 101             |
 //! | `/soc` without `Upgrade: websocket` + `Connection: upgrade`, not GET, or a bad key | 400 |
 //! | `/soc` with `Sec-WebSocket-Version` other than 13            | 426 + `Sec-WebSocket-Version: 13` |
 //! | `/soc` with an `Origin` that is not this host nor allowed     | 403             |
+//! | GET/HEAD `/` or a template file, `If-None-Match` matching     | 304             |
+//! | GET/HEAD `/` (the page) or `/<file>` (a template file)       | 200             |
 //! | any other path                                               | 404             |
+//!
+//! Every response says `X-Content-Type-Options: nosniff` and
+//! `Referrer-Policy: no-referrer`. Template files carry an `ETag` and
+//! `Cache-Control: no-cache` (use the copy, but revalidate it each time:
+//! a restart with a new page is seen at once), and HTML ones the
+//! `Content-Security-Policy` (unless `--csp off`).
 //!
 //! A request that carries `Upgrade` and is not answered with 101 closes the
 //! connection after its answer: bytes after its head may be frames.
@@ -30,6 +38,8 @@
 use tungstenite::Bytes;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::templates::{Asset, Assets};
+
 /// The longest request head (request line and headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 
@@ -39,11 +49,13 @@ pub const MAX_HEADERS: usize = 64;
 /// The path of the WebSocket endpoint, as in the tutorial.
 pub const WEBSOCKET_PATH: &str = "/soc";
 
-/// What the HTTP layer serves: the page and the origin policy.
+/// What the HTTP layer serves: the files, their policy, and the origins.
 #[derive(Debug, Clone)]
 pub struct Site {
-    /// The body of `GET /`, read once at startup.
-    pub page: Bytes,
+    /// The page and its files, read once at startup.
+    pub assets: Assets,
+    /// The `Content-Security-Policy` of HTML responses; `None` sends none.
+    pub csp: Option<String>,
     /// Extra origins allowed to open a WebSocket, lowercase, without a
     /// trailing slash (`--allow-origin`).
     pub allowed_origins: Vec<String>,
@@ -230,10 +242,12 @@ fn route(req: &Request<'_>, site: &Site) -> Reply {
             &[("Allow", "GET, HEAD")],
         ));
     }
-    match req.path {
-        "/" => Reply::Respond(page(site, shape)),
-        WEBSOCKET_PATH => upgrade(req, site, shape),
-        _ => Reply::Respond(error(shape, 404, "not found", &[])),
+    if req.path == WEBSOCKET_PATH {
+        return upgrade(req, site, shape);
+    }
+    match site.assets.get(req.path) {
+        Some(asset) => Reply::Respond(serve(req, site, asset, shape)),
+        None => Reply::Respond(error(shape, 404, "not found", &[])),
     }
 }
 
@@ -246,21 +260,54 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-fn page(site: &Site, shape: Shape) -> Response {
+/// A template file, or 304 if the client's copy is current.
+fn serve(req: &Request<'_>, site: &Site, asset: &Asset, shape: Shape) -> Response {
+    let mut extra = vec![("ETag", asset.etag.as_str()), ("Cache-Control", "no-cache")];
+    if let (true, Some(csp)) = (asset.is_html(), &site.csp) {
+        extra.push(("Content-Security-Policy", csp));
+    }
+    let connection = connection_header(shape);
+    if req
+        .all("if-none-match")
+        .any(|value| etag_listed(value, &asset.etag))
+    {
+        // RFC 9110 §8.6: a 304 may carry Content-Length only if it is what
+        // the 200 would have said. No body, no Content-Type.
+        let head = response_head(304, None, asset.body.len(), &extra, connection);
+        return Response {
+            status: 304,
+            why: "not modified",
+            head,
+            body: None,
+            close: shape.close,
+        };
+    }
     let head = response_head(
         200,
-        "text/html; charset=utf-8",
-        site.page.len(),
-        &[],
-        connection_header(shape),
+        Some(asset.content_type),
+        asset.body.len(),
+        &extra,
+        connection,
     );
     Response {
         status: 200,
-        why: "the page",
+        why: "a template file",
         head,
-        body: (!shape.head_only).then(|| site.page.clone()),
+        body: (!shape.head_only).then(|| asset.body.clone()),
         close: shape.close,
     }
+}
+
+/// Whether an `If-None-Match` value (`*`, or a list of entity tags, weak
+/// or strong) names `etag`. The comparison is weak, as RFC 9110 §13.1.2 asks.
+fn etag_listed(value: &[u8], etag: &str) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 /// The WebSocket opening handshake, server side (RFC 6455 §4.2).
@@ -377,7 +424,7 @@ fn error(shape: Shape, status: u16, why: &'static str, extra: &[(&str, &str)]) -
     let body = format!("{status} {}: {why}\n", reason(status));
     let head = response_head(
         status,
-        "text/plain; charset=utf-8",
+        Some("text/plain; charset=utf-8"),
         body.len(),
         extra,
         connection_header(shape),
@@ -391,17 +438,25 @@ fn error(shape: Shape, status: u16, why: &'static str, extra: &[(&str, &str)]) -
     }
 }
 
+/// Status line and headers. Every response but the 101 is built here, so
+/// every one has `Content-Length` and the two headers that cost nothing
+/// and close whole classes of attack: no MIME sniffing, no Referer leaks.
 fn response_head(
     status: u16,
-    content_type: &str,
+    content_type: Option<&str>,
     content_length: usize,
     extra: &[(&str, &str)],
     connection: Option<&str>,
 ) -> Bytes {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {content_length}\r\n",
-        reason(status)
-    );
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    if let Some(content_type) = content_type {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {content_length}\r\n\
+         X-Content-Type-Options: nosniff\r\n\
+         Referrer-Policy: no-referrer\r\n"
+    ));
     for (name, value) in extra {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -416,6 +471,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -437,7 +493,11 @@ mod tests {
 
     fn site() -> Site {
         Site {
-            page: Bytes::from_static(b"<p>hi</p>"),
+            assets: Assets::from_files([
+                ("index.html", Bytes::from_static(b"<p>hi</p>")),
+                ("app.js", Bytes::from_static(b"go()")),
+            ]),
+            csp: Some("default-src 'self'".into()),
             allowed_origins: vec!["https://chat.example".into()],
         }
     }
@@ -485,6 +545,69 @@ mod tests {
         let (status, _, _, text) = ask("HEAD /?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(status, 200);
         assert!(text.contains("Content-Length: 9\r\n") && text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn files_carry_validators_and_security_headers_and_html_the_csp() {
+        let (status, _, _, page) = ask("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        let etag = site().assets.get("/").unwrap().etag.clone();
+        for header in [
+            format!("ETag: {etag}\r\n"),
+            "Cache-Control: no-cache\r\n".into(),
+            "Content-Security-Policy: default-src 'self'\r\n".into(),
+            "X-Content-Type-Options: nosniff\r\n".into(),
+            "Referrer-Policy: no-referrer\r\n".into(),
+        ] {
+            assert!(page.contains(&header), "{header:?} missing from {page}");
+        }
+        let (status, _, _, script) = ask("GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(script.contains("Content-Type: text/javascript; charset=utf-8\r\n"));
+        assert!(
+            !script.contains("Content-Security-Policy"),
+            "only HTML documents need one"
+        );
+        assert!(script.ends_with("\r\n\r\ngo()"));
+        let (_, _, _, missing) = ask("GET /nope.js HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            missing.contains("X-Content-Type-Options: nosniff\r\n"),
+            "errors too"
+        );
+        let mut off = site();
+        off.csp = None;
+        let Parsed::Complete {
+            reply: Reply::Respond(r),
+            ..
+        } = answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &off)
+        else {
+            panic!()
+        };
+        assert!(!String::from_utf8_lossy(&r.head).contains("Content-Security-Policy"));
+    }
+
+    #[test]
+    fn a_matching_if_none_match_gets_304_without_a_body() {
+        let etag = site().assets.get("/").unwrap().etag.clone();
+        for value in [
+            etag.clone(),
+            format!("W/{etag}"),
+            format!("\"other\", {etag}"),
+            "*".into(),
+        ] {
+            let (status, close, _, text) = ask(&format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: {value}\r\n\r\n"
+            ));
+            assert_eq!((status, close), (304, false), "{value}");
+            assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+            assert!(
+                text.contains(&format!("ETag: {etag}\r\n"))
+                    && text.contains("Content-Length: 9\r\n")
+            );
+        }
+        let (status, _, _, _) =
+            ask("GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"stale\"\r\n\r\n");
+        assert_eq!(status, 200);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! 6. [`output`]: the per-connection output queue and its vectored flush.
 //! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`].
 //! 8. [`chat`]: the tutorial's chat room, as a handler. [`echo`]: an echo.
-//! 9. [`config`], [`cli`], [`page`]: settings, flags, the page on disk.
+//! 9. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
 //!
 //! ```no_run
 //! use eddy::{Config, Server};
@@ -37,8 +37,8 @@ pub mod handler;
 pub mod http;
 pub mod ioloop;
 pub mod output;
-pub mod page;
 pub mod server;
+pub mod templates;
 pub mod ws;
 
 pub use chat::ChatRoom;

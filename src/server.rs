@@ -45,7 +45,7 @@ use crate::connection::{Connection, Report, SHUTDOWN_REASON, Settings};
 use crate::handler::{ConnId, Outbox, Recipients, WebSocketHandler};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
-use crate::{page, ws};
+use crate::{templates, ws};
 
 /// The listening socket's token, outside the slab's range.
 const LISTENER_TOKEN: Token = Token(usize::MAX - 1);
@@ -99,7 +99,7 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (page, source) = page::load(config.templates.as_deref())?;
+        let (assets, source) = templates::load(config.templates.as_deref())?;
         let mut listener = TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         info!("serving {source} at /");
@@ -108,7 +108,8 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
         ioloop.add_handler(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
         let settings = Settings {
             site: Site {
-                page,
+                assets,
+                csp: config.csp.clone(),
                 allowed_origins: config.allowed_origins.clone(),
             },
             websocket: ws::websocket_config(config.max_message_bytes, config.read_buffer_bytes),

@@ -17,18 +17,19 @@ use tungstenite::protocol::frame::coding::CloseCode;
 fn newcomer_is_welcomed_and_the_others_are_told() {
     let server = TestServer::start();
     let mut a = connect(server.addr);
-    // Byte for byte: the seed's keys, in the seed's order, compact.
+    // Byte for byte: the seed's keys, in the seed's order, compact, plus the
+    // newcomer's own id at the end.
+    let a_welcome = recv_text(&mut a);
+    let a_id = welcome_id(&serde_json::from_str(&a_welcome).unwrap());
     assert_eq!(
-        recv_text(&mut a),
-        r#"{"type":"sys","message":"Welcome to WebSocket"}"#
+        a_welcome,
+        format!(r#"{{"type":"sys","message":"Welcome to WebSocket","id":{a_id}}}"#)
     );
     let mut b = connect(server.addr);
-    assert_eq!(
-        recv_text(&mut b),
-        r#"{"type":"sys","message":"Welcome to WebSocket"}"#
-    );
+    let b_welcome = recv_text(&mut b);
+    let b_id = welcome_id(&serde_json::from_str(&b_welcome).unwrap());
+    assert_ne!(a_id, b_id);
     let joined = recv_text(&mut a);
-    let b_id = sys_id(&serde_json::from_str(&joined).unwrap(), " has joined");
     assert_eq!(
         joined,
         format!(r#"{{"type":"sys","message":"{b_id} has joined"}}"#)
@@ -107,17 +108,13 @@ fn a_frame_sent_in_the_handshake_packet_is_not_lost() {
     let mut watcher = join(server.addr);
     let mut raw = raw_upgrade(server.addr, &masked_frame(0x1, true, b"early bird"));
     let (opcode, welcome) = read_frame(&mut raw);
-    assert_eq!(
-        (opcode, welcome),
-        (
-            0x1,
-            br#"{"type":"sys","message":"Welcome to WebSocket"}"#.to_vec()
-        )
-    );
+    assert_eq!(opcode, 0x1);
+    let raw_id = welcome_id(&serde_json::from_slice(&welcome).unwrap());
     let (_, line) = read_frame(&mut raw);
     let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(line["message"], "early bird");
     let id = recv_joined(&mut watcher);
+    assert_eq!(id, raw_id);
     assert_eq!(
         recv_user_line(&mut watcher),
         json!({"type": "user", "id": id, "message": "early bird"})
@@ -396,7 +393,7 @@ fn clients_without_an_origin_are_allowed() {
     let server = TestServer::start();
     // tungstenite's client sends no Origin header.
     let mut client = connect(server.addr);
-    assert_eq!(recv_json(&mut client), welcome());
+    welcome_id(&recv_json(&mut client));
 }
 
 #[test]

@@ -292,3 +292,43 @@ fn a_client_that_half_closes_still_gets_its_answer() {
     assert!(reply.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(reply.ends_with(PAGE));
 }
+
+#[test]
+fn the_page_revalidates_with_its_etag_and_gets_304() {
+    let server = TestServer::start();
+    let mut stream = tcp(server.addr);
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut stream, false);
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    assert_eq!(first.header("cache-control"), Some("no-cache"));
+    assert_eq!(first.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(first.header("referrer-policy"), Some("no-referrer"));
+    assert!(
+        first
+            .header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+
+    // The browser's revalidation: same tag, no body; the connection goes on.
+    let request = format!("GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let again = read_response(&mut stream, true);
+    assert_eq!(again.status, 304);
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    stream
+        .write_all(b"GET /chat.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let script = read_response(&mut stream, false);
+    assert_eq!(
+        script.status, 200,
+        "nothing after the 304 was taken for a body"
+    );
+    assert_eq!(
+        script.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(script.body, include_bytes!("../templates/chat.js"));
+}

@@ -44,6 +44,26 @@ impl TestServer {
     ) -> TestServer {
         let server =
             Server::with_handler("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
+        TestServer::run(server)
+    }
+
+    /// A chat server on a given address, as a restarted server would be:
+    /// the bind is retried until [`TIMEOUT`] while the port is still busy.
+    pub fn chat_at(addr: SocketAddr, config: Config) -> TestServer {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match Server::bind(addr, config.clone()) {
+                Ok(server) => return TestServer::run(server),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    // Pacing between attempts, not synchronisation.
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        }
+    }
+
+    fn run<H: WebSocketHandler + Send + 'static>(server: Server<H>) -> TestServer {
         let addr = server.local_addr().unwrap();
         let handle = server.handle();
         let thread = thread::spawn(move || server.run());
@@ -73,6 +93,16 @@ impl Drop for TestServer {
             }
         }
     }
+}
+
+/// A port that was free a moment ago, for a server whose address must be
+/// known before it starts (a page with the port written into it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A TCP connection with timeouts set.
@@ -168,14 +198,26 @@ pub fn connect(addr: SocketAddr) -> Client {
 
 /// Opens a chat client and reads its welcome.
 pub fn join(addr: SocketAddr) -> Client {
-    let mut client = connect(addr);
-    assert_eq!(recv_json(&mut client), welcome());
-    client
+    join_with_id(addr).0
 }
 
-/// The welcome every newcomer gets.
-pub fn welcome() -> Value {
-    serde_json::json!({"type": "sys", "message": "Welcome to WebSocket"})
+/// Opens a chat client, reads its welcome, and returns the id it tells.
+pub fn join_with_id(addr: SocketAddr) -> (Client, u64) {
+    let mut client = connect(addr);
+    let id = welcome_id(&recv_json(&mut client));
+    (client, id)
+}
+
+/// Checks that `message` is the welcome, object for object, and returns its id.
+pub fn welcome_id(message: &Value) -> u64 {
+    let id = message["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no id in {message}"));
+    assert_eq!(
+        *message,
+        serde_json::json!({"type": "sys", "message": "Welcome to WebSocket", "id": id})
+    );
+    id
 }
 
 /// The next text message, as a string; fails on anything else.

@@ -1,0 +1,516 @@
+//! The chat page, used the way a person uses it: a real headless Chromium
+//! driving the real page served by a real Eddy on 127.0.0.1:0.
+//!
+//! Without Chromium these tests are skipped with a notice (unless `CI` is
+//! set: then a missing browser fails). `apt-get install -y chromium`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod driver;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use common::*;
+use driver::{Chromium, Page};
+use eddy::{ConnId, Outbox, WebSocketHandler};
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
+/// Opens the chat page and waits until it is connected and welcomed.
+fn open_chat(chromium: &Chromium, addr: SocketAddr) -> Page {
+    let page = chromium.open(&url(addr));
+    page.wait_for_status("open");
+    page.wait_for_row("Welcome to WebSocket");
+    page
+}
+
+/// Types `text` and sends it with Enter.
+fn say(page: &Page, text: &str) {
+    page.type_text(text);
+    page.press("Enter");
+}
+
+/// The id a page shows for its own lines: "you (N)".
+fn own_id(row: &str) -> u64 {
+    let who = row
+        .split("who:you (")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not an own line: {row}"));
+    who.trim_end_matches(')').parse().unwrap()
+}
+
+/// Where the suite's screenshots go: under `target/`.
+fn screenshot_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("screenshots")
+        .join(name)
+}
+
+#[test]
+fn two_tabs_chat_both_ways() {
+    let Some(chromium) = Chromium::launch("two_tabs") else {
+        return;
+    };
+    let server = TestServer::start();
+    let a = open_chat(&chromium, server.addr);
+    let b = open_chat(&chromium, server.addr);
+    // The page works on whatever port the server got.
+    assert_eq!(a.eval("location.port"), server.addr.port().to_string());
+
+    // A hears of B; B is not told of its own arrival.
+    let joined = a.wait_for_row("has joined");
+    assert!(joined.contains("sys:"), "a sys line: {joined}");
+
+    // A types and presses Enter; both see it, A's own line marked as such.
+    say(&a, "Hello from A");
+    let in_b = b.wait_for_row("Hello from A");
+    let in_a = a.wait_for_row("Hello from A");
+    assert!(
+        in_a.starts_with("mine|") && in_a.contains("who:you ("),
+        "{in_a}"
+    );
+    assert!(!in_b.starts_with("mine|"), "{in_b}");
+    assert_eq!(a.focused(), "chat", "the input keeps focus after sending");
+    assert_eq!(a.eval("document.getElementById('chat').value"), "");
+
+    // B types and clicks the button.
+    b.type_text("Hi A, B here");
+    b.click("#send");
+    let b_id = own_id(&b.wait_for_row("Hi A, B here"));
+    let from_b = a.wait_for_row("Hi A, B here");
+    assert!(from_b.ends_with(&format!("who:{b_id}")), "{from_b}");
+    assert!(joined.contains(&format!("{b_id} has joined")), "{joined}");
+    assert_eq!(b.focused(), "chat");
+    assert!(
+        !b.rows()
+            .iter()
+            .any(|r| r.contains(&format!("{b_id} has joined"))),
+        "{:?}",
+        b.rows()
+    );
+
+    // System lines look different from chat lines.
+    let styles = a.eval(
+        "(() => { const s = getComputedStyle(document.querySelector('td.sys'));
+                  const u = getComputedStyle(document.querySelector('td.text'));
+                  return [s.fontStyle, u.fontStyle, s.color !== u.color]; })()",
+    );
+    assert_eq!(styles, serde_json::json!(["italic", "normal", true]));
+
+    // A little more conversation for the picture.
+    say(&a, "Unicode works too: 中文, emoji 🙂, עברית");
+    b.wait_for_row("עברית");
+    say(&b, "And <b>markup</b> stays text.");
+    a.wait_for_row("stays text");
+    save_side_by_side(&chromium, &a, &b, &screenshot_path("two-tabs.png"));
+
+    // Closing B's tab: A sees B leave.
+    b.close();
+    a.wait_for_row(&format!("{b_id} has left"));
+}
+
+/// Saves the two tabs side by side in one PNG, composed by Chromium itself:
+/// each tab is shot at `TAB` size, then both are laid out on a third page.
+fn save_side_by_side(chromium: &Chromium, a: &Page, b: &Page, path: &std::path::Path) {
+    const TAB: (u32, u32) = (600, 460);
+    const GAP: u32 = 12;
+    a.set_viewport(TAB.0, TAB.1, false);
+    b.set_viewport(TAB.0, TAB.1, false);
+    let (left, right) = (a.screenshot_base64(), b.screenshot_base64());
+    let sheet = chromium.open("about:blank");
+    sheet.set_viewport(2 * TAB.0 + 3 * GAP, TAB.1 + 2 * GAP, false);
+    sheet.eval(&format!(
+        "document.body.style.cssText = 'margin:0;padding:{GAP}px;display:flex;gap:{GAP}px;overflow:hidden;background:#64748b';
+         document.body.innerHTML = '<img src=\"data:image/png;base64,{left}\"><img src=\"data:image/png;base64,{right}\">';
+         Promise.all(Array.from(document.images).map(i => i.decode())).then(() => true)"
+    ));
+    sheet.save_screenshot(path);
+    eprintln!("screenshot: {}", path.display());
+}
+
+#[test]
+fn hostile_lines_are_shown_as_text_and_nothing_runs() {
+    let Some(chromium) = Chromium::launch("hostile") else {
+        return;
+    };
+    let server = TestServer::start();
+    let a = open_chat(&chromium, server.addr);
+    let b = open_chat(&chromium, server.addr);
+    let lines = [
+        r#"<img src=x onerror="window.__pwned='img'">"#,
+        "<script>window.__pwned='script'</script>",
+        "</table><b>bold?</b></td></tr>",
+        r#"it's "double" & 'single' \ back\slash"#,
+    ];
+    for line in lines {
+        say(&a, line);
+        for page in [&a, &b] {
+            page.wait_for_row(line);
+            let shown = page.eval(
+                "Array.from(document.querySelectorAll('#message td.text')).map(c => c.textContent).pop()",
+            );
+            assert_eq!(shown, line, "shown exactly as typed");
+        }
+    }
+    for page in [&a, &b] {
+        assert_eq!(
+            page.eval("typeof window.__pwned"),
+            "undefined",
+            "something ran"
+        );
+        let injected = page
+            .eval("document.querySelectorAll('#message img, #message script, #message b').length");
+        assert_eq!(injected, 0, "markup in a line became elements");
+        assert_eq!(page.eval("document.querySelectorAll('table').length"), 1);
+    }
+}
+
+#[test]
+fn unicode_arrives_intact() {
+    let Some(chromium) = Chromium::launch("unicode") else {
+        return;
+    };
+    let server = TestServer::start();
+    let a = open_chat(&chromium, server.addr);
+    let b = open_chat(&chromium, server.addr);
+    for line in [
+        "中文聊天室，你好！",
+        "emoji 🙂🎉 and a family 👩‍👩‍👧",
+        "עברית: שלום עולם",
+        "العربية: مرحبا بالعالم",
+    ] {
+        say(&a, line);
+        b.wait_for_row(line);
+        let shown = b.eval("Array.from(document.querySelectorAll('#message td.text')).map(c => c.textContent).pop()");
+        assert_eq!(shown, line);
+    }
+}
+
+#[test]
+fn the_page_shows_a_lost_server_and_reconnects_by_itself() {
+    let Some(chromium) = Chromium::launch("reconnect") else {
+        return;
+    };
+    let server = TestServer::start();
+    let addr = server.addr;
+    let page = open_chat(&chromium, addr);
+    // Record every status the page shows from now on.
+    page.eval(
+        "window.__statuses = [];
+         new MutationObserver(() => __statuses.push(document.getElementById('status').textContent))
+           .observe(document.getElementById('status'), { childList: true, characterData: true, subtree: true });
+         true",
+    );
+    server.shutdown();
+    page.wait_for_status("closed");
+    assert!(
+        page.eval("document.getElementById('status').textContent")
+            .as_str()
+            .unwrap()
+            .contains("disconnected")
+    );
+
+    // While the server is down, the page retries with growing waits: wait
+    // until it announces one of 3 s or more (from a first wait of 0.25 s).
+    page.wait_until("__statuses.some(s => /retrying in ([3-9]|\\d\\d+) s/.test(s))");
+    let waits = page.eval(
+        "__statuses.map(s => s.match(/retrying in (\\d+) s/)).filter(Boolean).map(m => Number(m[1]))",
+    );
+    let waits: Vec<u64> = waits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_u64().unwrap())
+        .collect();
+    assert!(waits.first() < waits.last(), "waits grow: {waits:?}");
+    assert!(
+        waits.iter().all(|&w| w <= 5),
+        "waits are capped at 5 s: {waits:?}"
+    );
+
+    // A server comes back on the same port; the page finds it by itself.
+    let _again = TestServer::chat_at(addr, eddy::Config::default());
+    page.wait_for_status("open");
+    page.wait_until(
+        "Array.from(document.querySelectorAll('#message tr')).filter(r => r.textContent.includes('Welcome to WebSocket')).length === 2",
+    );
+
+    // And chatting works again, both ways.
+    let mut client = join(addr);
+    send(&mut client, "you are back");
+    page.wait_for_row("you are back");
+    say(&page, "so I am");
+    assert_eq!(recv_user_line(&mut client)["message"], "you are back");
+    assert_eq!(recv_user_line(&mut client)["message"], "so I am");
+}
+
+#[test]
+fn the_tutorials_own_page_still_chats_with_eddy() {
+    let Some(chromium) = Chromium::launch("seed_page") else {
+        return;
+    };
+    // The fixture hard-codes ws://localhost:8000/soc; point it at our server.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("eddy-seed-page-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = include_str!("../fixtures/seed/index.html");
+    assert!(fixture.contains("ws://localhost:8000/soc"));
+    std::fs::write(
+        dir.join("index.html"),
+        fixture.replace("localhost:8000", &addr.to_string()),
+    )
+    .unwrap();
+    let config = eddy::Config {
+        templates: Some(dir.clone()),
+        csp: None,
+        ..eddy::Config::default()
+    };
+    let server = TestServer::chat_at(addr, config);
+
+    let seed = chromium.open(&url(server.addr));
+    seed.eval("window.__errors = []; window.addEventListener('error', e => __errors.push(e.message)); true");
+    seed.wait_for_row("Welcome to WebSocket");
+    let (mut client, client_id) = join_with_id(server.addr);
+    seed.wait_for_row(&format!("{client_id} has joined"));
+    send(&mut client, "hello, tutorial page");
+    let row = seed.wait_for_row("hello, tutorial page");
+    assert!(
+        row.ends_with(&format!(":{client_id}")),
+        "message and id cells: {row}"
+    );
+
+    // The tutorial's Send button.
+    seed.type_text("hello from 2014");
+    seed.click("button");
+    assert_eq!(
+        recv_user_line(&mut client)["message"],
+        "hello, tutorial page"
+    );
+    assert_eq!(recv_user_line(&mut client)["message"], "hello from 2014");
+    seed.wait_for_row("hello from 2014");
+
+    drop(client);
+    seed.wait_for_row(&format!("{client_id} has left"));
+    assert_eq!(
+        seed.eval("__errors"),
+        serde_json::json!([]),
+        "the page threw"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_content_security_policy_is_in_force() {
+    let Some(chromium) = Chromium::launch("csp") else {
+        return;
+    };
+    let server = TestServer::start();
+    let elsewhere = TestServer::start();
+    let page = open_chat(&chromium, server.addr);
+    let eval_attempt =
+        "(() => { try { eval('1 + 1'); return 'ran'; } catch (e) { return e.name; } })()";
+    assert_eq!(page.eval(eval_attempt), "EvalError");
+    // Inline script the page did not vouch for, a script and a socket from
+    // another origin: each refused, each reported as a violation.
+    let violations = page.eval(&format!(
+        "new Promise(resolve => {{
+            const seen = [];
+            document.addEventListener('securitypolicyviolation', e => {{
+                seen.push(e.effectiveDirective);
+                if (seen.length === 3) resolve(seen.sort());
+            }});
+            window.__inline = 'no';
+            const inline = document.createElement('script');
+            inline.textContent = \"window.__inline = 'yes'\";
+            document.head.appendChild(inline);
+            const foreign = document.createElement('script');
+            foreign.src = 'http://{other}/chat.js';
+            document.head.appendChild(foreign);
+            try {{ new WebSocket('ws://{other}/soc'); }} catch (e) {{}}
+        }})",
+        other = elsewhere.addr
+    ));
+    assert_eq!(
+        violations,
+        serde_json::json!(["connect-src", "script-src-elem", "script-src-elem"])
+    );
+    assert_eq!(page.eval("window.__inline"), "no");
+
+    // The control: with --csp off the same attempt runs, so the check above
+    // is the policy's doing.
+    let config = eddy::Config {
+        csp: None,
+        ..eddy::Config::default()
+    };
+    let open = TestServer::chat(config);
+    let unprotected = open_chat(&chromium, open.addr);
+    assert_eq!(unprotected.eval(eval_attempt), "ran");
+}
+
+#[test]
+fn keyboard_alone_is_enough_and_the_page_is_labelled() {
+    let Some(chromium) = Chromium::launch("keyboard") else {
+        return;
+    };
+    let server = TestServer::start();
+    let page = open_chat(&chromium, server.addr);
+    assert_eq!(page.focused(), "chat", "the input has focus from the start");
+    assert_eq!(
+        page.eval("document.getElementById('chat').labels[0].textContent"),
+        "Message"
+    );
+    assert_eq!(
+        page.eval(
+            "document.getElementById('message').closest('[aria-live]').getAttribute('aria-live')"
+        ),
+        "polite"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('status').getAttribute('role')"),
+        "status"
+    );
+    // Everything the page loaded came from this server.
+    assert_eq!(
+        page.eval("performance.getEntriesByType('resource').every(e => e.name.startsWith(location.origin))"),
+        true
+    );
+
+    // Type, Enter: no click needed, the input has focus.
+    page.type_keys("typed, then Enter");
+    page.press("Enter");
+    assert!(page.wait_for_row("typed, then Enter").starts_with("mine|"));
+    // Type, Tab to the button, Enter on it; focus comes back to the input.
+    page.type_keys("typed, then Tab and Enter");
+    page.press("Tab");
+    assert_eq!(page.focused(), "send");
+    page.press("Enter");
+    assert!(
+        page.wait_for_row("typed, then Tab and Enter")
+            .starts_with("mine|")
+    );
+    assert_eq!(page.focused(), "chat");
+}
+
+#[test]
+fn blank_lines_are_not_sent() {
+    let Some(chromium) = Chromium::launch("blank") else {
+        return;
+    };
+    let server = TestServer::start();
+    let page = open_chat(&chromium, server.addr);
+    let mut client = join(server.addr);
+    page.click("#chat");
+    page.press("Enter");
+    say(&page, "   ");
+    page.click("#send");
+    page.eval("document.getElementById('chat').value = ''; true");
+    say(&page, "the first real line");
+    assert_eq!(
+        recv_user_line(&mut client)["message"],
+        "the first real line"
+    );
+}
+
+#[test]
+fn it_fits_a_phone_and_long_lines_wrap() {
+    let Some(chromium) = Chromium::launch("phone") else {
+        return;
+    };
+    let server = TestServer::start();
+    let page = open_chat(&chromium, server.addr);
+    let mut client = join(server.addr);
+    assert!(
+        page.eval("document.querySelector('meta[name=viewport]').content")
+            .as_str()
+            .unwrap()
+            .contains("width=device-width")
+    );
+    let long_word = "x".repeat(400);
+    for (width, height, mobile) in [(375, 667, true), (1280, 800, false)] {
+        page.set_viewport(width, height, mobile);
+        send(&mut client, &long_word);
+        send(&mut client, &format!("a line at {width} px"));
+        page.wait_for_row(&format!("a line at {width} px"));
+        let fits = page.eval(
+            "(() => {
+                const html = document.documentElement;
+                const box = el => el.getBoundingClientRect();
+                const long = Array.from(document.querySelectorAll('#message td.text')).find(c => c.textContent.length === 400);
+                return {
+                    noSideScroll: html.scrollWidth <= window.innerWidth,
+                    wrapped: long.scrollWidth <= long.clientWidth + 1 && box(long).height > 40,
+                    inputVisible: box(document.getElementById('chat')).right <= window.innerWidth && box(document.getElementById('chat')).bottom <= window.innerHeight,
+                    buttonVisible: box(document.getElementById('send')).right <= window.innerWidth && box(document.getElementById('send')).bottom <= window.innerHeight,
+                };
+            })()",
+        );
+        let all_true = serde_json::json!({"noSideScroll": true, "wrapped": true, "inputVisible": true, "buttonVisible": true});
+        assert_eq!(fits, all_true, "at {width}x{height}");
+        if mobile {
+            page.save_screenshot(&screenshot_path("phone.png"));
+        }
+    }
+}
+
+#[test]
+fn it_follows_new_lines_only_when_already_at_the_bottom() {
+    let Some(chromium) = Chromium::launch("autoscroll") else {
+        return;
+    };
+    let server = TestServer::start();
+    let page = open_chat(&chromium, server.addr);
+    page.set_viewport(600, 400, false);
+    let mut client = join(server.addr);
+    for i in 0..40 {
+        send(&mut client, &format!("line {i}"));
+    }
+    page.wait_for_row("line 39");
+    let at_bottom = "(() => { const l = document.getElementById('log'); return l.scrollHeight - l.scrollTop - l.clientHeight < 8; })()";
+    assert_eq!(page.eval("document.getElementById('log').scrollHeight > document.getElementById('log').clientHeight"), true);
+    assert_eq!(page.eval(at_bottom), true, "followed the new lines");
+
+    // Scrolled up to read: a new line does not move the view.
+    page.eval("document.getElementById('log').scrollTop = 0; true");
+    send(&mut client, "while reading history");
+    page.wait_for_row("while reading history");
+    assert_eq!(page.eval("document.getElementById('log').scrollTop"), 0);
+
+    // Back at the bottom: following again.
+    page.eval("const l = document.getElementById('log'); l.scrollTop = l.scrollHeight; true");
+    send(&mut client, "back at the bottom");
+    page.wait_for_row("back at the bottom");
+    assert_eq!(page.eval(at_bottom), true);
+}
+
+/// A handler that greets with a message type the page does not know, then
+/// a normal notice.
+struct Mystery;
+
+impl WebSocketHandler for Mystery {
+    fn open(&mut self, id: ConnId, out: &mut Outbox) {
+        out.write_message(
+            id,
+            r#"{"type":"mystery","message":"<b>from the future</b>"}"#,
+        );
+        out.write_message(id, "not even JSON");
+        out.write_message(id, r#"{"type":"sys","message":"after the mystery"}"#);
+    }
+
+    fn on_message(&mut self, _: ConnId, _: &str, _: &mut Outbox) {}
+}
+
+#[test]
+fn unknown_messages_are_ignored() {
+    let Some(chromium) = Chromium::launch("unknown") else {
+        return;
+    };
+    let server = TestServer::with_handler(eddy::Config::default(), Mystery);
+    let page = chromium.open(&url(server.addr));
+    page.eval("window.__errors = []; window.addEventListener('error', e => __errors.push(e.message)); true");
+    page.wait_for_row("after the mystery");
+    assert_eq!(page.rows().len(), 1, "{:?}", page.rows());
+    assert_eq!(page.eval("__errors"), serde_json::json!([]));
+}
