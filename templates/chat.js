@@ -82,6 +82,11 @@
       if (data && Object.prototype.hasOwnProperty.call(show, data.type)) show[data.type](data);
     };
     socket.onclose = function () {
+      // A line in the log marks the break: ids start afresh after a
+      // server restart, and earlier lines belong to the old session.
+      if (myId !== null) {
+        addRow("", [{ className: "sys", colSpan: 2, text: "connection lost" }]);
+      }
       socket = null;
       myId = null;
       retryLater();

@@ -206,6 +206,7 @@ fn the_page_shows_a_lost_server_and_reconnects_by_itself() {
     );
     server.shutdown();
     page.wait_for_status("closed");
+    page.wait_for_row("connection lost");
     assert!(
         page.eval("document.getElementById('status').textContent")
             .as_str()
