@@ -63,7 +63,8 @@ pub fn help() -> String {
 Options:
   --addr HOST:PORT         Where to listen; port 0 picks a free port
                            [default: {DEFAULT_ADDR}]
-  --templates DIR          Directory holding index.html, read once at startup
+  --templates DIR          Directory holding index.html, read once at startup; every regular
+                           file directly in it is served publicly
                            [default: ./templates if it holds index.html, else the built-in page]
   --allow-origin URL       Also accept WebSocket connections from pages served at this origin,
                            e.g. https://chat.example.com; repeatable

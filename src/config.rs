@@ -34,12 +34,14 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default `Content-Security-Policy` of the page: nothing but this
 /// server's own files (`'self'`), no inline script or style, no `eval`, no
-/// connection to another origin, no framing. Everything the built-in page
+/// connection to another origin, no framing, and no form submission (the
+/// page sends with script; should its script fail, a line must not end up
+/// in a URL). Everything the built-in page
 /// does fits it; an XSS payload would not run under it even if one slipped
 /// through the page's escaping.
 pub const DEFAULT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                                img-src 'self'; connect-src 'self'; base-uri 'none'; \
-                               form-action 'self'; frame-ancestors 'none'";
+                               form-action 'none'; frame-ancestors 'none'";
 
 /// A server's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@
 //! other connections; the connection owns its socket and its output queue.
 
 use std::io::{self, Read, Write};
+use std::time::SystemTime;
 
 use log::{debug, trace};
 use tungstenite::Bytes;
@@ -334,7 +335,7 @@ impl<S: Socket> Connection<S> {
                 let State::Http { buf } = &mut self.state else {
                     return;
                 };
-                let (consumed, reply) = match http::answer(buf, &settings.site) {
+                let (consumed, reply) = match http::answer(buf, &settings.site, SystemTime::now()) {
                     Parsed::Partial => break,
                     Parsed::Complete { consumed, reply } => (consumed, reply),
                 };

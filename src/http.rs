@@ -22,10 +22,10 @@
 //! | GET/HEAD `/` (the page) or `/<file>` (a template file)       | 200             |
 //! | any other path                                               | 404             |
 //!
-//! Every response says `X-Content-Type-Options: nosniff` and
-//! `Referrer-Policy: no-referrer`. Template files carry an `ETag` and
-//! `Cache-Control: no-cache` (use the copy, but revalidate it each time:
-//! a restart with a new page is seen at once), and HTML ones the
+//! Every response has `Date` and says `X-Content-Type-Options: nosniff` and
+//! `Referrer-Policy: no-referrer`. Template files carry an `ETag`,
+//! `Cache-Control: no-cache` (use the copy, but revalidate it each time: a
+//! restart with a new page is seen at once) and the
 //! `Content-Security-Policy` (unless `--csp off`).
 //!
 //! A request that carries `Upgrade` and is not answered with 101 closes the
@@ -34,6 +34,8 @@
 //! Every response but the 101 carries `Content-Length` (RFC 9110 forbids it
 //! on 1xx). A request with a body is refused rather than read: Eddy has no
 //! use for bodies, and skipping one safely would mean parsing it.
+
+use std::time::SystemTime;
 
 use tungstenite::Bytes;
 use tungstenite::handshake::derive_accept_key;
@@ -148,8 +150,15 @@ impl<'a> Request<'a> {
 }
 
 /// Looks at `buf`, the bytes read so far on a connection between requests,
-/// and decides what to do.
-pub fn answer(buf: &[u8], site: &Site) -> Parsed {
+/// and decides what to do. `now` goes into the `Date` header (RFC 9110
+/// §6.6.1: a server with a clock must send one); passing it in keeps this
+/// module free of the clock, and its tests exact.
+pub fn answer(buf: &[u8], site: &Site, now: SystemTime) -> Parsed {
+    let date = httpdate::fmt_http_date(now);
+    let fatal = |status, why| Parsed::Complete {
+        consumed: 0,
+        reply: Reply::Respond(error(Shape::fatal(&date), status, why, &[])),
+    };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -176,39 +185,38 @@ pub fn answer(buf: &[u8], site: &Site) -> Parsed {
     };
     Parsed::Complete {
         consumed,
-        reply: route(&request, site),
-    }
-}
-
-/// A response that ends the connection, for a request that cannot be trusted.
-fn fatal(status: u16, why: &'static str) -> Parsed {
-    Parsed::Complete {
-        consumed: 0,
-        reply: Reply::Respond(error(FATAL, status, why, &[])),
+        reply: route(&request, site, &date),
     }
 }
 
 /// How a response must be shaped for the request it answers.
 #[derive(Debug, Clone, Copy)]
-struct Shape {
+struct Shape<'a> {
     /// The request's minor version: HTTP/1.0 keep-alive must be confirmed.
     version: u8,
     /// A HEAD request: headers only.
     head_only: bool,
     /// The connection ends after this response.
     close: bool,
+    /// The `Date` header's value.
+    date: &'a str,
 }
 
-/// The shape of an answer to a request that cannot be trusted to frame the
-/// next one: it closes the connection.
-const FATAL: Shape = Shape {
-    version: 1,
-    head_only: false,
-    close: true,
-};
+impl<'a> Shape<'a> {
+    /// The shape of an answer to a request that cannot be trusted to frame
+    /// the next one: it closes the connection.
+    fn fatal(date: &'a str) -> Self {
+        Shape {
+            version: 1,
+            head_only: false,
+            close: true,
+            date,
+        }
+    }
+}
 
-fn route(req: &Request<'_>, site: &Site) -> Reply {
-    let refuse = |status, why| Reply::Respond(error(FATAL, status, why, &[]));
+fn route(req: &Request<'_>, site: &Site, date: &str) -> Reply {
+    let refuse = |status, why| Reply::Respond(error(Shape::fatal(date), status, why, &[]));
     if req.get("transfer-encoding").is_some() {
         return refuse(501, "Transfer-Encoding is not supported");
     }
@@ -233,6 +241,7 @@ fn route(req: &Request<'_>, site: &Site) -> Reply {
         // not be read as the next request. So a refused upgrade ends the
         // connection.
         close: !req.keep_alive() || req.get("upgrade").is_some(),
+        date,
     };
     if req.method != "GET" && !shape.head_only {
         return Reply::Respond(error(
@@ -263,17 +272,18 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 /// A template file, or 304 if the client's copy is current.
 fn serve(req: &Request<'_>, site: &Site, asset: &Asset, shape: Shape) -> Response {
     let mut extra = vec![("ETag", asset.etag.as_str()), ("Cache-Control", "no-cache")];
-    if let (true, Some(csp)) = (asset.is_html(), &site.csp) {
+    // On every file, not only HTML: an SVG opened on its own is a document
+    // too, and could run script on this origin.
+    if let Some(csp) = &site.csp {
         extra.push(("Content-Security-Policy", csp));
     }
-    let connection = connection_header(shape);
     if req
         .all("if-none-match")
         .any(|value| etag_listed(value, &asset.etag))
     {
         // RFC 9110 §8.6: a 304 may carry Content-Length only if it is what
         // the 200 would have said. No body, no Content-Type.
-        let head = response_head(304, None, asset.body.len(), &extra, connection);
+        let head = response_head(304, None, asset.body.len(), &extra, shape);
         return Response {
             status: 304,
             why: "not modified",
@@ -287,7 +297,7 @@ fn serve(req: &Request<'_>, site: &Site, asset: &Asset, shape: Shape) -> Respons
         Some(asset.content_type),
         asset.body.len(),
         &extra,
-        connection,
+        shape,
     );
     Response {
         status: 200,
@@ -427,7 +437,7 @@ fn error(shape: Shape, status: u16, why: &'static str, extra: &[(&str, &str)]) -
         Some("text/plain; charset=utf-8"),
         body.len(),
         extra,
-        connection_header(shape),
+        shape,
     );
     Response {
         status,
@@ -439,16 +449,21 @@ fn error(shape: Shape, status: u16, why: &'static str, extra: &[(&str, &str)]) -
 }
 
 /// Status line and headers. Every response but the 101 is built here, so
-/// every one has `Content-Length` and the two headers that cost nothing
-/// and close whole classes of attack: no MIME sniffing, no Referer leaks.
+/// every one has `Date`, `Content-Length`, and the two headers that cost
+/// nothing and close whole classes of attack: no MIME sniffing, no Referer
+/// leaks.
 fn response_head(
     status: u16,
     content_type: Option<&str>,
     content_length: usize,
     extra: &[(&str, &str)],
-    connection: Option<&str>,
+    shape: Shape,
 ) -> Bytes {
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
+        reason(status),
+        shape.date
+    );
     if let Some(content_type) = content_type {
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
@@ -460,7 +475,7 @@ fn response_head(
     for (name, value) in extra {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if let Some(connection) = connection {
+    if let Some(connection) = connection_header(shape) {
         head.push_str(&format!("Connection: {connection}\r\n"));
     }
     head.push_str("\r\n");
@@ -491,6 +506,11 @@ mod tests {
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+    /// RFC 9110's example date: Sun, 06 Nov 1994 08:49:37 GMT.
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777)
+    }
+
     fn site() -> Site {
         Site {
             assets: Assets::from_files([
@@ -504,7 +524,7 @@ mod tests {
 
     /// Answers `head` and returns (status, closes, consumed, full response text).
     fn ask(head: &str) -> (u16, bool, usize, String) {
-        match answer(head.as_bytes(), &site()) {
+        match answer(head.as_bytes(), &site(), now()) {
             Parsed::Partial => panic!("partial: {head:?}"),
             Parsed::Complete {
                 consumed,
@@ -529,10 +549,10 @@ mod tests {
     #[test]
     fn incomplete_heads_ask_for_more() {
         assert!(matches!(
-            answer(b"GET / HTTP/1.1\r\nHost: x\r\n", &site()),
+            answer(b"GET / HTTP/1.1\r\nHost: x\r\n", &site(), now()),
             Parsed::Partial
         ));
-        assert!(matches!(answer(b"", &site()), Parsed::Partial));
+        assert!(matches!(answer(b"", &site(), now()), Parsed::Partial));
     }
 
     #[test]
@@ -557,6 +577,7 @@ mod tests {
             "Cache-Control: no-cache\r\n".into(),
             "Content-Security-Policy: default-src 'self'\r\n".into(),
             "X-Content-Type-Options: nosniff\r\n".into(),
+            "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n".into(),
             "Referrer-Policy: no-referrer\r\n".into(),
         ] {
             assert!(page.contains(&header), "{header:?} missing from {page}");
@@ -565,8 +586,8 @@ mod tests {
         assert_eq!(status, 200);
         assert!(script.contains("Content-Type: text/javascript; charset=utf-8\r\n"));
         assert!(
-            !script.contains("Content-Security-Policy"),
-            "only HTML documents need one"
+            script.contains("Content-Security-Policy: default-src 'self'\r\n"),
+            "every file, not only HTML"
         );
         assert!(script.ends_with("\r\n\r\ngo()"));
         let (_, _, _, missing) = ask("GET /nope.js HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -579,7 +600,7 @@ mod tests {
         let Parsed::Complete {
             reply: Reply::Respond(r),
             ..
-        } = answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &off)
+        } = answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &off, now())
         else {
             panic!()
         };

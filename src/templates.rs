@@ -7,8 +7,9 @@
 //! the binary, so that `eddy` runs from any directory.
 //!
 //! Every regular file directly in the directory is served at `/<name>`
-//! (`index.html` also at `/`): the page's script and style are files, not
-//! inline blocks, so that the Content-Security-Policy can say
+//! (`index.html` also at `/`), publicly: keep nothing else there. Hidden
+//! files, subdirectories and symlinks are not served. The page's script and
+//! style are files, not inline blocks, so that the Content-Security-Policy can say
 //! `script-src 'self'` and nothing else. Each file gets an `ETag` computed
 //! from its bytes, so browsers can revalidate it cheaply.
 
@@ -56,11 +57,6 @@ impl Asset {
             content_type: content_type(name),
             body,
         }
-    }
-
-    /// Whether this is an HTML document (which gets the CSP header).
-    pub fn is_html(&self) -> bool {
-        self.content_type.starts_with("text/html")
     }
 }
 
@@ -133,25 +129,32 @@ pub fn load(dir: Option<&Path>) -> io::Result<(Assets, Source)> {
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if !is_servable_name(&name) {
+        // Regular files only: no directories, and no symlinks, which could
+        // publish files from outside the directory.
+        if !is_servable_name(&name) || !entry.file_type().map_err(context)?.is_file() {
             continue;
         }
-        let meta = std::fs::metadata(entry.path()).map_err(context)?;
-        if !meta.is_file() {
-            continue;
+        match read_capped(&entry.path()).map_err(context)? {
+            Some(body) => files.push((name, body)),
+            None if name == INDEX => {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{INDEX} is over {MAX_FILE_BYTES} bytes"),
+                );
+                return Err(context(e));
+            }
+            None => warn!(
+                "not serving {}: over {MAX_FILE_BYTES} bytes",
+                entry.path().display()
+            ),
         }
-        if meta.len() > MAX_FILE_BYTES {
-            warn!(
-                "not serving {}: {} bytes is over {MAX_FILE_BYTES}",
-                entry.path().display(),
-                meta.len()
-            );
-            continue;
-        }
-        files.push((
-            name,
-            Bytes::from(std::fs::read(entry.path()).map_err(context)?),
-        ));
+    }
+    if !files.iter().any(|(name, _)| name == INDEX) {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{INDEX} must be a regular file"),
+        );
+        return Err(context(e));
     }
     let assets = Assets::from_files(
         files
@@ -159,6 +162,17 @@ pub fn load(dir: Option<&Path>) -> io::Result<(Assets, Source)> {
             .map(|(name, body)| (name.as_str(), body.clone())),
     );
     Ok((assets, Source::Dir(dir)))
+}
+
+/// The file's bytes, or `None` if it is over [`MAX_FILE_BYTES`]. Reads at
+/// most one byte past the cap, so a file growing meanwhile cannot get by.
+fn read_capped(path: &Path) -> io::Result<Option<Bytes>> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut body)?;
+    Ok((body.len() as u64 <= MAX_FILE_BYTES).then(|| Bytes::from(body)))
 }
 
 /// Names that can appear in a URL path as they are, and are not hidden.
@@ -233,6 +247,20 @@ mod tests {
             "text/javascript; charset=utf-8"
         );
         assert!(assets.get("/.secret").is_none() && assets.get("/sub").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_not_followed_and_an_oversized_index_is_an_error() {
+        let dir = temp_dir("links");
+        std::fs::write(dir.join("index.html"), "<p>x</p>").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("leak.txt")).unwrap();
+        let (assets, _) = load(Some(&dir)).unwrap();
+        assert!(assets.get("/leak.txt").is_none());
+        let big = vec![b' '; MAX_FILE_BYTES as usize + 1];
+        std::fs::write(dir.join("index.html"), &big).unwrap();
+        let err = load(Some(&dir)).unwrap_err();
+        assert!(err.to_string().contains("over"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -18,20 +18,26 @@
   var log = document.getElementById("log");
   var form = document.getElementById("send-form");
   var input = document.getElementById("chat");
-  var statusLine = document.getElementById("status");
+  var sendButton = document.getElementById("send");
+  var statusLine = document.getElementById("status");   // announced: state changes only
+  var retryHint = document.getElementById("retry");     // not announced: the countdown
 
   var socket = null;
   var myId = null;            // told by the welcome; marks our own lines
-  var failures = 0;           // drops since the last successful open
+  var failures = 0;           // failed or short-lived connections in a row
 
   function socketUrl() {
     var scheme = location.protocol === "https:" ? "wss:" : "ws:";
     return scheme + "//" + location.host + "/soc";
   }
 
+  // The status is a live region: change its text only when the state
+  // really changes, or a screen reader repeats it at every retry.
   function setStatus(state, text) {
     statusLine.dataset.state = state;
-    statusLine.textContent = text;
+    if (statusLine.textContent !== text) statusLine.textContent = text;
+    sendButton.disabled = state !== "open";
+    if (state === "open") retryHint.textContent = "";
   }
 
   // Follow new lines only if the reader was already at the bottom; someone
@@ -48,6 +54,7 @@
       var cell = row.insertCell();
       cell.className = spec.className;
       if (spec.colSpan) cell.colSpan = spec.colSpan;
+      cell.dir = "auto";  // right-to-left lines read right to left
       cell.textContent = spec.text;
     });
     if (follow) log.scrollTop = log.scrollHeight;
@@ -55,8 +62,12 @@
 
   var show = {
     sys: function (data) {
-      // Only the welcome carries an id: the one the server gave us.
-      if (typeof data.id === "number") myId = data.id;
+      // Only the welcome carries an id: the one the server gave us. A
+      // welcome also proves the server usable: the backoff starts over.
+      if (typeof data.id === "number") {
+        myId = data.id;
+        failures = 0;
+      }
       addRow("", [{ className: "sys", colSpan: 2, text: String(data.message) }]);
     },
     user: function (data) {
@@ -69,10 +80,13 @@
   };
 
   function connect() {
-    setStatus("connecting", failures ? "reconnecting…" : "connecting…");
+    if (failures) {
+      retryHint.textContent = "retrying now…";
+    } else {
+      setStatus("connecting", "connecting…");
+    }
     socket = new WebSocket(socketUrl());
     socket.onopen = function () {
-      failures = 0;
       setStatus("open", "connected");
     };
     socket.onmessage = function (event) {
@@ -99,11 +113,14 @@
     var ceiling = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * Math.pow(2, failures));
     var wait = ceiling / 2 + Math.random() * ceiling / 2;
     failures += 1;
-    setStatus("closed", "disconnected, retrying in " + Math.max(1, Math.round(wait / 1000)) + " s");
+    setStatus("closed", "disconnected");
+    retryHint.textContent = "retrying in " + Math.max(1, Math.round(wait / 1000)) + " s";
     setTimeout(connect, wait);
   }
 
-  // Enter in the input and the Send button both submit the form.
+  // Enter in the input and the Send button both submit the form (while
+  // disconnected the button is disabled, so neither does anything and the
+  // text stays in the input).
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value;

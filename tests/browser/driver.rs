@@ -52,9 +52,17 @@ fn find_chromium() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Installed in every page before its own scripts run: collects uncaught
+/// errors, so a test can check that none happened, even during loading.
+const RECORD_ERRORS: &str = "window.__errors = [];
+    window.addEventListener('error', e => window.__errors.push(String(e.message)));
+    window.addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason)));";
+
 /// A running headless Chromium with its own throwaway profile.
 pub struct Chromium {
-    browser: Browser,
+    /// `Option` so that `Drop` can end the browser before removing its
+    /// profile (Chromium writes to it as it exits).
+    browser: Option<Browser>,
     profile: PathBuf,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
@@ -103,7 +111,7 @@ impl Chromium {
         };
         let browser = Browser::new(options).expect("launching Chromium");
         Some(Chromium {
-            browser,
+            browser: Some(browser),
             profile,
             _one_at_a_time: guard,
         })
@@ -111,7 +119,21 @@ impl Chromium {
 
     /// Opens `url` in a new tab and waits for it to load.
     pub fn open(&self, url: &str) -> Page {
-        let tab = self.browser.new_tab().expect("new tab");
+        self.open_with(url, "")
+    }
+
+    /// Opens `url` with `script` (and the error recorder) installed to run
+    /// before any of the page's own.
+    pub fn open_with(&self, url: &str, script: &str) -> Page {
+        let browser = self.browser.as_ref().expect("a running browser");
+        let tab = browser.new_tab().expect("new tab");
+        tab.call_method(Cdp::AddScriptToEvaluateOnNewDocument {
+            source: format!("{RECORD_ERRORS}\n{script}"),
+            world_name: None,
+            include_command_line_api: None,
+            run_immediately: None,
+        })
+        .expect("Page.addScriptToEvaluateOnNewDocument");
         tab.navigate_to(url)
             .expect("navigate")
             .wait_until_navigated()
@@ -122,6 +144,7 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
+        drop(self.browser.take()); // waits for Chromium to exit
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
@@ -289,8 +312,14 @@ impl Page {
             .expect("Emulation.setDeviceMetricsOverride");
     }
 
+    /// Uncaught errors in the page since it started loading.
+    pub fn errors(&self) -> Value {
+        self.eval("window.__errors")
+    }
+
     /// A PNG of the visible page, base64-encoded (as the protocol gives it).
     pub fn screenshot_base64(&self) -> String {
+        self.to_front();
         self.tab
             .call_method(Cdp::CaptureScreenshot {
                 format: Some(Cdp::CaptureScreenshotFormatOption::Png),
@@ -306,6 +335,7 @@ impl Page {
 
     /// A PNG of the visible page, saved to `path`.
     pub fn save_screenshot(&self, path: &Path) {
+        self.to_front();
         let png = self
             .tab
             .capture_screenshot(Cdp::CaptureScreenshotFormatOption::Png, None, None, true)
