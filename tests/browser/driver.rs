@@ -346,19 +346,20 @@ impl Page {
 
     /// What the page shows, for failure messages.
     fn describe(&self) -> String {
-        let status = self
-            .tab
-            .evaluate("document.getElementById('status') ? document.getElementById('status').textContent : ''", false)
-            .ok()
-            .and_then(|r| r.value)
-            .unwrap_or(Value::Null);
-        let rows = self
-            .tab
-            .evaluate("document.getElementById('message') ? document.getElementById('message').innerText : ''", false)
-            .ok()
-            .and_then(|r| r.value)
-            .unwrap_or(Value::Null);
-        format!("  status: {status}\n  rows: {rows}")
+        // Plain `evaluate` (no panics): this runs while a test is failing.
+        let text_of = |id: &str| {
+            let script = format!("(document.getElementById('{id}') || {{}}).innerText || ''");
+            self.tab
+                .evaluate(&script, false)
+                .ok()
+                .and_then(|r| r.value)
+                .unwrap_or(Value::Null)
+        };
+        format!(
+            "  status: {}\n  rows: {}",
+            text_of("status"),
+            text_of("message")
+        )
     }
 
     /// Closes the tab (as closing a browser tab would: the socket closes).

@@ -456,17 +456,9 @@ impl Binary {
 
     /// Waits for the "listening on http://ADDR/" line and returns ADDR.
     pub fn listening_addr(&self) -> SocketAddr {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .stderr
-                .recv_timeout(left)
-                .expect("no 'listening on' line");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.trim_end_matches('/').parse().unwrap();
-            }
-        }
+        let line = self.wait_for_line("listening on http://");
+        let rest = line.split("listening on http://").nth(1).unwrap();
+        rest.trim_end_matches('/').parse().unwrap()
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
