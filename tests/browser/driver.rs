@@ -95,8 +95,11 @@ impl Chromium {
         let guard = ONE_BROWSER
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let profile =
-            std::env::temp_dir().join(format!("eddy-chromium-{}-{test}", std::process::id()));
+        // Under target/, not /tmp: should one of Chromium's child processes
+        // write to the profile after it was removed, `cargo clean` takes it.
+        let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("chromium-profiles")
+            .join(format!("{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();
         let options = LaunchOptions {
