@@ -111,7 +111,9 @@ mod tests {
     use crate::handler::Recipients;
 
     fn sent(out: &mut Outbox) -> Vec<(Recipients, String)> {
-        out.drain().map(|d| (d.to, d.text().to_owned())).collect()
+        out.drain()
+            .map(|d| (d.to, d.text().unwrap().to_owned()))
+            .collect()
     }
 
     #[test]

@@ -98,11 +98,26 @@ pub enum Report<'a> {
     Opened,
     /// A text message arrived: call `on_message`.
     Message(&'a str),
+    /// A binary message arrived: call `on_binary`.
+    Binary(&'a [u8]),
     /// The connection is no longer open: it sent or is about to send its
     /// close frame (ours, or tungstenite's reply to the client's, which the
     /// next read queues), or the peer vanished. Call `on_close`. Sent once,
     /// only after `Opened`; no broadcast reaches the connection after it.
     Left,
+}
+
+/// What [`Connection::on_ready`] asks of the server when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A message (or the opening) was reported: deliver what the handler
+    /// made of it, then call `on_ready` again. One message is handled fully,
+    /// its replies queued, before the next frame is read, as in Tornado: a
+    /// reply can never fall behind a close frame the client sent after it.
+    Continue,
+    /// Reading stopped: the socket would block, the read budget is spent,
+    /// or the connection is closing.
+    Stop,
 }
 
 /// The connection's stage; see the module docs.
@@ -212,35 +227,34 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// The socket is ready (`readable`: the event said so). Reads as far as
-    /// this state allows; what was read is answered or reported.
+    /// The socket is ready (`readable`: the event said so). Reads, within
+    /// `budget` bytes, until there is something to deliver ([`Step::Continue`])
+    /// or nothing more to do now ([`Step::Stop`]). A call with `readable`
+    /// false continues reading that stopped early ([`Connection::wants_resume`])
+    /// or after a [`Step::Continue`]; after a `WouldBlock` it does nothing.
     pub fn on_ready(
         &mut self,
         readable: bool,
+        budget: &mut usize,
         settings: &Settings,
         report: &mut dyn FnMut(Report<'_>),
-    ) {
+    ) -> Step {
         if readable {
             self.read_blocked = false;
         }
         if self.read_blocked {
             // A WRITABLE-only event: the server flushes at the end of the turn.
-            return;
+            return Step::Stop;
         }
         self.paused = None;
-        let mut budget = READ_BUDGET;
         match self.state {
-            State::Http { .. } => self.read_http(settings, &mut budget, report),
-            State::Open(_) => self.read_websocket(&mut budget, report),
-            State::Closing => self.discard_input(&mut budget),
-            State::Done => {}
-        }
-    }
-
-    /// Continues reading that stopped early ([`Connection::wants_resume`]).
-    pub fn resume(&mut self, settings: &Settings, report: &mut dyn FnMut(Report<'_>)) {
-        if self.paused.is_some() {
-            self.on_ready(false, settings, report);
+            State::Http { .. } => self.read_http(settings, budget, report),
+            State::Open(_) => self.read_websocket(budget, report),
+            State::Closing => {
+                self.discard_input(budget);
+                Step::Stop
+            }
+            State::Done => Step::Stop,
         }
     }
 
@@ -328,12 +342,12 @@ impl<S: Socket> Connection<S> {
         settings: &Settings,
         budget: &mut usize,
         report: &mut dyn FnMut(Report<'_>),
-    ) {
+    ) -> Step {
         loop {
             // Answer what is already here, in order.
             loop {
                 let State::Http { buf } = &mut self.state else {
-                    return;
+                    return Step::Stop;
                 };
                 let (consumed, reply) = match http::answer(buf, &settings.site, SystemTime::now()) {
                     Parsed::Partial => break,
@@ -352,7 +366,8 @@ impl<S: Socket> Connection<S> {
                         if response.close {
                             // Anything pipelined after this request is discarded.
                             self.state = State::Closing;
-                            return self.discard_input(budget);
+                            self.discard_input(budget);
+                            return Step::Stop;
                         }
                         buf.drain(..consumed);
                         if buf.is_empty() {
@@ -373,17 +388,18 @@ impl<S: Socket> Connection<S> {
                         )));
                         self.in_room = true;
                         report(Report::Opened);
-                        return self.read_websocket(budget, report);
+                        // Deliver the greeting before reading the early frames.
+                        return Step::Continue;
                     }
                 }
             }
             if self.out.pending() > PIPELINE_PAUSE_BYTES {
                 self.paused = Some(Pause::Backlog);
-                return;
+                return Step::Stop;
             }
             if *budget == 0 {
                 self.paused = Some(Pause::Budget);
-                return;
+                return Step::Stop;
             }
             let mut chunk = [0u8; READ_CHUNK];
             let want = READ_CHUNK.min(*budget);
@@ -393,7 +409,7 @@ impl<S: Socket> Connection<S> {
                     // out (a client may send a request, then FIN, then read).
                     self.peer_eof = true;
                     self.state = State::Closing;
-                    return;
+                    return Step::Stop;
                 }
                 Ok(n) => {
                     *budget -= n;
@@ -403,23 +419,24 @@ impl<S: Socket> Connection<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.read_blocked = true;
-                    return;
+                    return Step::Stop;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("conn {}: read failed: {e}", self.id);
-                    return self.finish(report);
+                    self.finish(report);
+                    return Step::Stop;
                 }
             }
         }
     }
 
-    /// Open state: read frames through tungstenite until the socket would
-    /// block, reporting each text message.
-    fn read_websocket(&mut self, budget: &mut usize, report: &mut dyn FnMut(Report<'_>)) {
+    /// Open state: read frames through tungstenite until a message is
+    /// complete (reported; [`Step::Continue`]) or the socket would block.
+    fn read_websocket(&mut self, budget: &mut usize, report: &mut dyn FnMut(Report<'_>)) -> Step {
         loop {
             let State::Open(context) = &mut self.state else {
-                return;
+                return Step::Stop;
             };
             let mut stream = Adapter {
                 socket: &mut self.socket,
@@ -430,6 +447,12 @@ impl<S: Socket> Connection<S> {
                 Incoming::Text(text) => {
                     trace!("conn {}: text of {} bytes", self.id, text.len());
                     report(Report::Message(text.as_str()));
+                    return Step::Continue;
+                }
+                Incoming::Binary(data) => {
+                    trace!("conn {}: binary of {} bytes", self.id, data.len());
+                    report(Report::Binary(&data));
+                    return Step::Continue;
                 }
                 Incoming::Control => {}
                 Incoming::CloseReceived => {
@@ -440,20 +463,21 @@ impl<S: Socket> Connection<S> {
                 }
                 Incoming::Closed => {
                     self.state = State::Closing;
-                    return;
+                    return Step::Stop;
                 }
                 Incoming::WouldBlock if *budget == 0 => {
                     // The adapter, not the socket, said stop.
                     self.paused = Some(Pause::Budget);
-                    return;
+                    return Step::Stop;
                 }
                 Incoming::WouldBlock => {
                     self.read_blocked = true;
-                    return;
+                    return Step::Stop;
                 }
                 Incoming::Gone(why) => {
                     debug!("conn {}: gone: {why}", self.id);
-                    return self.finish(report);
+                    self.finish(report);
+                    return Step::Stop;
                 }
                 Incoming::Fail(code, reason, detail) => {
                     debug!(
@@ -463,7 +487,8 @@ impl<S: Socket> Connection<S> {
                     );
                     // Never read through tungstenite again: queue our own
                     // close frame and drop the context.
-                    return self.close(code, reason, report);
+                    self.close(code, reason, report);
+                    return Step::Stop;
                 }
             }
         }
@@ -594,9 +619,18 @@ mod tests {
     }
 
     /// Runs one ready event and returns the reports, owned.
+    /// Runs one ready event as the server does (on_ready until Stop, one
+    /// budget) and returns the reports, owned.
     fn ready(conn: &mut Connection<MockSocket>, readable: bool) -> Vec<String> {
         let mut seen = Vec::new();
-        conn.on_ready(readable, &settings(), &mut |r| seen.push(format!("{r:?}")));
+        let mut budget = READ_BUDGET;
+        let mut readable = readable;
+        while conn.on_ready(readable, &mut budget, &settings(), &mut |r| {
+            seen.push(format!("{r:?}"))
+        }) == Step::Continue
+        {
+            readable = false;
+        }
         seen
     }
 
@@ -673,7 +707,7 @@ mod tests {
             let mut peer = socket.0.borrow_mut();
             peer.write_room = usize::MAX;
             let mut packet = UPGRADE.to_vec();
-            packet.extend([0x82, 0x80, 0, 0, 0, 0]); // binary: 1003
+            packet.extend([0xc1, 0x80, 0, 0, 0, 0]); // a reserved bit set: 1002
             packet.extend(masked_text(b"after the error"));
             peer.incoming.push_back(Some(packet));
             peer.incoming.push_back(None);
@@ -684,7 +718,7 @@ mod tests {
         assert!(conn.is_closing());
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
-        let close = [0x88u8, 0x23, 0x03, 0xeb]; // close, 35-byte payload, code 1003
+        let close = [0x88u8, 0x10, 0x03, 0xea]; // close, 16-byte payload, code 1002
         assert!(received.windows(4).any(|w| w == close), "{received:?}");
         assert!(socket.0.borrow().write_shut, "FIN after the close frame");
         // Later bytes are discarded, not parsed; EOF finishes the connection.
@@ -731,18 +765,19 @@ mod tests {
             peer.incoming.push_back(Some(all));
         }
         let mut conn = Connection::new(ConnId(1), socket.clone());
-        let mut messages = 0;
+        let is_message = |r: &String| r.starts_with("Message");
+        let mut messages = ready(&mut conn, true)
+            .iter()
+            .filter(|r| is_message(r))
+            .count();
         let mut turns = 0;
-        let mut count = |r: Report<'_>| {
-            if let Report::Message(_) = r {
-                messages += 1;
-            }
-        };
-        conn.on_ready(true, &settings(), &mut count);
         while conn.wants_resume() {
             turns += 1;
             assert!(turns < 10, "resumed forever");
-            conn.resume(&settings(), &mut count);
+            messages += ready(&mut conn, false)
+                .iter()
+                .filter(|r| is_message(r))
+                .count();
         }
         assert_eq!(messages, lines, "nothing lost across the pauses");
         assert!(

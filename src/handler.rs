@@ -16,6 +16,7 @@
 use std::fmt;
 
 use tungstenite::Bytes;
+pub use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::ws;
 
@@ -43,6 +44,16 @@ pub trait WebSocketHandler {
     /// A complete text message arrived (already checked to be UTF-8 and
     /// within the size limit).
     fn on_message(&mut self, id: ConnId, text: &str, out: &mut Outbox);
+
+    /// A complete binary message arrived. By default it is refused with
+    /// close code 1003 (unsupported data), as a text protocol should.
+    fn on_binary(&mut self, id: ConnId, _data: &[u8], out: &mut Outbox) {
+        out.close(
+            id,
+            CloseCode::Unsupported,
+            "binary messages are not supported",
+        );
+    }
 
     /// The connection left: closed by the client, cut off, failed or shut
     /// down. Runs exactly once, and only for connections that were opened.
@@ -74,21 +85,34 @@ impl Recipients {
     }
 }
 
-/// One message on its way: an encoded WebSocket frame and its addressees.
+/// What a delivery carries.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A complete data frame (header and payload), encoded once. Cloning
+    /// `Bytes` only bumps a reference count, so every recipient's queue
+    /// points at this one buffer.
+    Frame(Bytes),
+    /// Close the connection with this code and reason (at most 123 bytes).
+    Close(CloseCode, &'static str),
+}
+
+/// One message on its way, and its addressees.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Who gets it.
     pub to: Recipients,
-    /// A complete text frame (header and payload), encoded once. Cloning
-    /// `Bytes` only bumps a reference count, so every recipient's queue
-    /// points at this one buffer.
-    pub frame: Bytes,
+    /// What they get.
+    pub payload: Payload,
 }
 
 impl Delivery {
-    /// The frame's payload, the text the recipients will read.
-    pub fn text(&self) -> &str {
-        ws::text_frame_payload(&self.frame)
+    /// The payload of a text frame, the text the recipients will read
+    /// (`None` for a close).
+    pub fn text(&self) -> Option<&str> {
+        match &self.payload {
+            Payload::Frame(frame) => Some(ws::text_frame_payload(frame)),
+            Payload::Close(..) => None,
+        }
     }
 }
 
@@ -107,23 +131,37 @@ impl Outbox {
 
     /// Sends `text` to one connection (Tornado's `write_message`).
     pub fn write_message(&mut self, to: ConnId, text: &str) {
-        self.push(Recipients::One(to), text);
+        self.push(Recipients::One(to), ws::encode_text_frame(text));
+    }
+
+    /// Sends `data` as a binary message to one connection.
+    pub fn write_binary(&mut self, to: ConnId, data: &[u8]) {
+        self.push(Recipients::One(to), ws::encode_binary_frame(data));
     }
 
     /// Sends `text` to every open connection (the seed's `send_to_all`).
     pub fn send_to_all(&mut self, text: &str) {
-        self.push(Recipients::All, text);
+        self.push(Recipients::All, ws::encode_text_frame(text));
     }
 
     /// Sends `text` to every open connection except `except`.
     pub fn send_to_all_except(&mut self, except: ConnId, text: &str) {
-        self.push(Recipients::AllExcept(except), text);
+        self.push(Recipients::AllExcept(except), ws::encode_text_frame(text));
     }
 
-    fn push(&mut self, to: Recipients, text: &str) {
+    /// Closes one connection with `code` (after what was queued for it
+    /// before). Its `on_close` follows.
+    pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &'static str) {
+        self.deliveries.push(Delivery {
+            to: Recipients::One(id),
+            payload: Payload::Close(code, reason),
+        });
+    }
+
+    fn push(&mut self, to: Recipients, frame: Bytes) {
         self.deliveries.push(Delivery {
             to,
-            frame: ws::encode_text_frame(text),
+            payload: Payload::Frame(frame),
         });
     }
 
@@ -136,6 +174,13 @@ impl Outbox {
     /// allocation in place for the next handler call).
     pub fn drain(&mut self) -> std::vec::Drain<'_, Delivery> {
         self.deliveries.drain(..)
+    }
+
+    /// Moves the queued messages into `batch` (emptied first), leaving the
+    /// outbox empty: for delivering while handlers add more.
+    pub fn take_into(&mut self, batch: &mut Vec<Delivery>) {
+        batch.clear();
+        std::mem::swap(&mut self.deliveries, batch);
     }
 
     /// Whether nothing is queued.
@@ -164,7 +209,17 @@ mod tests {
         out.write_message(ConnId(3), "one");
         out.send_to_all("two");
         out.send_to_all_except(ConnId(3), "three");
-        let got: Vec<_> = out.drain().map(|d| (d.to, d.text().to_owned())).collect();
+        out.close(ConnId(4), CloseCode::Policy, "bye");
+        let last = out.deliveries().last().unwrap().clone();
+        assert!(matches!(
+            last.payload,
+            Payload::Close(CloseCode::Policy, "bye")
+        ));
+        assert_eq!(last.text(), None);
+        let got: Vec<_> = out
+            .drain()
+            .filter_map(|d| Some((d.to, d.text()?.to_owned())))
+            .collect();
         assert_eq!(
             got,
             [

@@ -41,8 +41,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::ChatRoom;
 use crate::config::Config;
-use crate::connection::{Connection, Report, SHUTDOWN_REASON, Settings};
-use crate::handler::{ConnId, Outbox, Recipients, WebSocketHandler};
+use crate::connection::{Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Step};
+use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, WebSocketHandler};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
 use crate::{templates, ws};
@@ -127,6 +127,7 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
             config,
             next_id: 1,
             dirty: Vec::new(),
+            batch: Vec::new(),
             finished: Vec::new(),
             accept_paused: false,
             accept_trouble_warned: false,
@@ -240,6 +241,7 @@ impl<H: WebSocketHandler> App<H> {
                 self.handler.open(id, &mut self.outbox);
             }
             Report::Message(text) => self.handler.on_message(id, text, &mut self.outbox),
+            Report::Binary(data) => self.handler.on_binary(id, data, &mut self.outbox),
             Report::Left => {
                 self.open.remove(&id);
                 self.handler.on_close(id, &mut self.outbox);
@@ -263,6 +265,8 @@ pub struct ServerState<H> {
     next_id: u64,
     /// Slots touched this turn: to be flushed and re-synced before polling.
     dirty: Vec<usize>,
+    /// Deliveries being handed out (kept to reuse its allocation).
+    batch: Vec<Delivery>,
     /// Slots whose connection is done: to be freed at the end of the turn.
     finished: Vec<usize>,
     /// Accepting is paused (out of descriptors); a timer resumes it.
@@ -385,44 +389,73 @@ impl<H: WebSocketHandler> ServerState<H> {
         });
     }
 
+    /// Lets a connection read, one message at a time: after each, what the
+    /// handler made of it is delivered before the connection reads on. The
+    /// whole run shares one read budget ([`READ_BUDGET`]).
     fn on_connection_ready(&mut self, key: usize, readable: bool) {
-        // A miss is an event for a slot freed earlier: ignore it.
-        let Some(entry) = self.connections.get_mut(key) else {
-            return;
-        };
-        if entry.conn.is_done() {
-            return;
+        let mut budget = READ_BUDGET;
+        let mut readable = readable;
+        loop {
+            // A miss is an event for a slot freed earlier: ignore it.
+            let Some(entry) = self.connections.get_mut(key) else {
+                return;
+            };
+            if entry.conn.is_done() {
+                return;
+            }
+            let id = entry.conn.id();
+            let app = &mut self.app;
+            let step = entry
+                .conn
+                .on_ready(readable, &mut budget, &self.settings, &mut |r| {
+                    app.report(key, id, r)
+                });
+            mark_dirty(&mut self.dirty, key, entry);
+            self.deliver();
+            if step == Step::Stop {
+                return;
+            }
+            readable = false; // the event's news has been taken
         }
-        let id = entry.conn.id();
-        let app = &mut self.app;
-        entry
-            .conn
-            .on_ready(readable, &self.settings, &mut |r| app.report(key, id, r));
-        mark_dirty(&mut self.dirty, key, entry);
-        self.deliver();
     }
 
     /// Queues the handler's messages on their recipients. Each frame is
     /// shared: queuing it is a reference-count increment, not a copy.
     fn deliver(&mut self) {
-        for delivery in self.app.outbox.drain() {
-            match delivery.to {
-                Recipients::One(id) => {
-                    let Some(&key) = self.app.open.get(&id) else {
-                        continue;
-                    };
-                    if let Some(entry) = self.connections.get_mut(key) {
-                        entry.conn.queue(delivery.frame);
+        // A close can make its connection leave, and its `on_close` adds to
+        // the outbox: deliver in batches until the outbox stays empty.
+        while !self.app.outbox.is_empty() {
+            self.app.outbox.take_into(&mut self.batch);
+            for delivery in self.batch.drain(..) {
+                match (delivery.to, delivery.payload) {
+                    (Recipients::One(id), payload) => {
+                        let Some(&key) = self.app.open.get(&id) else {
+                            continue; // it left already
+                        };
+                        let Some(entry) = self.connections.get_mut(key) else {
+                            continue;
+                        };
+                        match payload {
+                            Payload::Frame(frame) => entry.conn.queue(frame),
+                            Payload::Close(code, reason) => {
+                                let app = &mut self.app;
+                                entry
+                                    .conn
+                                    .close(code, reason, &mut |r| app.report(key, id, r));
+                            }
+                        }
                         mark_dirty(&mut self.dirty, key, entry);
                     }
-                }
-                to @ (Recipients::All | Recipients::AllExcept(_)) => {
-                    for (key, entry) in self.connections.iter_mut() {
-                        if entry.conn.is_open() && to.includes(entry.conn.id()) {
-                            entry.conn.queue(delivery.frame.clone());
-                            mark_dirty(&mut self.dirty, key, entry);
+                    (to, Payload::Frame(frame)) => {
+                        for (key, entry) in self.connections.iter_mut() {
+                            if entry.conn.is_open() && to.includes(entry.conn.id()) {
+                                entry.conn.queue(frame.clone());
+                                mark_dirty(&mut self.dirty, key, entry);
+                            }
                         }
                     }
+                    // The outbox only makes closes for one connection.
+                    (_, Payload::Close(..)) => {}
                 }
             }
         }
@@ -481,12 +514,9 @@ impl<H: WebSocketHandler> ServerState<H> {
             return;
         };
         entry.resume_queued = false;
-        let app = &mut self.app;
-        entry
-            .conn
-            .resume(&self.settings, &mut |r| app.report(key, id, r));
-        mark_dirty(&mut self.dirty, key, entry);
-        self.deliver();
+        if entry.conn.wants_resume() {
+            self.on_connection_ready(key, false);
+        }
     }
 
     /// A closing connection ran out of time: drop it.

@@ -95,6 +95,16 @@ pub fn encode_text_frame(text: &str) -> Bytes {
     encode(frame)
 }
 
+/// Frames `data` as one final binary frame, like [`encode_text_frame`].
+pub fn encode_binary_frame(data: &[u8]) -> Bytes {
+    let frame = Frame::message(
+        Bytes::copy_from_slice(data),
+        OpCode::Data(Data::Binary),
+        true,
+    );
+    encode(frame)
+}
+
 /// Frames a close with `code` and a short `reason` (the reason must fit a
 /// control frame: at most 123 bytes).
 pub fn encode_close_frame(code: CloseCode, reason: &'static str) -> Bytes {
@@ -130,6 +140,8 @@ pub fn text_frame_payload(frame: &[u8]) -> &str {
 pub enum Incoming {
     /// A complete text message.
     Text(Utf8Bytes),
+    /// A complete binary message (the handler decides what to do with it).
+    Binary(Bytes),
     /// A control frame tungstenite handled itself (a ping, whose pong it
     /// queued, or a pong); keep reading.
     Control,
@@ -153,11 +165,7 @@ pub enum Incoming {
 pub fn classify(result: Result<Message, Error>) -> Incoming {
     match result {
         Ok(Message::Text(text)) => Incoming::Text(text),
-        Ok(Message::Binary(_)) => Incoming::Fail(
-            CloseCode::Unsupported,
-            "binary messages are not supported",
-            "binary message".into(),
-        ),
+        Ok(Message::Binary(data)) => Incoming::Binary(data),
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Incoming::Control,
         Ok(Message::Close(_)) => Incoming::CloseReceived,
         Err(Error::ConnectionClosed) => Incoming::Closed,
@@ -246,6 +254,7 @@ mod tests {
             };
             match classify(ctx.read(&mut io)) {
                 Incoming::Text(t) => seen.push(format!("text:{}", t.as_str())),
+                Incoming::Binary(b) => seen.push(format!("binary:{b:?}")),
                 Incoming::Control => seen.push("control".into()),
                 Incoming::WouldBlock => break,
                 other => {
@@ -288,7 +297,7 @@ mod tests {
         let unmasked = vec![0x81, 0x01, b'x'];
         assert!(read_all(unmasked, 64).0[0].starts_with("Fail(Protocol"));
         let binary = masked(0x2, b"\x00");
-        assert!(read_all(binary, 64).0[0].starts_with("Fail(Unsupported"));
+        assert_eq!(read_all(binary, 64).0[0], "binary:b\"\\0\"");
         let bad_utf8 = masked(0x1, b"\xff\xfe");
         assert!(read_all(bad_utf8, 64).0[0].starts_with("Fail(Invalid"));
         let reserved_bits = {
