@@ -5,7 +5,8 @@
 //! Exactly the library's loop, server and connection code serve it; only
 //! the handler ([`eddy::EchoHandler`]) and the [`eddy::Config`] differ from
 //! the chat: messages and frames up to 16 MiB (the suite's largest), an
-//! output cap well above one such message, and a larger read buffer.
+//! output cap well above one such message, a larger read buffer, and no
+//! heartbeat pings.
 //!
 //! ```sh
 //! cargo run --release --example echo -- --addr 127.0.0.1:9001
@@ -34,6 +35,8 @@ fn main() -> ExitCode {
         // its frame header", which is all an echo needs.
         max_pending_bytes: eddy::config::PENDING_MESSAGES_MIN * MAX_MESSAGE_BYTES,
         read_buffer_bytes: 64 * 1024,
+        // The suite expects the server to send nothing of its own.
+        ping_interval: None,
         ..Config::default()
     };
     let mut server = match Server::with_handler(addr, config, EchoHandler) {

@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::{self, Config, PENDING_MESSAGES_MIN};
 
@@ -21,8 +22,9 @@ pub enum Command {
     Run {
         /// Where to listen.
         addr: SocketAddr,
-        /// Every other setting.
-        config: Config,
+        /// Every other setting (boxed: it is much larger than the other
+        /// variants).
+        config: Box<Config>,
     },
     /// Print [`help`] and exit.
     Help,
@@ -51,7 +53,9 @@ impl From<lexopt::Error> for CliError {
 
 /// The one-line usage, printed after an error.
 pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--allow-origin URL]... \
-                         [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N]";
+                         [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N] \
+                         [--header-timeout SECS] [--keep-alive-timeout SECS] \
+                         [--ping-interval SECS|off] [--ping-timeout SECS]";
 
 /// The `--help` text: every flag with its default.
 pub fn help() -> String {
@@ -77,6 +81,13 @@ Options:
   --max-pending-bytes N    Most output a client may leave unread before it is cut off with
                            close code 1008; at least {PENDING_MESSAGES_MIN} x --max-message-bytes
                            [default: {max_pending}]
+  --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
+                           arrive in full; then 408 and close [default: {header}]
+  --keep-alive-timeout SECS
+                           Time an HTTP connection may idle between requests [default: {idle}]
+  --ping-interval SECS|off Silence after which a WebSocket client is pinged [default: {ping}]
+  --ping-timeout SECS      Time to answer a ping (with its pong or any frame) before the
+                           connection is closed with 1011 [default: {pong}]
   -h, --help               Print this help
   -V, --version            Print the version
 
@@ -87,6 +98,10 @@ Environment:
         max_message = config::DEFAULT_MAX_MESSAGE_BYTES,
         max_pending = config::DEFAULT_MAX_PENDING_BYTES,
         csp = config::DEFAULT_CSP,
+        header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
+        idle = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
+        ping = config::DEFAULT_PING_INTERVAL.as_secs(),
+        pong = config::DEFAULT_PING_TIMEOUT.as_secs(),
     )
 }
 
@@ -111,6 +126,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Long("max-pending-bytes") => {
                 config.max_pending_bytes = size("--max-pending-bytes", parser.value()?)?;
             }
+            Long("header-timeout") => {
+                config.header_timeout = seconds("--header-timeout", parser.value()?)?;
+            }
+            Long("keep-alive-timeout") => {
+                config.keep_alive_timeout = seconds("--keep-alive-timeout", parser.value()?)?;
+            }
+            Long("ping-interval") => {
+                let value = parser.value()?;
+                config.ping_interval = match value.to_str() {
+                    Some("off") => None,
+                    _ => Some(seconds("--ping-interval", value)?),
+                };
+            }
+            Long("ping-timeout") => {
+                config.ping_timeout = seconds("--ping-timeout", parser.value()?)?;
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(arg.unexpected().into()),
@@ -118,7 +149,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
     }
     let addr = resolve(&addr)?;
     config.validate().map_err(|e| CliError(e.0))?;
-    Ok(Command::Run { addr, config })
+    Ok(Command::Run {
+        addr,
+        config: Box::new(config),
+    })
 }
 
 fn size(flag: &str, value: OsString) -> Result<usize, CliError> {
@@ -128,6 +162,17 @@ fn size(flag: &str, value: OsString) -> Result<usize, CliError> {
             "{flag} takes a whole number of bytes, not {text:?}"
         ))
     })
+}
+
+/// A duration in seconds (fractions allowed), more than 0 and at most a day.
+fn seconds(flag: &str, value: OsString) -> Result<Duration, CliError> {
+    let text = value.to_string_lossy();
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(CliError(format!(
+            "{flag} takes a number of seconds between 0 and 86400, not {text:?}"
+        ))),
+    }
 }
 
 /// `HOST:PORT` to an address; a host name is looked up once, here.
@@ -157,7 +202,7 @@ mod tests {
             run(&[]).unwrap(),
             Command::Run {
                 addr: DEFAULT_ADDR.parse().unwrap(),
-                config: Config::default()
+                config: Box::new(Config::default())
             }
         );
     }
@@ -177,6 +222,13 @@ mod tests {
             "8000",
             "--csp",
             "default-src 'self'",
+            "--header-timeout",
+            "2.5",
+            "--keep-alive-timeout=7",
+            "--ping-interval",
+            "off",
+            "--ping-timeout",
+            "3",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -192,6 +244,12 @@ mod tests {
             (1000, 8000)
         );
         assert_eq!(config.csp.as_deref(), Some("default-src 'self'"));
+        assert_eq!(config.header_timeout, Duration::from_millis(2500));
+        assert_eq!(config.keep_alive_timeout, Duration::from_secs(7));
+        assert_eq!(
+            (config.ping_interval, config.ping_timeout),
+            (None, Duration::from_secs(3))
+        );
         let Ok(Command::Run { config, .. }) = run(&["--csp", "off"]) else {
             panic!()
         };
@@ -211,6 +269,9 @@ mod tests {
             ),
             (&["--allow-origin", "example.com"], "not an origin"),
             (&["--csp", ""], "--csp"),
+            (&["--header-timeout", "0"], "seconds"),
+            (&["--ping-interval", "soon"], "seconds"),
+            (&["--ping-timeout", "-1"], "seconds"),
             (&["stray"], "stray"),
         ];
         for (args, expected) in cases {
@@ -235,6 +296,10 @@ mod tests {
             "--max-message-bytes",
             "--max-pending-bytes",
             "--csp",
+            "--header-timeout",
+            "--keep-alive-timeout",
+            "--ping-interval",
+            "--ping-timeout",
         ] {
             assert!(text.contains(flag), "{flag}");
         }

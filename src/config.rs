@@ -29,6 +29,18 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 4096;
 /// Default for [`Config::close_timeout`]: Tornado's 5 seconds.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default for [`Config::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`Config::keep_alive_timeout`].
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for [`Config::ping_interval`].
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Default for [`Config::ping_timeout`].
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Default for [`Config::shutdown_timeout`].
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -70,6 +82,20 @@ pub struct Config {
     /// How long a closing connection may take to finish (flush its close
     /// frame, see the peer's end) before it is dropped.
     pub close_timeout: Duration,
+    /// The absolute deadline for a request head, the WebSocket handshake
+    /// included, from its first byte (`--header-timeout`). A head still
+    /// incomplete then gets 408 and the connection is closed.
+    pub header_timeout: Duration,
+    /// How long a kept-alive HTTP connection may idle between requests
+    /// (`--keep-alive-timeout`).
+    pub keep_alive_timeout: Duration,
+    /// After this much silence an open WebSocket gets a ping
+    /// (`--ping-interval`); `None`: no heartbeat.
+    pub ping_interval: Option<Duration>,
+    /// How long a ping may go unanswered, by its pong or any other frame,
+    /// before the connection is closed with 1011 (`--ping-timeout`). This is
+    /// what reaps a peer that vanished without a FIN (half-open).
+    pub ping_timeout: Duration,
     /// How long a shutdown waits for clients to take their close frames.
     pub shutdown_timeout: Duration,
 }
@@ -84,6 +110,10 @@ impl Default for Config {
             csp: Some(DEFAULT_CSP.to_owned()),
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            ping_timeout: DEFAULT_PING_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -116,6 +146,19 @@ impl Config {
                  grows ~6x as JSON, and must fit",
                 self.max_pending_bytes, self.max_message_bytes
             )));
+        }
+        let timeouts = [
+            ("--header-timeout", self.header_timeout),
+            ("--keep-alive-timeout", self.keep_alive_timeout),
+            (
+                "--ping-interval",
+                self.ping_interval.unwrap_or(Duration::from_secs(1)),
+            ),
+            ("--ping-timeout", self.ping_timeout),
+            ("the close timeout", self.close_timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ConfigError(format!("{name} must be more than 0")));
         }
         if self.read_buffer_bytes == 0 {
             return Err(ConfigError(

@@ -24,7 +24,7 @@
 //! other connections; the connection owns its socket and its output queue.
 
 use std::io::{self, Read, Write};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, trace};
 use tungstenite::Bytes;
@@ -59,6 +59,9 @@ pub const CUT_OFF_REASON: &str = "too slow: unread output over the limit";
 /// The close reason sent to every client when the server shuts down.
 pub const SHUTDOWN_REASON: &str = "server shutting down";
 
+/// The close reason sent when a ping went unanswered.
+pub const PING_TIMEOUT_REASON: &str = "no answer to ping";
+
 /// Why reading stopped before the socket said `WouldBlock`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pause {
@@ -89,6 +92,40 @@ pub struct Settings {
     pub site: Site,
     /// tungstenite's limits for each WebSocket.
     pub websocket: WebSocketConfig,
+    /// How long each stage may take.
+    pub timeouts: Timeouts,
+}
+
+/// The deadlines a connection keeps (see [`Connection::deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From a request's first byte (or the connection's start) to its
+    /// complete head, upgrade included: slow senders (slowloris) are cut.
+    pub header: Duration,
+    /// How long a kept-alive HTTP connection may sit idle between requests.
+    pub keep_alive: Duration,
+    /// Silence after which an open WebSocket is pinged; `None`: never.
+    pub ping_interval: Option<Duration>,
+    /// How long a ping may go unanswered (by a pong or any frame) before
+    /// the connection is closed with 1011: a vanished peer is reaped.
+    pub ping_timeout: Duration,
+    /// How long closing may take (our close frame out, the peer's EOF in).
+    pub close: Duration,
+}
+
+/// What the connection's deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The request head must be complete by then.
+    Head,
+    /// An idle keep-alive connection is closed then.
+    Idle,
+    /// Nothing heard for a ping interval: ping then.
+    Ping,
+    /// A ping went out; without an answer by then, close 1011.
+    Pong,
+    /// Closing must be over by then.
+    Close,
 }
 
 /// What a connection tells the server while it works.
@@ -154,11 +191,15 @@ pub struct Connection<S> {
     peer_eof: bool,
     /// The write side is shut down: our FIN is sent.
     write_shut: bool,
+    /// The durations the deadlines are made of.
+    timeouts: Timeouts,
+    /// When the current stage's time is up ([`Connection::deadline`]).
+    deadline: Option<(Instant, Deadline)>,
 }
 
 impl<S: Socket> Connection<S> {
     /// A freshly accepted connection, waiting for its first request.
-    pub fn new(id: ConnId, socket: S) -> Self {
+    pub fn new(id: ConnId, socket: S, timeouts: Timeouts) -> Self {
         Connection {
             id,
             socket,
@@ -169,7 +210,82 @@ impl<S: Socket> Connection<S> {
             paused: None,
             peer_eof: false,
             write_shut: false,
+            timeouts,
+            deadline: Some((Instant::now() + timeouts.header, Deadline::Head)),
         }
+    }
+
+    /// When this connection next needs attention from the clock: the end
+    /// of its request head, idle keep-alive, ping interval, ping answer or
+    /// close. The server keeps one timer per connection and calls
+    /// [`Connection::on_deadline`] then. A deadline may move later without
+    /// the timer knowing; `on_deadline` checks.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.map(|(at, _)| at)
+    }
+
+    /// A timer fired: act on the deadline if it has passed (if it moved
+    /// later meanwhile, do nothing; the server re-arms for the new one).
+    pub fn on_deadline(&mut self, now: Instant, report: &mut dyn FnMut(Report<'_>)) {
+        let Some((at, kind)) = self.deadline else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        match kind {
+            Deadline::Head => {
+                debug!("conn {}: request head not complete in time", self.id);
+                if let State::Http { buf } = &self.state {
+                    if !buf.is_empty() {
+                        let response = http::request_timeout(SystemTime::now());
+                        self.out.push(response.head);
+                        if let Some(body) = response.body {
+                            self.out.push(body);
+                        }
+                    }
+                }
+                self.begin_closing();
+            }
+            Deadline::Idle => {
+                debug!("conn {}: idle keep-alive connection closed", self.id);
+                self.begin_closing();
+            }
+            Deadline::Ping => {
+                trace!("conn {}: ping", self.id);
+                self.out.push(ws::encode_ping_frame());
+                self.deadline = Some((now + self.timeouts.ping_timeout, Deadline::Pong));
+            }
+            Deadline::Pong => {
+                debug!("conn {}: no answer to ping; closing with 1011", self.id);
+                self.close(CloseCode::Error, PING_TIMEOUT_REASON, report);
+                // A peer that does not answer pings will not finish a close
+                // handshake either: one flush for the close frame, then drop.
+                self.deadline = Some((now, Deadline::Close));
+            }
+            Deadline::Close => {
+                debug!(
+                    "conn {}: close did not finish in time; dropping it",
+                    self.id
+                );
+                self.finish(report);
+            }
+        }
+    }
+
+    /// Something arrived on an open WebSocket: it is alive; the next ping
+    /// is due a full interval from now.
+    fn heard_from(&mut self) {
+        self.deadline = self
+            .timeouts
+            .ping_interval
+            .map(|interval| (Instant::now() + interval, Deadline::Ping));
+    }
+
+    /// Goes to Closing, with its deadline.
+    fn begin_closing(&mut self) {
+        self.state = State::Closing;
+        self.deadline = Some((Instant::now() + self.timeouts.close, Deadline::Close));
     }
 
     /// The connection's lifelong id.
@@ -301,9 +417,9 @@ impl<S: Socket> Connection<S> {
             State::Open(_) => {
                 self.leave(report);
                 self.out.push(ws::encode_close_frame(code, reason));
-                self.state = State::Closing;
+                self.begin_closing();
             }
-            State::Http { .. } => self.state = State::Closing,
+            State::Http { .. } => self.begin_closing(),
             State::Closing | State::Done => {}
         }
     }
@@ -326,6 +442,7 @@ impl<S: Socket> Connection<S> {
     pub fn finish(&mut self, report: &mut dyn FnMut(Report<'_>)) {
         self.leave(report);
         self.state = State::Done;
+        self.deadline = None;
     }
 
     fn leave(&mut self, report: &mut dyn FnMut(Report<'_>)) {
@@ -365,15 +482,20 @@ impl<S: Socket> Connection<S> {
                         }
                         if response.close {
                             // Anything pipelined after this request is discarded.
-                            self.state = State::Closing;
+                            self.begin_closing();
                             self.discard_input(budget);
                             return Step::Stop;
                         }
                         buf.drain(..consumed);
-                        if buf.is_empty() {
+                        let now = Instant::now();
+                        self.deadline = if buf.is_empty() {
                             // Idle keep-alive connections hold no buffer.
                             *buf = Vec::new();
-                        }
+                            Some((now + self.timeouts.keep_alive, Deadline::Idle))
+                        } else {
+                            // The next request has begun: its head's clock runs.
+                            Some((now + self.timeouts.header, Deadline::Head))
+                        };
                     }
                     Reply::Upgrade(response) => {
                         debug!("conn {}: WebSocket open", self.id);
@@ -387,6 +509,7 @@ impl<S: Socket> Connection<S> {
                             Some(settings.websocket),
                         )));
                         self.in_room = true;
+                        self.heard_from();
                         report(Report::Opened);
                         // Deliver the greeting before reading the early frames.
                         return Step::Continue;
@@ -408,12 +531,20 @@ impl<S: Socket> Connection<S> {
                     // The client half-closed. Answers already queued still go
                     // out (a client may send a request, then FIN, then read).
                     self.peer_eof = true;
-                    self.state = State::Closing;
+                    self.begin_closing();
                     return Step::Stop;
                 }
                 Ok(n) => {
                     *budget -= n;
                     if let State::Http { buf } = &mut self.state {
+                        if buf.is_empty() {
+                            // A new request begins: its head must be
+                            // complete within the header timeout.
+                            let at = Instant::now() + self.timeouts.header;
+                            if !matches!(self.deadline, Some((_, Deadline::Head))) {
+                                self.deadline = Some((at, Deadline::Head));
+                            }
+                        }
                         buf.extend_from_slice(&chunk[..n]);
                     }
                 }
@@ -443,7 +574,14 @@ impl<S: Socket> Connection<S> {
                 out: &mut self.out,
                 budget: &mut *budget,
             };
-            match ws::classify(context.read(&mut stream)) {
+            let incoming = ws::classify(context.read(&mut stream));
+            if matches!(
+                incoming,
+                Incoming::Text(_) | Incoming::Binary(_) | Incoming::Control
+            ) {
+                self.heard_from();
+            }
+            match incoming {
                 Incoming::Text(text) => {
                     trace!("conn {}: text of {} bytes", self.id, text.len());
                     report(Report::Message(text.as_str()));
@@ -462,7 +600,7 @@ impl<S: Socket> Connection<S> {
                     self.leave(report);
                 }
                 Incoming::Closed => {
-                    self.state = State::Closing;
+                    self.begin_closing();
                     return Step::Stop;
                 }
                 Incoming::WouldBlock if *budget == 0 => {
@@ -594,6 +732,14 @@ mod tests {
         }
     }
 
+    const TIMEOUTS: Timeouts = Timeouts {
+        header: Duration::from_secs(10),
+        keep_alive: Duration::from_secs(30),
+        ping_interval: Some(Duration::from_secs(20)),
+        ping_timeout: Duration::from_secs(20),
+        close: Duration::from_secs(5),
+    };
+
     fn settings() -> Settings {
         Settings {
             site: Site {
@@ -605,6 +751,7 @@ mod tests {
                 allowed_origins: Vec::new(),
             },
             websocket: ws::websocket_config(1024, 256),
+            timeouts: TIMEOUTS,
         }
     }
 
@@ -650,7 +797,7 @@ mod tests {
             peer.incoming
                 .push_back(Some(b"TP/1.1\r\nHost: h\r\n\r\n".to_vec()));
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
         assert!(ready(&mut conn, true).is_empty());
         flush(&mut conn);
         assert!(
@@ -675,7 +822,7 @@ mod tests {
             .borrow_mut()
             .incoming
             .push_back(Some(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
         ready(&mut conn, true);
         socket.0.borrow_mut().write_room = 10;
         flush(&mut conn);
@@ -695,7 +842,7 @@ mod tests {
         let mut packet = UPGRADE.to_vec();
         packet.extend(masked_text(b"early"));
         socket.0.borrow_mut().incoming.push_back(Some(packet));
-        let mut conn = Connection::new(ConnId(1), socket);
+        let mut conn = Connection::new(ConnId(1), socket, TIMEOUTS);
         assert_eq!(ready(&mut conn, true), ["Opened", "Message(\"early\")"]);
         assert!(conn.is_open());
     }
@@ -713,7 +860,7 @@ mod tests {
             peer.incoming.push_back(None);
             peer.incoming.push_back(Some(masked_text(b"more garbage")));
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
         assert_eq!(ready(&mut conn, true), ["Opened", "Left"]);
         assert!(conn.is_closing());
         flush(&mut conn);
@@ -739,7 +886,7 @@ mod tests {
             peer.incoming.push_back(Some(packet));
             peer.eof = true;
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
         assert_eq!(ready(&mut conn, true), ["Opened", "Left"]);
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
@@ -764,7 +911,7 @@ mod tests {
             }
             peer.incoming.push_back(Some(all));
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
         let is_message = |r: &String| r.starts_with("Message");
         let mut messages = ready(&mut conn, true)
             .iter()
@@ -790,6 +937,133 @@ mod tests {
         );
     }
 
+    /// Everything the mock socket has been sent so far.
+    fn sent(socket: &MockSocket) -> Vec<u8> {
+        socket.0.borrow().received.clone()
+    }
+
+    #[test]
+    fn a_head_not_complete_in_time_gets_408_and_the_connection_closes() {
+        let socket = MockSocket::default();
+        socket.0.borrow_mut().write_room = usize::MAX;
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(b"GET / HT".to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let deadline = conn.deadline().unwrap();
+        ready(&mut conn, true);
+        assert_eq!(
+            conn.deadline(),
+            Some(deadline),
+            "absolute: bytes do not extend it"
+        );
+        conn.on_deadline(deadline - Duration::from_millis(1), &mut |_| {});
+        assert!(!conn.is_closing(), "not yet");
+        conn.on_deadline(deadline, &mut |_| {});
+        assert!(conn.is_closing());
+        flush(&mut conn);
+        assert!(sent(&socket).starts_with(b"HTTP/1.1 408 Request Timeout\r\n"));
+    }
+
+    #[test]
+    fn an_idle_keep_alive_connection_is_closed_at_its_deadline_without_a_word() {
+        let socket = MockSocket::default();
+        socket.0.borrow_mut().write_room = usize::MAX;
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        ready(&mut conn, true);
+        flush(&mut conn);
+        let answered = sent(&socket).len();
+        let idle_until = conn.deadline().unwrap();
+        assert!(
+            idle_until > Instant::now() + TIMEOUTS.header,
+            "the keep-alive clock, not the head's"
+        );
+        conn.on_deadline(idle_until, &mut |_| {});
+        assert!(conn.is_closing());
+        flush(&mut conn);
+        assert_eq!(
+            sent(&socket).len(),
+            answered,
+            "no response to an idle connection"
+        );
+    }
+
+    #[test]
+    fn silence_brings_a_ping_and_an_unanswered_ping_a_1011() {
+        let socket = MockSocket::default();
+        socket.0.borrow_mut().write_room = usize::MAX;
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(UPGRADE.to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        ready(&mut conn, true);
+        flush(&mut conn);
+        let before = sent(&socket).len();
+        let ping_at = conn.deadline().unwrap();
+        conn.on_deadline(ping_at, &mut |_| {});
+        flush(&mut conn);
+        assert_eq!(&sent(&socket)[before..], [0x89, 0x00], "an empty ping");
+        let answer_by = conn.deadline().unwrap();
+        assert!(answer_by >= ping_at + TIMEOUTS.ping_timeout);
+        let mut seen = Vec::new();
+        conn.on_deadline(answer_by, &mut |r| seen.push(format!("{r:?}")));
+        assert_eq!(seen, ["Left"]);
+        flush(&mut conn);
+        assert_eq!(
+            &sent(&socket)[before + 2..before + 6],
+            [0x88, 2 + PING_TIMEOUT_REASON.len() as u8, 0x03, 0xf3]
+        );
+        // No handshake is waited for: the next deadline drops it.
+        conn.on_deadline(conn.deadline().unwrap(), &mut |_| {});
+        assert!(conn.is_done());
+    }
+
+    #[test]
+    fn an_answered_ping_is_followed_by_another_ping_not_a_close() {
+        let socket = MockSocket::default();
+        socket.0.borrow_mut().write_room = usize::MAX;
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(UPGRADE.to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        ready(&mut conn, true);
+        let ping_at = conn.deadline().unwrap();
+        conn.on_deadline(ping_at, &mut |_| {}); // the ping
+        let answer_by = conn.deadline().unwrap();
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(vec![0x8a, 0x80, 0, 0, 0, 0])); // its pong
+        let heard_at = Instant::now();
+        ready(&mut conn, true);
+        let next = conn.deadline().unwrap();
+        assert!(
+            next >= heard_at + TIMEOUTS.ping_interval.unwrap(),
+            "a full interval from the pong"
+        );
+        // At the old answer deadline, the connection pings again: no close.
+        flush(&mut conn);
+        let before = sent(&socket).len();
+        conn.on_deadline(answer_by.max(next), &mut |r| {
+            panic!("{r:?}: closed although it answered")
+        });
+        assert!(conn.is_open());
+        flush(&mut conn);
+        assert_eq!(&sent(&socket)[before..], [0x89, 0x00]);
+    }
+
     #[test]
     fn cut_off_keeps_a_partly_written_frame_and_ends_with_1008() {
         let socket = MockSocket::default();
@@ -798,7 +1072,7 @@ mod tests {
             .borrow_mut()
             .incoming
             .push_back(Some(UPGRADE.to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone());
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
         ready(&mut conn, true);
         socket.0.borrow_mut().write_room = usize::MAX;
         flush(&mut conn); // the 101

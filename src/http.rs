@@ -260,6 +260,17 @@ fn route(req: &Request<'_>, site: &Site, date: &str) -> Reply {
     }
 }
 
+/// The answer to a request whose head did not arrive in time: 408, close.
+pub fn request_timeout(now: SystemTime) -> Response {
+    let date = httpdate::fmt_http_date(now);
+    error(
+        Shape::fatal(&date),
+        408,
+        "request head not received in time",
+        &[],
+    )
+}
+
 /// `Content-Length` as RFC 9110 §8.6 allows it: digits only.
 fn parse_content_length(value: &[u8]) -> Option<u64> {
     let value = value.trim_ascii();
@@ -491,6 +502,7 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",

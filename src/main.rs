@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let (addr, config) = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(Command::Run { addr, config }) => (addr, config),
+        Ok(Command::Run { addr, config }) => (addr, *config),
         Ok(Command::Help) => {
             print!("{}", cli::help());
             return ExitCode::SUCCESS;

@@ -29,7 +29,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::event::Event;
@@ -41,7 +41,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::chat::ChatRoom;
 use crate::config::Config;
-use crate::connection::{Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Step};
+use crate::connection::{
+    Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Step, Timeouts,
+};
 use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, WebSocketHandler};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
@@ -113,6 +115,13 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
                 allowed_origins: config.allowed_origins.clone(),
             },
             websocket: ws::websocket_config(config.max_message_bytes, config.read_buffer_bytes),
+            timeouts: Timeouts {
+                header: config.header_timeout,
+                keep_alive: config.keep_alive_timeout,
+                ping_interval: config.ping_interval,
+                ping_timeout: config.ping_timeout,
+                close: config.close_timeout,
+            },
         };
         let state = ServerState {
             listener: Some(listener),
@@ -217,8 +226,11 @@ struct Entry {
     interest: Interest,
     /// Already listed in [`ServerState::dirty`] for this turn.
     is_dirty: bool,
-    /// The deadline for finishing a close, once closing began.
-    close_timer: Option<TimeoutHandle>,
+    /// The armed timer and when it fires. At most one per connection, for
+    /// its earliest deadline: when a deadline moves later (every frame moves
+    /// the next ping), the timer is left alone, fires early, and is re-armed;
+    /// cheaper than re-scheduling on every message.
+    timer: Option<(Instant, TimeoutHandle)>,
     /// A [`ServerState::resume`] callback is queued for it.
     resume_queued: bool,
 }
@@ -374,19 +386,23 @@ impl<H: WebSocketHandler> ServerState<H> {
         }
         let id = ConnId(self.next_id);
         self.next_id += 1;
-        let mut conn = Connection::new(id, socket);
+        let mut conn = Connection::new(id, socket, self.settings.timeouts);
         if let Err(e) = ioloop.add_handler(conn.socket_mut(), Token(key), Interest::READABLE) {
             warn!("cannot register a connection from {peer}: {e}");
             return;
         }
         debug!("conn {id}: accepted from {peer}");
-        slot.insert(Entry {
+        let entry = slot.insert(Entry {
             conn,
             interest: Interest::READABLE,
             is_dirty: false,
-            close_timer: None,
+            timer: None,
             resume_queued: false,
         });
+        // Settled at the end of the turn like any touched connection: that
+        // arms the timer for its first deadline (the request head's), which
+        // must run even if the client never sends a byte.
+        mark_dirty(&mut self.dirty, key, entry);
     }
 
     /// Lets a connection read, one message at a time: after each, what the
@@ -480,11 +496,24 @@ impl<H: WebSocketHandler> ServerState<H> {
             self.finished.push(key);
             return;
         }
-        if entry.conn.is_closing() && entry.close_timer.is_none() {
-            let deadline = self.config.close_timeout;
-            entry.close_timer = Some(ioloop.call_later(deadline, move |state: &mut Self, _| {
-                state.close_timed_out(key, id)
-            }));
+        match (entry.conn.deadline(), entry.timer) {
+            // Armed early enough (or exactly): when it fires, the
+            // connection checks its deadline and we re-arm if need be.
+            (Some(deadline), Some((armed, _))) if armed <= deadline => {}
+            (Some(deadline), armed) => {
+                if let Some((_, handle)) = armed {
+                    ioloop.remove_timeout(handle);
+                }
+                let handle = ioloop.call_at(deadline, move |state: &mut Self, _| {
+                    state.deadline_passed(key, id)
+                });
+                entry.timer = Some((deadline, handle));
+            }
+            (None, Some((_, handle))) => {
+                ioloop.remove_timeout(handle);
+                entry.timer = None;
+            }
+            (None, None) => {}
         }
         // WRITABLE only while output is pending: a socket with room to write
         // is the normal case, and asking for it would wake us for nothing.
@@ -519,16 +548,18 @@ impl<H: WebSocketHandler> ServerState<H> {
         }
     }
 
-    /// A closing connection ran out of time: drop it.
-    fn close_timed_out(&mut self, key: usize, id: ConnId) {
+    /// A connection's timer fired: let it act on its deadline (a ping, a
+    /// 408, a close, a drop). `settle` re-arms the timer for the next one.
+    fn deadline_passed(&mut self, key: usize, id: ConnId) {
         // The slot may hold a newer connection by now.
         let Some(entry) = self.connections.get_mut(key).filter(|e| e.conn.id() == id) else {
             return;
         };
-        entry.close_timer = None;
-        debug!("conn {id}: close did not finish in time; dropping it");
+        entry.timer = None;
         let app = &mut self.app;
-        entry.conn.finish(&mut |r| app.report(key, id, r));
+        entry
+            .conn
+            .on_deadline(Instant::now(), &mut |r| app.report(key, id, r));
         mark_dirty(&mut self.dirty, key, entry);
         self.deliver();
     }
@@ -541,7 +572,7 @@ impl<H: WebSocketHandler> ServerState<H> {
                 continue; // listed twice
             }
             let mut entry = self.connections.remove(key);
-            if let Some(timer) = entry.close_timer.take() {
+            if let Some((_, timer)) = entry.timer.take() {
                 ioloop.remove_timeout(timer);
             }
             // Closing the socket would deregister it too; saying so is clearer.
@@ -665,7 +696,7 @@ mod tests {
         assert!(a_id < b_id && b_id < c_id, "ids are never reused");
 
         // A timer set for A finds C in its slot and leaves it alone.
-        state.close_timed_out(0, a_id);
+        state.deadline_passed(0, a_id);
         assert!(!state.connections[0].conn.is_done());
     }
 

@@ -105,6 +105,11 @@ pub fn encode_binary_frame(data: &[u8]) -> Bytes {
     encode(frame)
 }
 
+/// Frames a ping for the heartbeat (empty: the answer is what counts).
+pub fn encode_ping_frame() -> Bytes {
+    encode(Frame::ping(Bytes::new()))
+}
+
 /// Frames a close with `code` and a short `reason` (the reason must fit a
 /// control frame: at most 123 bytes).
 pub fn encode_close_frame(code: CloseCode, reason: &'static str) -> Bytes {
