@@ -12,12 +12,22 @@
 //! `{"type":"user","id":<id>,"message":"<text>"}` to everyone for each line,
 //! and `{"type":"sys","message":"<id> has left"}` to those who remain.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use serde::Serialize;
 
-use crate::handler::{ConnId, Outbox, WebSocketHandler};
+use crate::handler::{CloseCode, ConnId, Outbox, WebSocketHandler};
+use crate::rate::{Bucket, RateLimit, Verdict};
 
 /// The newcomer's greeting, as in the tutorial.
 pub const WELCOME: &str = "Welcome to WebSocket";
+
+/// What a client hears when a line of its was over the rate limit.
+pub const TOO_FAST: &str = "You are sending too fast: that line was not delivered.";
+
+/// The close reason for a client that kept flooding.
+pub const FLOODING_REASON: &str = "flooding: far over the rate limit";
 
 /// One message of the chat protocol. The enum is internally tagged, so
 /// serde writes `"type"` first and then the fields in declaration order: the
@@ -62,12 +72,45 @@ pub struct ChatRoom {
     /// How many clients are in the room (the tutorial's `clients` set; the
     /// server knows who they are, the room only needs how many).
     members: usize,
+    /// The flood limit, if any (`--rate-limit`).
+    limit: Option<RateLimit>,
+    /// Each member's token bucket, while there is a limit.
+    buckets: HashMap<ConnId, Bucket>,
 }
 
 impl ChatRoom {
-    /// An empty room.
+    /// An empty room without a rate limit.
     pub fn new() -> Self {
         ChatRoom::default()
+    }
+
+    /// An empty room whose members may each send at most `limit` lines.
+    pub fn with_rate_limit(limit: Option<RateLimit>) -> Self {
+        ChatRoom {
+            limit,
+            ..ChatRoom::default()
+        }
+    }
+
+    /// A line from `id` at `now`: broadcast, refused, or the end of a flooder.
+    fn line(&mut self, id: ConnId, text: &str, now: Instant, out: &mut Outbox) {
+        let verdict = match (self.limit, self.buckets.get_mut(&id)) {
+            (Some(_), Some(bucket)) => bucket.take(now),
+            _ => Verdict::Allowed,
+        };
+        match verdict {
+            Verdict::Allowed => out.send_to_all(
+                &ChatEvent::User {
+                    id: id.0,
+                    message: text,
+                }
+                .to_json(),
+            ),
+            Verdict::Refused => {
+                out.write_message(id, &ChatEvent::Sys { message: TOO_FAST }.to_json())
+            }
+            Verdict::Flooding => out.close(id, CloseCode::Policy, FLOODING_REASON),
+        }
     }
 
     /// How many clients are in the room.
@@ -79,6 +122,9 @@ impl ChatRoom {
 impl WebSocketHandler for ChatRoom {
     fn open(&mut self, id: ConnId, out: &mut Outbox) {
         self.members += 1;
+        if let Some(limit) = self.limit {
+            self.buckets.insert(id, Bucket::new(limit, Instant::now()));
+        }
         let welcome = ChatEvent::Welcome {
             message: WELCOME,
             id: id.0,
@@ -89,17 +135,12 @@ impl WebSocketHandler for ChatRoom {
     }
 
     fn on_message(&mut self, id: ConnId, text: &str, out: &mut Outbox) {
-        out.send_to_all(
-            &ChatEvent::User {
-                id: id.0,
-                message: text,
-            }
-            .to_json(),
-        );
+        self.line(id, text, Instant::now(), out);
     }
 
     fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
         self.members = self.members.saturating_sub(1);
+        self.buckets.remove(&id);
         let left = format!("{id} has left");
         out.send_to_all(&ChatEvent::Sys { message: &left }.to_json());
     }
@@ -159,6 +200,50 @@ mod tests {
         let json = sent(&mut out).remove(0).1;
         assert!(json.contains(r"\u0001\u0001"));
         assert!(json.len() <= 6 * line.len() + 64, "{}", json.len());
+    }
+
+    #[test]
+    fn lines_over_the_limit_are_refused_and_a_flood_is_closed_with_1008() {
+        let limit = RateLimit {
+            burst: 2,
+            per_second: 1.0,
+        };
+        let mut room = ChatRoom::with_rate_limit(Some(limit));
+        let mut out = Outbox::new();
+        room.open(ConnId(5), &mut out);
+        out.drain();
+        let now = Instant::now();
+        for text in ["one", "two", "three"] {
+            room.line(ConnId(5), text, now, &mut out);
+        }
+        let too_fast = format!(r#"{{"type":"sys","message":"{TOO_FAST}"}}"#);
+        assert_eq!(
+            sent(&mut out),
+            [
+                (
+                    Recipients::All,
+                    r#"{"type":"user","id":5,"message":"one"}"#.into()
+                ),
+                (
+                    Recipients::All,
+                    r#"{"type":"user","id":5,"message":"two"}"#.into()
+                ),
+                (Recipients::One(ConnId(5)), too_fast),
+            ]
+        );
+        // Going on at once: refused until the debt is over ten bursts.
+        let mut lines = 0;
+        while !out.deliveries().iter().any(|d| d.text().is_none()) {
+            room.line(ConnId(5), "more", now, &mut out);
+            lines += 1;
+            assert!(lines <= 100, "never judged flooding");
+        }
+        let close = out.drain().last().unwrap();
+        assert!(matches!(
+            close.payload,
+            crate::handler::Payload::Close(CloseCode::Policy, _)
+        ));
+        assert_eq!(lines, 20, "debt over 10 x burst (2) = 20 refused lines");
     }
 
     #[test]

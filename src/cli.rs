@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{self, Config, PENDING_MESSAGES_MIN};
+use crate::rate::{self, RateLimit};
 
 /// The address used when `--addr` is not given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8000";
 
 /// What the command line asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Run a server on `addr` with `config`.
     Run {
@@ -54,6 +55,7 @@ impl From<lexopt::Error> for CliError {
 /// The one-line usage, printed after an error.
 pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--allow-origin URL]... \
                          [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N] \
+                         [--rate-limit BURST,PER_SEC|off] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -81,6 +83,10 @@ Options:
   --max-pending-bytes N    Most output a client may leave unread before it is cut off with
                            close code 1008; at least {PENDING_MESSAGES_MIN} x --max-message-bytes
                            [default: {max_pending}]
+  --rate-limit BURST,PER_SEC|off
+                           Chat lines a client may send at once, and per second after that;
+                           lines over it are refused, a client far over it for seconds is
+                           closed with 1008 [default: {burst},{rate}]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -98,6 +104,8 @@ Environment:
         max_message = config::DEFAULT_MAX_MESSAGE_BYTES,
         max_pending = config::DEFAULT_MAX_PENDING_BYTES,
         csp = config::DEFAULT_CSP,
+        burst = RateLimit::default().burst,
+        rate = RateLimit::default().per_second,
         header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
         idle = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
         ping = config::DEFAULT_PING_INTERVAL.as_secs(),
@@ -125,6 +133,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             }
             Long("max-pending-bytes") => {
                 config.max_pending_bytes = size("--max-pending-bytes", parser.value()?)?;
+            }
+            Long("rate-limit") => {
+                let value = parser.value()?.string()?;
+                config.rate_limit = match value.as_str() {
+                    "off" => None,
+                    text => Some(
+                        rate::parse(text).map_err(|e| CliError(format!("--rate-limit: {e}")))?,
+                    ),
+                };
             }
             Long("header-timeout") => {
                 config.header_timeout = seconds("--header-timeout", parser.value()?)?;
@@ -229,6 +246,8 @@ mod tests {
             "off",
             "--ping-timeout",
             "3",
+            "--rate-limit",
+            "4,0.5",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -245,6 +264,13 @@ mod tests {
         );
         assert_eq!(config.csp.as_deref(), Some("default-src 'self'"));
         assert_eq!(config.header_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            config.rate_limit,
+            Some(RateLimit {
+                burst: 4,
+                per_second: 0.5
+            })
+        );
         assert_eq!(config.keep_alive_timeout, Duration::from_secs(7));
         assert_eq!(
             (config.ping_interval, config.ping_timeout),
@@ -254,6 +280,10 @@ mod tests {
             panic!()
         };
         assert_eq!(config.csp, None);
+        let Ok(Command::Run { config, .. }) = run(&["--rate-limit", "off"]) else {
+            panic!()
+        };
+        assert_eq!(config.rate_limit, None);
     }
 
     #[test]
@@ -270,6 +300,7 @@ mod tests {
             (&["--allow-origin", "example.com"], "not an origin"),
             (&["--csp", ""], "--csp"),
             (&["--header-timeout", "0"], "seconds"),
+            (&["--rate-limit", "fast"], "BURST,PER_SEC"),
             (&["--ping-interval", "soon"], "seconds"),
             (&["--ping-timeout", "-1"], "seconds"),
             (&["stray"], "stray"),
@@ -300,11 +331,13 @@ mod tests {
             "--keep-alive-timeout",
             "--ping-interval",
             "--ping-timeout",
+            "--rate-limit",
         ] {
             assert!(text.contains(flag), "{flag}");
         }
         assert!(text.contains("[default: 127.0.0.1:8000]"));
         assert!(text.contains("[default: 65536]"));
         assert!(text.contains("[default: 1048576]"));
+        assert!(text.contains("[default: 20,5]"), "{text}");
     }
 }

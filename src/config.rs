@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::http;
+use crate::rate::RateLimit;
 
 /// Default for [`Config::max_message_bytes`]: 64 KiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -56,7 +57,7 @@ pub const DEFAULT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 
                                form-action 'none'; frame-ancestors 'none'";
 
 /// A server's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The largest message a client may send, in bytes; also the largest
     /// single frame, so an oversized frame is refused from its header. Over
@@ -70,6 +71,9 @@ pub struct Config {
     /// Origins allowed to open a WebSocket besides the server's own host
     /// (`--allow-origin`), e.g. `https://chat.example.com`.
     pub allowed_origins: Vec<String>,
+    /// The chat's flood control (`--rate-limit`): per client, a burst and a
+    /// rate of lines; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
     /// Where `index.html` is (`--templates`); `None` for the default search.
     pub templates: Option<PathBuf>,
     /// The `Content-Security-Policy` sent with HTML pages (`--csp`); `None`
@@ -106,6 +110,7 @@ impl Default for Config {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             allowed_origins: Vec::new(),
+            rate_limit: Some(RateLimit::default()),
             templates: None,
             csp: Some(DEFAULT_CSP.to_owned()),
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,

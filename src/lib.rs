@@ -12,7 +12,8 @@
 //! 5. [`ws`]: tungstenite over an I/O adapter, limits, close codes.
 //! 6. [`output`]: the per-connection output queue and its vectored flush.
 //! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`].
-//! 8. [`chat`]: the tutorial's chat room, as a handler. [`echo`]: an echo.
+//! 8. [`chat`]: the tutorial's chat room, as a handler, with [`rate`]'s
+//!    flood control. [`echo`]: an echo.
 //! 9. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
 //!
 //! ```no_run
@@ -37,6 +38,7 @@ pub mod handler;
 pub mod http;
 pub mod ioloop;
 pub mod output;
+pub mod rate;
 pub mod server;
 pub mod templates;
 pub mod ws;

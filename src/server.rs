@@ -91,7 +91,8 @@ impl Server<ChatRoom> {
     /// Binds a chat server to `addr` (port 0 picks a free port), reading the
     /// page and checking `config` first.
     pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
-        Server::with_handler(addr, config, ChatRoom::new())
+        let room = ChatRoom::with_rate_limit(config.rate_limit);
+        Server::with_handler(addr, config, room)
     }
 }
 

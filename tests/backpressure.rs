@@ -18,7 +18,7 @@ fn a_client_that_stops_reading_is_cut_off_while_the_others_keep_receiving() {
         max_message_bytes: 1024,
         max_pending_bytes: 8 * 1024,
         close_timeout: std::time::Duration::from_secs(120),
-        ..Config::default()
+        ..config()
     };
     let server = TestServer::chat(config);
     let mut sender = join(server.addr);

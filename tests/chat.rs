@@ -231,7 +231,7 @@ fn an_oversized_message_in_fragments_gets_1009() {
     let config = Config {
         max_message_bytes: 1000,
         max_pending_bytes: 8000,
-        ..Config::default()
+        ..config()
     };
     let server = TestServer::chat(config);
     let mut fragments = Vec::new();
@@ -255,7 +255,7 @@ fn a_client_that_keeps_sending_after_an_oversized_frame_breaks_nothing() {
     let config = Config {
         max_message_bytes: 1000,
         max_pending_bytes: 8000,
-        ..Config::default()
+        ..config()
     };
     let server = TestServer::chat(config);
     let mut raw = raw_upgrade(server.addr, &[]);
@@ -374,7 +374,7 @@ fn an_origin_other_than_the_host_is_refused_and_nobody_hears_of_it() {
 fn allowed_origins_may_connect() {
     let config = Config {
         allowed_origins: vec!["https://chat.example.com".into()],
-        ..Config::default()
+        ..config()
     };
     let server = TestServer::chat(config);
     let mut stream = tcp(server.addr);

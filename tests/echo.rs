@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
-use eddy::{Config, EchoHandler};
+use eddy::EchoHandler;
 use tungstenite::Message;
 
 #[test]
 fn echo_sends_each_message_back_to_its_sender_only() {
-    let server = TestServer::with_handler(Config::default(), EchoHandler);
+    let server = TestServer::with_handler(config(), EchoHandler);
     let mut a = connect(server.addr);
     let mut b = connect(server.addr);
     // No greeting: the first thing each reads is its own echo.
@@ -27,7 +27,7 @@ fn echo_sends_each_message_back_to_its_sender_only() {
 
 #[test]
 fn echo_sends_binary_back_as_binary() {
-    let server = TestServer::with_handler(Config::default(), EchoHandler);
+    let server = TestServer::with_handler(config(), EchoHandler);
     let mut client = connect(server.addr);
     let data: Vec<u8> = (0..=255).collect();
     client.send(Message::binary(data.clone())).unwrap();
@@ -37,7 +37,7 @@ fn echo_sends_binary_back_as_binary() {
 #[test]
 fn a_reply_comes_before_the_close_that_followed_its_message() {
     // Text, then a close, in one packet: the echo must still go out first.
-    let server = TestServer::with_handler(Config::default(), EchoHandler);
+    let server = TestServer::with_handler(config(), EchoHandler);
     let mut packet = masked_frame(0x1, true, b"last words");
     packet.extend(masked_frame(0x8, true, &1000u16.to_be_bytes()));
     let mut raw = raw_upgrade(server.addr, &packet);

@@ -14,7 +14,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
-use eddy::{Config, EchoHandler};
+use eddy::EchoHandler;
 
 /// The longest any flood runs, whatever happens.
 const FLOOD_LIMIT: Duration = Duration::from_secs(30);
@@ -94,7 +94,7 @@ impl Drop for Flood {
 
 #[test]
 fn a_flooding_client_does_not_starve_the_others() {
-    let server = TestServer::with_handler(Config::default(), EchoHandler);
+    let server = TestServer::with_handler(config(), EchoHandler);
     // One-byte messages: per-frame work on the server, almost none for the
     // sender, so the sender can keep the server's socket buffer full.
     let flood = Flood::start(server.addr, 1);
@@ -114,7 +114,7 @@ fn a_flooding_client_does_not_starve_the_others() {
 
 #[test]
 fn a_stuck_client_is_cut_off_during_a_flood_not_after_it() {
-    let server = TestServer::chat(Config::default());
+    let server = TestServer::chat(config());
     let mut watcher = raw_upgrade(server.addr, &[]);
     read_frame(&mut watcher); // welcome
     let mut stuck = raw_upgrade(server.addr, &[]);
@@ -153,7 +153,8 @@ fn a_stuck_client_is_cut_off_during_a_flood_not_after_it() {
 
 #[test]
 fn sigterm_during_a_flood_still_exits_promptly() {
-    let mut binary = Binary::start(&["--addr", "127.0.0.1:0"]);
+    // Without the rate limit, which would close the flooder first.
+    let mut binary = Binary::start(&["--addr", "127.0.0.1:0", "--rate-limit", "off"]);
     let addr = binary.listening_addr();
     let flood = Flood::start(addr, 1000);
     flood.wait_until_sent(4 << 20);

@@ -18,7 +18,7 @@ fn quick() -> Config {
         keep_alive_timeout: Duration::from_millis(300),
         ping_interval: Some(Duration::from_millis(200)),
         ping_timeout: Duration::from_millis(300),
-        ..Config::default()
+        ..config()
     }
 }
 

@@ -163,9 +163,9 @@ fn hostile_lines_are_shown_as_text_and_nothing_runs() {
     // lines inert is seen to be the page's own escaping, not only the policy.
     let no_csp = eddy::Config {
         csp: None,
-        ..eddy::Config::default()
+        ..config()
     };
-    for config in [eddy::Config::default(), no_csp] {
+    for config in [config(), no_csp] {
         let server = TestServer::chat(config);
         let a = open_chat(&chromium, server.addr);
         let b = open_chat(&chromium, server.addr);
@@ -270,7 +270,7 @@ fn the_page_shows_a_lost_server_and_reconnects_by_itself() {
     );
 
     // A server comes back on the same port; the page finds it by itself.
-    let _again = TestServer::chat_at(addr, eddy::Config::default());
+    let _again = TestServer::chat_at(addr, config());
     page.wait_for_status("open");
     page.wait_until(
         "Array.from(document.querySelectorAll('#message tr')).filter(r => r.textContent.includes('Welcome to WebSocket')).length === 2",
@@ -304,7 +304,7 @@ fn the_tutorials_own_page_still_chats_with_eddy() {
     let config = eddy::Config {
         templates: Some(dir.clone()),
         csp: None,
-        ..eddy::Config::default()
+        ..config()
     };
     let server = TestServer::chat_at(addr, config);
 
@@ -378,7 +378,7 @@ fn the_content_security_policy_is_in_force() {
     // is the policy's doing.
     let config = eddy::Config {
         csp: None,
-        ..eddy::Config::default()
+        ..config()
     };
     let open = TestServer::chat(config);
     let unprotected = open_chat(&chromium, open.addr);
@@ -543,7 +543,7 @@ fn unknown_messages_are_ignored() {
     let Some(chromium) = Chromium::launch("unknown") else {
         return;
     };
-    let server = TestServer::with_handler(eddy::Config::default(), Mystery);
+    let server = TestServer::with_handler(config(), Mystery);
     let page = chromium.open(&url(server.addr));
     page.wait_for_row("after the mystery");
     assert_eq!(page.rows().len(), 1, "{:?}", page.rows());

@@ -11,10 +11,20 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use eddy::{ChatRoom, Config, Server, ServerHandle, WebSocketHandler};
+use eddy::{Config, Server, ServerHandle, WebSocketHandler};
 use serde_json::Value;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
+
+/// The defaults, but without the chat's rate limit: tests of other
+/// behaviour send lines faster than people type (the rate limit has tests
+/// of its own).
+pub fn config() -> Config {
+    Config {
+        rate_limit: None,
+        ..Config::default()
+    }
+}
 
 /// How long any single expected event may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,12 +39,13 @@ pub struct TestServer {
 impl TestServer {
     /// A chat server with `config`.
     pub fn chat(config: Config) -> TestServer {
-        TestServer::with_handler(config, ChatRoom::new())
+        // Server::bind, as `main` does: the room gets the config's rate limit.
+        TestServer::run(Server::bind("127.0.0.1:0".parse().unwrap(), config).expect("bind"))
     }
 
-    /// A chat server with the default config.
+    /// A chat server with the test config ([`config`]).
     pub fn start() -> TestServer {
-        TestServer::chat(Config::default())
+        TestServer::chat(config())
     }
 
     /// A server running `handler`.
