@@ -55,6 +55,7 @@ impl From<lexopt::Error> for CliError {
 /// The one-line usage, printed after an error.
 pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--allow-origin URL]... \
                          [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N] \
+                         [--max-connections N] [--max-connections-per-ip N] \
                          [--rate-limit BURST,PER_SEC|off] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
@@ -83,6 +84,11 @@ Options:
   --max-pending-bytes N    Most output a client may leave unread before it is cut off with
                            close code 1008; at least {PENDING_MESSAGES_MIN} x --max-message-bytes
                            [default: {max_pending}]
+  --max-connections N      Most connections at once; more are answered 503 and closed
+                           [default: the open-file limit, raised to its hard limit, less {reserve}]
+  --max-connections-per-ip N
+                           Most connections from one IP address; more get 503. Off unless
+                           given: behind a proxy, every client has the proxy's address
   --rate-limit BURST,PER_SEC|off
                            Chat lines a client may send at once, and per second after that;
                            lines over it are refused, a client far over it for seconds is
@@ -104,6 +110,7 @@ Environment:
         max_message = config::DEFAULT_MAX_MESSAGE_BYTES,
         max_pending = config::DEFAULT_MAX_PENDING_BYTES,
         csp = config::DEFAULT_CSP,
+        reserve = crate::limits::FD_RESERVE,
         burst = RateLimit::default().burst,
         rate = RateLimit::default().per_second,
         header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
@@ -133,6 +140,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             }
             Long("max-pending-bytes") => {
                 config.max_pending_bytes = size("--max-pending-bytes", parser.value()?)?;
+            }
+            Long("max-connections") => {
+                config.max_connections = Some(count("--max-connections", parser.value()?)?);
+            }
+            Long("max-connections-per-ip") => {
+                config.max_connections_per_ip =
+                    Some(count("--max-connections-per-ip", parser.value()?)?);
             }
             Long("rate-limit") => {
                 let value = parser.value()?.string()?;
@@ -179,6 +193,17 @@ fn size(flag: &str, value: OsString) -> Result<usize, CliError> {
             "{flag} takes a whole number of bytes, not {text:?}"
         ))
     })
+}
+
+/// A count of at least 1.
+fn count(flag: &str, value: OsString) -> Result<usize, CliError> {
+    let text = value.to_string_lossy();
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(CliError(format!(
+            "{flag} takes a whole number of at least 1, not {text:?}"
+        ))),
+    }
 }
 
 /// A duration in seconds (fractions allowed), more than 0 and at most a day.
@@ -248,6 +273,10 @@ mod tests {
             "3",
             "--rate-limit",
             "4,0.5",
+            "--max-connections",
+            "100",
+            "--max-connections-per-ip",
+            "5",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -272,6 +301,8 @@ mod tests {
             })
         );
         assert_eq!(config.keep_alive_timeout, Duration::from_secs(7));
+        assert_eq!(config.max_connections, Some(100));
+        assert_eq!(config.max_connections_per_ip, Some(5));
         assert_eq!(
             (config.ping_interval, config.ping_timeout),
             (None, Duration::from_secs(3))
@@ -301,6 +332,7 @@ mod tests {
             (&["--csp", ""], "--csp"),
             (&["--header-timeout", "0"], "seconds"),
             (&["--rate-limit", "fast"], "BURST,PER_SEC"),
+            (&["--max-connections", "0"], "at least 1"),
             (&["--ping-interval", "soon"], "seconds"),
             (&["--ping-timeout", "-1"], "seconds"),
             (&["stray"], "stray"),
@@ -332,6 +364,8 @@ mod tests {
             "--ping-interval",
             "--ping-timeout",
             "--rate-limit",
+            "--max-connections",
+            "--max-connections-per-ip",
         ] {
             assert!(text.contains(flag), "{flag}");
         }

@@ -74,6 +74,14 @@ pub struct Config {
     /// The chat's flood control (`--rate-limit`): per client, a burst and a
     /// rate of lines; `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// The most connections at once (`--max-connections`); more are
+    /// answered 503 and closed. `None`: what the file-descriptor limit
+    /// allows, less a reserve ([`crate::limits`]).
+    pub max_connections: Option<usize>,
+    /// The most connections from one IP address (`--max-connections-per-ip`);
+    /// `None`: no such limit. Opt-in: behind a proxy every client has the
+    /// proxy's address.
+    pub max_connections_per_ip: Option<usize>,
     /// Where `index.html` is (`--templates`); `None` for the default search.
     pub templates: Option<PathBuf>,
     /// The `Content-Security-Policy` sent with HTML pages (`--csp`); `None`
@@ -111,6 +119,8 @@ impl Default for Config {
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             allowed_origins: Vec::new(),
             rate_limit: Some(RateLimit::default()),
+            max_connections: None,
+            max_connections_per_ip: None,
             templates: None,
             csp: Some(DEFAULT_CSP.to_owned()),
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
@@ -169,6 +179,9 @@ impl Config {
             return Err(ConfigError(
                 "the read buffer must be at least 1 byte".into(),
             ));
+        }
+        if self.max_connections == Some(0) || self.max_connections_per_ip == Some(0) {
+            return Err(ConfigError("connection limits must be at least 1".into()));
         }
         if let Some(csp) = &self.csp {
             if csp.trim().is_empty() || csp.bytes().any(|b| b.is_ascii_control()) {

@@ -215,6 +215,16 @@ impl<S: Socket> Connection<S> {
         }
     }
 
+    /// Refuses a connection the server cannot take: `response` (a 503) and
+    /// close, whatever the client sends.
+    pub fn refuse(&mut self, response: http::Response) {
+        self.out.push(response.head);
+        if let Some(body) = response.body {
+            self.out.push(body);
+        }
+        self.begin_closing();
+    }
+
     /// When this connection next needs attention from the clock: the end
     /// of its request head, idle keep-alive, ping interval, ping answer or
     /// close. The server keeps one timer per connection and calls

@@ -260,6 +260,12 @@ fn route(req: &Request<'_>, site: &Site, date: &str) -> Reply {
     }
 }
 
+/// The answer to a connection over the server's limits: 503, close.
+pub fn service_unavailable(now: SystemTime, why: &'static str) -> Response {
+    let date = httpdate::fmt_http_date(now);
+    error(Shape::fatal(&date), 503, why, &[])
+}
+
 /// The answer to a request whose head did not arrive in time: 408, close.
 pub fn request_timeout(now: SystemTime) -> Response {
     let date = httpdate::fmt_http_date(now);

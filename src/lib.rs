@@ -37,6 +37,7 @@ pub mod echo;
 pub mod handler;
 pub mod http;
 pub mod ioloop;
+pub mod limits;
 pub mod output;
 pub mod rate;
 pub mod server;

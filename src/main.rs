@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         }
     };
 
+    // Before binding: the default connection cap is sized from the limit.
+    let fd_limit = eddy::limits::raise_fd_limit();
     let mut server = match Server::bind(addr, config) {
         Ok(server) => server,
         Err(e) => {
@@ -37,6 +39,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    match fd_limit {
+        Ok((before, now, hard)) => {
+            log::info!("open-file limit {now} (soft limit was {before}; hard limit {hard})");
+        }
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
     if let Err(e) = server.stop_on_signals() {
         eprintln!("eddy: cannot install signal handlers: {e}");
         return ExitCode::from(1);

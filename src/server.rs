@@ -27,9 +27,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::event::Event;
@@ -47,7 +47,7 @@ use crate::connection::{
 use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, WebSocketHandler};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
-use crate::{templates, ws};
+use crate::{http, limits, templates, ws};
 
 /// The listening socket's token, outside the slab's range.
 const LISTENER_TOKEN: Token = Token(usize::MAX - 1);
@@ -106,6 +106,10 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
         let mut listener = TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         info!("serving {source} at /");
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(limits::default_max_connections);
+        info!("accepting up to {max_connections} connections");
         let local_addr = listener.local_addr()?;
         let ioloop = IoLoop::new()?;
         ioloop.add_handler(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
@@ -139,6 +143,8 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
             dirty: Vec::new(),
             batch: Vec::new(),
             finished: Vec::new(),
+            max_connections,
+            per_ip: HashMap::new(),
             accept_paused: false,
             accept_trouble_warned: false,
             shutting_down: false,
@@ -222,6 +228,8 @@ impl<H: WebSocketHandler + Send + 'static> Control for LoopHandle<ServerState<H>
 /// bookkeeping about it.
 struct Entry {
     conn: Connection<TcpStream>,
+    /// The peer's address, for the per-address count.
+    ip: IpAddr,
     /// The interest mio has for this socket now. Compared with what is
     /// wanted after each flush; `update_handler` only when they differ.
     interest: Interest,
@@ -282,6 +290,10 @@ pub struct ServerState<H> {
     batch: Vec<Delivery>,
     /// Slots whose connection is done: to be freed at the end of the turn.
     finished: Vec<usize>,
+    /// The most connections at once; more are answered 503 and closed.
+    max_connections: usize,
+    /// Connections per peer address, for `--max-connections-per-ip`.
+    per_ip: HashMap<IpAddr, usize>,
     /// Accepting is paused (out of descriptors); a timer resumes it.
     accept_paused: bool,
     /// The accept trouble of this episode has been logged already.
@@ -380,6 +392,7 @@ impl<H: WebSocketHandler> ServerState<H> {
         if let Err(e) = socket.set_nodelay(true) {
             debug!("set_nodelay failed for {peer}: {e}");
         }
+        let open = self.connections.len();
         let slot = self.connections.vacant_entry();
         let key = slot.key();
         if key >= MAX_SLOTS {
@@ -388,6 +401,26 @@ impl<H: WebSocketHandler> ServerState<H> {
         let id = ConnId(self.next_id);
         self.next_id += 1;
         let mut conn = Connection::new(id, socket, self.settings.timeouts);
+        let ip = peer.ip();
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if open >= self.max_connections {
+            debug!("conn {id}: refused, {open} connections open");
+            conn.refuse(http::service_unavailable(
+                SystemTime::now(),
+                "too many connections",
+            ));
+        } else if self
+            .config
+            .max_connections_per_ip
+            .is_some_and(|max| from_ip >= max)
+        {
+            debug!("conn {id}: refused, {from_ip} connections from {ip}");
+            conn.refuse(http::service_unavailable(
+                SystemTime::now(),
+                "too many connections from your address",
+            ));
+        }
+        *self.per_ip.entry(ip).or_insert(0) += 1;
         if let Err(e) = ioloop.add_handler(conn.socket_mut(), Token(key), Interest::READABLE) {
             warn!("cannot register a connection from {peer}: {e}");
             return;
@@ -395,6 +428,7 @@ impl<H: WebSocketHandler> ServerState<H> {
         debug!("conn {id}: accepted from {peer}");
         let entry = slot.insert(Entry {
             conn,
+            ip,
             interest: Interest::READABLE,
             is_dirty: false,
             timer: None,
@@ -573,6 +607,12 @@ impl<H: WebSocketHandler> ServerState<H> {
                 continue; // listed twice
             }
             let mut entry = self.connections.remove(key);
+            if let Some(count) = self.per_ip.get_mut(&entry.ip) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_ip.remove(&entry.ip);
+                }
+            }
             if let Some((_, timer)) = entry.timer.take() {
                 ioloop.remove_timeout(timer);
             }

@@ -422,7 +422,21 @@ impl Binary {
     }
 
     pub fn start_in(args: &[&str], dir: Option<&std::path::Path>) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
+        Binary::spawn(Command::new(env!("CARGO_BIN_EXE_eddy")), args, dir)
+    }
+
+    /// The binary started from `sh` after `ulimit {ulimit}` (e.g. `-n 40`:
+    /// soft and hard open-file limits of 40; `-Sn 100`: the soft one).
+    pub fn start_with_ulimit(args: &[&str], ulimit: &str) -> Binary {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_eddy"));
+        Binary::spawn(command, args, None)
+    }
+
+    fn spawn(mut command: Command, args: &[&str], dir: Option<&std::path::Path>) -> Binary {
         command
             .args(args)
             .stdout(Stdio::null())
