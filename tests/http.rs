@@ -332,3 +332,56 @@ fn the_page_revalidates_with_its_etag_and_gets_304() {
     );
     assert_eq!(script.body, include_bytes!("../templates/chat.js"));
 }
+
+#[test]
+fn malformed_heads_are_refused_and_nothing_after_them_is_answered() {
+    let server = TestServer::start();
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: a\r\n b\r\n\r\n",
+            "400",
+        ),
+        (
+            "NUL in a header",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n",
+            "400",
+        ),
+        (
+            "NUL in the target",
+            b"GET /\0 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "400",
+        ),
+        ("65 headers", &[], "431"),
+        (
+            "a body",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+            "413",
+        ),
+    ];
+    let many_headers: String = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..64).map(|i| format!("X-{i}: y\r\n")).collect::<String>()
+    );
+    for (what, head, status) in cases {
+        let head = if head.is_empty() {
+            many_headers.as_bytes()
+        } else {
+            head
+        };
+        // A valid request pipelined behind the bad one must not be answered.
+        let mut request = head.to_vec();
+        request.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let reply = http_exchange(server.addr, &request);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {reply}"
+        );
+        assert_eq!(
+            reply.matches("HTTP/1.1 ").count(),
+            1,
+            "{what}: a second response: {reply}"
+        );
+    }
+    assert_room_works(server.addr);
+}

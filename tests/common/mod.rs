@@ -440,18 +440,31 @@ impl Binary {
         command
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
+            .stderr(Stdio::piped());
+        // RUST_LOG unset, so the binary's own default (info) is what runs;
+        // EDDY_TEST_RUST_LOG passes a filter through when debugging a test.
+        match std::env::var("EDDY_TEST_RUST_LOG") {
+            Ok(filter) => command.env("RUST_LOG", filter),
+            Err(_) => command.env_remove("RUST_LOG"),
+        };
+
         if let Some(dir) = dir {
             command.current_dir(dir);
         }
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        // EDDY_TEST_LOG_FILE keeps a copy of the log, for debugging a test.
+        let mut copy = std::env::var("EDDY_TEST_LOG_FILE")
+            .ok()
+            .map(|p| std::fs::File::create(p).unwrap());
         thread::spawn(move || {
             use std::io::BufRead;
             for line in io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(file) = &mut copy {
+                    let _ = writeln!(file, "{line}");
+                }
                 if tx.send(line).is_err() {
                     break;
                 }
