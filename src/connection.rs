@@ -72,6 +72,15 @@ enum Pause {
     Backlog,
 }
 
+/// Queues an HTTP response. Protected in the queue: a cut-off must not drop
+/// it, or the client would read the frames after it as HTTP.
+fn queue_response(out: &mut OutputQueue, response: http::Response) {
+    out.push_protected(response.head);
+    if let Some(body) = response.body {
+        out.push_protected(body);
+    }
+}
+
 /// What a socket must offer. A trait so that tests can drive a connection
 /// with a mock; the server uses `mio::net::TcpStream`.
 pub trait Socket: Read + Write {
@@ -218,10 +227,7 @@ impl<S: Socket> Connection<S> {
     /// Refuses a connection the server cannot take: `response` (a 503) and
     /// close, whatever the client sends.
     pub fn refuse(&mut self, response: http::Response) {
-        self.out.push(response.head);
-        if let Some(body) = response.body {
-            self.out.push(body);
-        }
+        queue_response(&mut self.out, response);
         self.begin_closing();
     }
 
@@ -248,11 +254,7 @@ impl<S: Socket> Connection<S> {
                 debug!("conn {}: request head not complete in time", self.id);
                 if let State::Http { buf } = &self.state {
                     if !buf.is_empty() {
-                        let response = http::request_timeout(SystemTime::now());
-                        self.out.push(response.head);
-                        if let Some(body) = response.body {
-                            self.out.push(body);
-                        }
+                        queue_response(&mut self.out, http::request_timeout(SystemTime::now()));
                     }
                 }
                 self.begin_closing();
@@ -486,11 +488,9 @@ impl<S: Socket> Connection<S> {
                             "conn {}: HTTP {} ({})",
                             self.id, response.status, response.why
                         );
-                        self.out.push(response.head);
-                        if let Some(body) = response.body {
-                            self.out.push(body);
-                        }
-                        if response.close {
+                        let close = response.close;
+                        queue_response(&mut self.out, response);
+                        if close {
                             // Anything pipelined after this request is discarded.
                             self.begin_closing();
                             self.discard_input(budget);
@@ -508,9 +508,8 @@ impl<S: Socket> Connection<S> {
                         };
                     }
                     Reply::Upgrade(response) => {
-                        debug!("conn {}: WebSocket open", self.id);
-                        // The 101 is queued before anything tungstenite writes.
-                        self.out.push(response.head);
+                        debug!("conn {}: WebSocket open", self.id); // The 101 is queued before anything tungstenite writes.
+                        queue_response(&mut self.out, response);
                         // Bytes after the head are the client's first frames.
                         let early_frames = buf.split_off(consumed);
                         self.state = State::Open(Box::new(WebSocketContext::from_partially_read(
@@ -1072,6 +1071,33 @@ mod tests {
         assert!(conn.is_open());
         flush(&mut conn);
         assert_eq!(&sent(&socket)[before..], [0x89, 0x00]);
+    }
+    #[test]
+    fn cut_off_never_drops_the_http_responses_and_the_101_before_it() {
+        // Found by fuzzing: a client pipelines requests without reading,
+        // then upgrades; a cut-off must not drop the unsent responses or the
+        // 101, or the client would read a close frame as HTTP.
+        let socket = MockSocket::default();
+        let mut input = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".repeat(3);
+        input.extend_from_slice(UPGRADE);
+        socket.0.borrow_mut().incoming.push_back(Some(input));
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        assert!(ready(&mut conn, true).contains(&"Opened".to_string()));
+        conn.queue(ws::encode_text_frame("never sent"));
+        flush(&mut conn); // the socket takes nothing yet
+        conn.cut_off(&mut |_| {});
+        socket.0.borrow_mut().write_room = usize::MAX;
+        flush(&mut conn);
+        let received = String::from_utf8_lossy(&sent(&socket)).into_owned();
+        assert_eq!(received.matches("HTTP/1.1 200 OK").count(), 3, "{received}");
+        let switch = received.find("HTTP/1.1 101").expect("the 101 was dropped");
+        let after = &sent(&socket)[switch..];
+        let head_end = after.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(
+            after[head_end], 0x88,
+            "the close frame follows the 101 directly"
+        );
+        assert!(!received.contains("never sent"));
     }
 
     #[test]

@@ -810,4 +810,89 @@ mod tests {
         assert!(normalize_origin("https://").is_err());
         assert!(normalize_origin("https://a/b").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A response head's header lines, lowercased names.
+        fn headers(head: &str) -> Vec<(String, String)> {
+            head.lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(": "))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+                .collect()
+        }
+
+        fn check_response(r: &Response) {
+            let head = std::str::from_utf8(&r.head).expect("an ASCII head");
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {} ", r.status)),
+                "{head}"
+            );
+            assert!(head.ends_with("\r\n\r\n") && head.matches("\r\n\r\n").count() == 1);
+            let headers = headers(head);
+            let length = headers.iter().find(|(n, _)| n == "content-length");
+            if r.status == 101 {
+                assert!(length.is_none());
+            } else {
+                let length: usize = length.expect("Content-Length").1.parse().unwrap();
+                if let Some(body) = &r.body {
+                    assert_eq!(body.len(), length);
+                }
+            }
+            let says_close = headers
+                .iter()
+                .any(|(n, v)| n == "connection" && v == "close");
+            assert_eq!(says_close, r.close, "{head}");
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_get_a_well_formed_answer_or_a_wait(buf in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                match answer(&buf, &site(), now()) {
+                    Parsed::Partial => prop_assert!(buf.len() <= MAX_HEAD_BYTES),
+                    Parsed::Complete { consumed, reply: Reply::Respond(r) | Reply::Upgrade(r) } => {
+                        prop_assert!(consumed <= buf.len());
+                        check_response(&r);
+                    }
+                }
+            }
+
+            #[test]
+            fn a_head_cut_short_asks_for_more_and_whole_it_is_answered(
+                path in "/[a-z]{0,12}",
+                extra in proptest::collection::vec(("[A-Za-z-]{1,12}", "[ -~]{0,20}"), 0..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut head = format!("GET {path} HTTP/1.1\r\nHost: h\r\n");
+                for (name, value) in &extra {
+                    head.push_str(&format!("X-{name}: {}\r\n", value.trim()));
+                }
+                head.push_str("\r\n");
+                let at = cut.index(head.len() - 1);
+                prop_assert!(matches!(answer(&head.as_bytes()[..at], &site(), now()), Parsed::Partial));
+                match answer(head.as_bytes(), &site(), now()) {
+                    Parsed::Complete { consumed, reply: Reply::Respond(r) } => {
+                        prop_assert_eq!(consumed, head.len());
+                        prop_assert!(r.status == 200 || r.status == 404, "{}", r.status);
+                        check_response(&r);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn allowed_origins_normalize_to_a_fixed_point(host in "[a-z]{1,10}(\\.[a-z]{2,5})?", port in proptest::option::of(1u16..)) {
+                let origin = match port {
+                    Some(port) => format!("HTTPS://{host}:{port}/"),
+                    None => format!("https://{}", host.to_uppercase()),
+                };
+                let once = normalize_origin(&origin).unwrap();
+                prop_assert_eq!(normalize_origin(&once).unwrap(), once.clone());
+                let host_header = match port { Some(port) => format!("{host}:{port}"), None => host.clone() };
+                prop_assert!(origin_allowed(once.as_bytes(), Some(host_header.as_bytes()), &[]));
+            }
+        }
+    }
 }

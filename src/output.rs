@@ -28,6 +28,10 @@ pub struct OutputQueue {
     front_offset: usize,
     /// Unsent bytes in total (what the backpressure cap is compared with).
     pending: usize,
+    /// How many chunks at the front must go out whatever happens: HTTP
+    /// responses and the 101, which come before any frame. Dropping one
+    /// would leave the client parsing frames as HTTP.
+    protected: usize,
 }
 
 impl OutputQueue {
@@ -43,6 +47,19 @@ impl OutputQueue {
             self.chunks.push_back(chunk);
         }
     }
+    /// Appends a chunk that [`drop_unstarted`](Self::drop_unstarted) must
+    /// keep: part of an HTTP response. Only before any unprotected chunk.
+    pub fn push_protected(&mut self, chunk: Bytes) {
+        debug_assert_eq!(
+            self.protected,
+            self.chunks.len(),
+            "protected chunks come first"
+        );
+        if !chunk.is_empty() {
+            self.protected += 1;
+            self.push(chunk);
+        }
+    }
 
     /// Unsent bytes in total.
     pub fn pending(&self) -> usize {
@@ -53,17 +70,14 @@ impl OutputQueue {
     pub fn is_empty(&self) -> bool {
         self.pending == 0
     }
-
-    /// Drops every chunk the socket has not started on. A chunk already
-    /// partly written is kept: dropping its tail would corrupt the byte
-    /// stream, and the next frame would be read as the rest of it.
+    /// Drops every chunk the socket has not started on, except protected
+    /// ones (HTTP responses). A chunk already partly written is kept too:
+    /// dropping its tail would corrupt the byte stream, and the next frame
+    /// would be read as the rest of it.
     pub fn drop_unstarted(&mut self) {
-        let keep = usize::from(self.front_offset > 0);
+        let keep = self.protected.max(usize::from(self.front_offset > 0));
         self.chunks.truncate(keep);
-        self.pending = self
-            .chunks
-            .front()
-            .map_or(0, |c| c.len() - self.front_offset);
+        self.pending = self.chunks.iter().map(Bytes::len).sum::<usize>() - self.front_offset;
     }
 
     /// Writes as much as `sink` takes, until the queue is empty or the sink
@@ -108,6 +122,7 @@ impl OutputQueue {
             n -= left_in_front;
             self.chunks.pop_front();
             self.front_offset = 0;
+            self.protected = self.protected.saturating_sub(1);
         }
     }
 }
@@ -214,6 +229,25 @@ mod tests {
         sink.budget = 100;
         q.flush(&mut sink).unwrap();
         assert_eq!(sink.taken, b"frame-oneclose");
+    }
+    #[test]
+    fn drop_unstarted_keeps_http_responses_even_unstarted() {
+        let mut q = OutputQueue::new();
+        q.push_protected(Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"));
+        q.push_protected(Bytes::from_static(b"HTTP/1.1 101 Switching\r\n\r\n"));
+        q.push(Bytes::from_static(b"frame"));
+        q.drop_unstarted();
+        q.push(Bytes::from_static(b"close"));
+        let mut sink = Vec::new();
+        q.flush(&mut sink).unwrap();
+        assert_eq!(
+            sink,
+            b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 101 Switching\r\n\r\nclose"
+        );
+        // Once sent, they are no longer protected: the next drop takes all.
+        q.push(Bytes::from_static(b"late frame"));
+        q.drop_unstarted();
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -81,6 +81,7 @@ fn a_vanished_client_also_leaves() {
     let b_id = recv_joined(&mut a);
     drop(b); // no close frame: the TCP connection just ends
     assert_eq!(sys_id(&recv_json(&mut a), " has left"), b_id);
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -182,6 +183,7 @@ fn a_bad_close_code_is_answered_with_1002() {
         close_code_for(server.addr, &masked_frame(0x8, true, &999u16.to_be_bytes())),
         1002
     );
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -193,6 +195,7 @@ fn binary_messages_close_with_1003() {
     client.send(Message::binary(vec![1, 2, 3])).unwrap();
     assert_eq!(recv_close(&mut client), CloseCode::Unsupported);
     assert_eq!(sys_id(&recv_json(&mut watcher), " has left"), id);
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -224,6 +227,7 @@ fn an_oversized_frame_gets_1009_from_its_header_alone() {
     push_length(&mut header, 0x80, 10_000_000);
     header.extend_from_slice(&[1, 2, 3, 4]);
     assert_eq!(close_code_for(server.addr, &header), 1009);
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -248,6 +252,7 @@ fn an_oversized_message_in_fragments_gets_1009() {
             .len(),
         1000
     );
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -368,6 +373,7 @@ fn an_origin_other_than_the_host_is_refused_and_nobody_hears_of_it() {
         recv_json(&mut watcher)["message"],
         "and nothing else before this"
     );
+    assert_room_works(server.addr);
 }
 
 #[test]

@@ -110,6 +110,11 @@ fn a_flooding_client_does_not_starve_the_others() {
         flood.is_running(),
         "served only because the flood had stopped"
     );
+    // After it, a fresh client is served too.
+    drop(flood);
+    let mut fresh = connect(server.addr);
+    send(&mut fresh, "after the flood");
+    assert_eq!(recv_text(&mut fresh), "after the flood");
 }
 
 #[test]
@@ -162,4 +167,98 @@ fn sigterm_during_a_flood_still_exits_promptly() {
     assert_eq!(binary.wait_exit(Duration::from_secs(5)), Some(0));
     drop(flood);
     assert!(TcpStream::connect(addr).is_err());
+}
+
+/// Runs `attack` (frames written on a raw WebSocket, bounded), followed by
+/// a text frame saying it is over, against the built binary while a second
+/// client keeps chatting. Until that last line comes round, every line of
+/// the second client must come back within a generous second; the server's
+/// peak memory (from /proc) must grow by less than `mib`; and the attack's
+/// own message, if it makes one (`makes`), must arrive whole.
+fn survive(name: &str, mut attack: Vec<u8>, makes: Option<&str>, mib: u64) {
+    const OVER: &str = "the attack is over";
+    attack.extend(masked_frame(0x1, true, OVER.as_bytes()));
+    let mut binary = Binary::start(&["--addr", "127.0.0.1:0", "--rate-limit", "off"]);
+    let addr = binary.listening_addr();
+    let vm = |field: &str| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", binary.pid)).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let mut client = join(addr);
+    let baseline = vm("VmRSS");
+    let mut attacker = raw_upgrade(addr, &[]);
+    // The attacker drains what it is sent (pongs, the chat) so that it is
+    // not cut off for not reading, and the server does all the work.
+    let mut drain = attacker.try_clone().unwrap();
+    let draining = thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+    let attacking = thread::spawn(move || attacker.write_all(&attack).map(|()| attacker));
+
+    let mut lines = 0;
+    let mut made = None;
+    'attack: loop {
+        let line = format!("{name} {lines}");
+        let sent = Instant::now();
+        send(&mut client, &line);
+        loop {
+            let message = recv_user_line(&mut client)["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if message == line {
+                break;
+            } else if message == OVER {
+                break 'attack;
+            } else if !message.starts_with(name) {
+                made = Some(message);
+            }
+        }
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{name}: a line took {took:?}"
+        );
+        lines += 1;
+    }
+    let attacker = attacking
+        .join()
+        .unwrap()
+        .expect("the attack was written whole");
+    // Hang up writing only: the server's last lines may still be on the
+    // way, and Linux resets a socket that gets data after shutting reads.
+    attacker.shutdown(std::net::Shutdown::Write).unwrap();
+    draining.join().unwrap().unwrap();
+    let grew = vm("VmHWM").saturating_sub(baseline);
+    eprintln!("{name}: {lines} lines went round during the attack; peak memory grew {grew} KiB");
+    assert!(
+        grew < mib * 1024,
+        "{name}: the server's memory grew {grew} KiB"
+    );
+    assert_eq!(made.as_deref(), makes, "{name}: the attack's own message");
+    assert_room_works(addr);
+    binary.signal(libc::SIGTERM);
+    assert_eq!(binary.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn a_ping_flood_is_answered_within_bounds_and_stalls_nobody() {
+    let ping = masked_frame(0x9, true, b"are you there?");
+    survive("ping flood", ping.repeat(200_000), None, 32);
+}
+
+#[test]
+fn a_hundred_thousand_empty_fragments_stall_nobody() {
+    let mut attack = masked_frame(0x1, false, b"");
+    attack.extend(masked_frame(0x0, false, b"").repeat(100_000));
+    attack.extend(masked_frame(0x0, true, b"end"));
+    survive("empty fragments", attack, Some("end"), 32);
+}
+
+#[test]
+fn a_message_of_65536_one_byte_fragments_stalls_nobody() {
+    let mut attack = masked_frame(0x1, false, b"a");
+    attack.extend(masked_frame(0x0, false, b"b").repeat(65_534));
+    attack.extend(masked_frame(0x0, true, b"c"));
+    let whole = format!("a{}c", "b".repeat(65_534));
+    survive("one-byte fragments", attack, Some(&whole), 32);
 }

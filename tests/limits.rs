@@ -25,7 +25,7 @@ fn past_the_connection_cap_clients_get_503_until_someone_leaves() {
     });
     let (mut a, _) = join_with_id(server.addr);
     let (b, b_id) = join_with_id(server.addr);
-    let _c = join(server.addr);
+    let c = join(server.addr);
     assert_refused(server.addr);
     drop(b);
     // Wait for B to leave (a's notices: joins first, then the departure).
@@ -33,6 +33,19 @@ fn past_the_connection_cap_clients_get_503_until_someone_leaves() {
     let mut d = join(server.addr);
     send(&mut d, "room for one more");
     assert_eq!(recv_user_line(&mut d)["message"], "room for one more");
+    // Back to one client: a fresh pair fits under the cap again.
+    drop((a, c));
+    let mut left = 0;
+    while left < 2 {
+        if recv_json(&mut d)["message"]
+            .as_str()
+            .unwrap()
+            .ends_with(" has left")
+        {
+            left += 1;
+        }
+    }
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -72,6 +85,7 @@ fn running_out_of_descriptors_pauses_accepting_once_and_recovers() {
     let mut client = join(addr);
     send(&mut client, "back in business");
     assert_eq!(recv_user_line(&mut client)["message"], "back in business");
+    assert_room_works(addr);
     binary.signal(libc::SIGTERM);
     assert_eq!(binary.wait_exit(std::time::Duration::from_secs(5)), Some(0));
     let log = binary.stderr_lines();

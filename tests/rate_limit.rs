@@ -42,6 +42,7 @@ fn lines_over_the_limit_reach_nobody_and_their_sender_is_told() {
     }
     drop(a);
     assert_eq!(sys_id(&recv_json(&mut b), " has left"), a_id);
+    assert_room_works(server.addr);
 }
 
 #[test]

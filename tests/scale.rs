@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -125,39 +125,6 @@ fn read_lines(
     })
 }
 
-/// Reads frames to a close frame (its code) or the end of the stream (None).
-fn close_code_or_end(stream: &mut TcpStream) -> Option<u16> {
-    let mut header = [0u8; 2];
-    loop {
-        match stream.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-            Err(e) => {
-                panic!("reading a stuck client: {e} (still open, neither closed nor cut off)")
-            }
-        }
-        let len = match header[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                stream.read_exact(&mut b).ok()?;
-                u64::from(u16::from_be_bytes(b))
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                stream.read_exact(&mut b).ok()?;
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; len as usize];
-        stream.read_exact(&mut payload).ok()?;
-        if header[0] & 0x0f == 0x8 {
-            return Some(u16::from_be_bytes([payload[0], payload[1]]));
-        }
-    }
-}
-
 #[test]
 fn five_hundred_clients_that_never_read_cost_bounded_memory_and_are_cut_off() {
     let _serial = serial();
@@ -175,6 +142,7 @@ fn five_hundred_clients_that_never_read_cost_bounded_memory_and_are_cut_off() {
         &CAP.to_string(),
     ]);
     let addr = binary.listening_addr();
+    let fds_idle = open_fds(binary.pid);
     let readers: Vec<_> = (0..2).map(|_| reader(addr, LINES)).collect();
     let stuck: Vec<TcpStream> = (0..STUCK)
         .map(|_| {
@@ -225,20 +193,14 @@ fn five_hundred_clients_that_never_read_cost_bounded_memory_and_are_cut_off() {
     }
     let (own, _) = sender_reader.join().unwrap();
     assert!(own.iter().copied().eq(0..LINES), "the sender's own copies");
-    // Each stuck client was cut off: reading at last, it finds the lines
-    // that fit its buffers, then the end of the connection: a close 1008 if
-    // that frame made it into the buffers before the close deadline dropped
-    // the connection, or just the end if it did not.
-    for mut stream in stuck {
-        // Generous: a cut-off client that does not read is dropped after the
-        // close timeout (5 s), and is read here only after that.
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        if let Some(code) = close_code_or_end(&mut stream) {
-            assert_eq!(code, 1008);
-        }
-    }
+    // Each stuck client was cut off and, as it never answered the close,
+    // dropped after the close deadline: the server is back to the
+    // descriptors it had before anyone came, plus the sender's (the
+    // readers hung up when they had every line). (Reading the
+    // stuck clients here would not tell sooner: with their tiny windows
+    // the rest of their bytes trickle in on TCP's zero-window probes.)
+    wait_for_fds(binary.pid, fds_idle + 1);
+    drop(stuck);
     let peak = status_kib(binary.pid, "VmHWM");
     let allowed = 32 * 1024 + STUCK as u64 * CAP / 1024;
     assert!(
@@ -328,6 +290,7 @@ fn slowloris_is_closed_at_the_head_deadline_while_others_are_served() {
     trickle.join().unwrap();
     drop((page, client));
     wait_for_fds(binary.pid, baseline);
+    assert_room_works(addr);
     binary.signal(libc::SIGTERM);
     assert_eq!(binary.wait_exit(Duration::from_secs(5)), Some(0));
 }
@@ -361,14 +324,17 @@ fn churn_leaves_exact_departures_and_no_residue() {
     let addr = binary.listening_addr();
     let pid = binary.pid;
     let (mut watcher, _) = join_with_id(addr);
-    // Warm up once so that lazily allocated things are in the baseline.
+    // The descriptor baseline: the listener, the poller and friends, and the
+    // watcher, which is fully open (a connection just left might still be
+    // finishing its close, and would leave the count later).
+    let fds_before = open_fds(pid);
+    // Warm up once so that lazily allocated memory is in the RSS baseline.
     drop(join(addr));
     while !recv_json(&mut watcher)["message"]
         .as_str()
         .unwrap()
         .ends_with("has left")
     {}
-    let fds_before = open_fds(pid);
     let rss_before = status_kib(pid, "VmRSS");
 
     // The watcher reports each departure, and stops at the sentinel's line.
@@ -452,6 +418,7 @@ fn churn_leaves_exact_departures_and_no_residue() {
         rss_after <= rss_before + 8 * 1024,
         "RSS {rss_after} KiB after churn, {rss_before} KiB before"
     );
+    assert_room_works(addr);
     binary.signal(libc::SIGTERM);
     assert_eq!(
         binary.wait_exit(Duration::from_secs(5)),

@@ -41,6 +41,7 @@ fn a_connection_that_sends_nothing_is_closed_silently() {
     let server = TestServer::chat(quick());
     let mut stream = tcp(server.addr);
     assert!(read_to_close(&mut stream).is_empty());
+    assert_room_works(server.addr);
 }
 
 #[test]
@@ -112,4 +113,5 @@ fn a_client_that_stops_answering_is_closed_with_1011_and_leaves() {
     assert_eq!(read_close_code(&mut silent), 1011);
     assert!(read_to_close(&mut silent).is_empty());
     assert_eq!(watching.join().unwrap(), silent_id);
+    assert_room_works(server.addr);
 }

@@ -201,19 +201,22 @@ fn check(buf: &[u8], got: &Outcome) {
     }
 }
 
-/// Where to cut `buf` to compare a prefix with the whole: every point of a
-/// short input, and for a long one both sides of the head's end, the limit,
-/// and a few points picked from the bytes themselves.
+/// Where to cut `buf` to compare a prefix with the whole: both sides of
+/// the head's end and of the limit, just after the first line ends (where
+/// httparse decides most), and a few points picked from the bytes
+/// themselves, reproducibly. Every point of a very short input.
 fn cuts(buf: &[u8], whole: &Outcome) -> Vec<usize> {
     let len = buf.len();
-    if len <= 64 {
+    if len <= 16 {
         return (0..=len).collect();
     }
-    let mut cuts = vec![0, 1, len - 1, MAX_HEAD_BYTES, MAX_HEAD_BYTES + 1];
+    let mut cuts = vec![0, 1, len - 1, len, MAX_HEAD_BYTES, MAX_HEAD_BYTES + 1];
     if let Outcome::Complete { consumed, .. } = whole {
         cuts.extend([consumed.saturating_sub(1), *consumed, consumed + 1]);
     }
-    // FNV-1a of the input picks a few more, reproducibly.
+    let newlines = buf.iter().enumerate().filter(|&(_, &b)| b == b'\n');
+    cuts.extend(newlines.take(8).flat_map(|(i, _)| [i, i + 1]));
+    // FNV-1a of the input.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in buf {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
