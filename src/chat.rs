@@ -76,6 +76,9 @@ pub struct ChatRoom {
     limit: Option<RateLimit>,
     /// Each member's token bucket, while there is a limit.
     buckets: HashMap<ConnId, Bucket>,
+    /// Joins and leaves are announced while the room has at most this many
+    /// members (`--announce-joins-up-to`); `None`: always, as the seed does.
+    announce_up_to: Option<usize>,
 }
 
 impl ChatRoom {
@@ -90,6 +93,23 @@ impl ChatRoom {
             limit,
             ..ChatRoom::default()
         }
+    }
+
+    /// Announces joins and leaves only while the room has at most `up_to`
+    /// members, the newcomer or the leaver included (`None`: always).
+    ///
+    /// The seed tells everyone of every join: N joins cost N²/2 frames, and
+    /// a client reconnecting in a loop costs one frame per member each time.
+    pub fn announcing_joins_up_to(self, up_to: Option<usize>) -> Self {
+        ChatRoom {
+            announce_up_to: up_to,
+            ..self
+        }
+    }
+
+    /// Whether a join or leave in a room of `members` is announced.
+    fn announces(&self, members: usize) -> bool {
+        self.announce_up_to.is_none_or(|up_to| members <= up_to)
     }
 
     /// A line from `id` at `now`: broadcast, refused, or the end of a flooder.
@@ -130,8 +150,10 @@ impl WebSocketHandler for ChatRoom {
             id: id.0,
         };
         out.write_message(id, &welcome.to_json());
-        let joined = format!("{id} has joined");
-        out.send_to_all_except(id, &ChatEvent::Sys { message: &joined }.to_json());
+        if self.announces(self.members) {
+            let joined = format!("{id} has joined");
+            out.send_to_all_except(id, &ChatEvent::Sys { message: &joined }.to_json());
+        }
     }
 
     fn on_message(&mut self, id: ConnId, text: &str, out: &mut Outbox) {
@@ -139,10 +161,13 @@ impl WebSocketHandler for ChatRoom {
     }
 
     fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
+        let announced = self.announces(self.members);
         self.members = self.members.saturating_sub(1);
         self.buckets.remove(&id);
-        let left = format!("{id} has left");
-        out.send_to_all(&ChatEvent::Sys { message: &left }.to_json());
+        if announced {
+            let left = format!("{id} has left");
+            out.send_to_all(&ChatEvent::Sys { message: &left }.to_json());
+        }
     }
 }
 
@@ -244,6 +269,31 @@ mod tests {
             crate::handler::Payload::Close(CloseCode::Policy, _)
         ));
         assert_eq!(lines, 20, "debt over 10 x burst (2) = 20 refused lines");
+    }
+
+    #[test]
+    fn joins_and_leaves_are_announced_only_up_to_the_set_room_size() {
+        let mut room = ChatRoom::new().announcing_joins_up_to(Some(2));
+        let mut out = Outbox::new();
+        let notices = |out: &mut Outbox| {
+            out.drain()
+                .filter(|d| !matches!(d.to, Recipients::One(_)))
+                .count()
+        };
+        room.open(ConnId(1), &mut out);
+        room.open(ConnId(2), &mut out);
+        assert_eq!(notices(&mut out), 2, "rooms of 1 and 2: announced");
+        room.open(ConnId(3), &mut out);
+        assert_eq!(notices(&mut out), 0, "a room of 3: not announced");
+        room.on_close(ConnId(3), &mut out);
+        assert_eq!(notices(&mut out), 0, "leaving a room of 3: not announced");
+        room.on_close(ConnId(2), &mut out);
+        assert_eq!(notices(&mut out), 1, "leaving a room of 2: announced");
+
+        let mut silent = ChatRoom::new().announcing_joins_up_to(Some(0));
+        silent.open(ConnId(1), &mut out);
+        silent.on_close(ConnId(1), &mut out);
+        assert_eq!(notices(&mut out), 0, "0: never");
     }
 
     #[test]

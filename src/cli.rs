@@ -56,7 +56,7 @@ impl From<lexopt::Error> for CliError {
 pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--allow-origin URL]... \
                          [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N] \
                          [--max-connections N] [--max-connections-per-ip N] \
-                         [--rate-limit BURST,PER_SEC|off] \
+                         [--rate-limit BURST,PER_SEC|off] [--announce-joins-up-to N|all] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -93,6 +93,9 @@ Options:
                            Chat lines a client may send at once, and per second after that;
                            lines over it are refused, a client far over it for seconds is
                            closed with 1008 [default: {burst},{rate}]
+  --announce-joins-up-to N|all
+                           Tell the room of joins and leaves while it has at most N members
+                           (0: never; all: always, as the seed does) [default: {announce}]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -113,6 +116,7 @@ Environment:
         reserve = crate::limits::FD_RESERVE,
         burst = RateLimit::default().burst,
         rate = RateLimit::default().per_second,
+        announce = config::DEFAULT_ANNOUNCE_JOINS_UP_TO,
         header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
         idle = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
         ping = config::DEFAULT_PING_INTERVAL.as_secs(),
@@ -157,6 +161,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
                     ),
                 };
             }
+            Long("announce-joins-up-to") => {
+                let value = parser.value()?;
+                config.announce_joins_up_to = match value.to_str() {
+                    Some("all") => None,
+                    _ => Some(members("--announce-joins-up-to", value)?),
+                };
+            }
             Long("header-timeout") => {
                 config.header_timeout = seconds("--header-timeout", parser.value()?)?;
             }
@@ -191,6 +202,16 @@ fn size(flag: &str, value: OsString) -> Result<usize, CliError> {
     text.parse().map_err(|_| {
         CliError(format!(
             "{flag} takes a whole number of bytes, not {text:?}"
+        ))
+    })
+}
+
+/// A number of chat members, 0 included.
+fn members(flag: &str, value: OsString) -> Result<usize, CliError> {
+    let text = value.to_string_lossy();
+    text.parse().map_err(|_| {
+        CliError(format!(
+            "{flag} takes a number of members or all, not {text:?}"
         ))
     })
 }
@@ -315,6 +336,16 @@ mod tests {
             panic!()
         };
         assert_eq!(config.rate_limit, None);
+        for (value, up_to) in [("all", None), ("0", Some(0)), ("25", Some(25))] {
+            let Ok(Command::Run { config, .. }) = run(&["--announce-joins-up-to", value]) else {
+                panic!()
+            };
+            assert_eq!(config.announce_joins_up_to, up_to);
+        }
+        let Ok(Command::Run { config, .. }) = run(&[]) else {
+            panic!()
+        };
+        assert_eq!(config.announce_joins_up_to, Some(1000));
     }
 
     #[test]
@@ -324,6 +355,10 @@ mod tests {
             (&["--addr"], "missing argument"),
             (&["--addr", "nowhere"], "HOST:PORT"),
             (&["--max-message-bytes", "64k"], "whole number"),
+            (
+                &["--announce-joins-up-to", "some"],
+                "number of members or all",
+            ),
             (
                 &["--max-message-bytes", "1000", "--max-pending-bytes", "7999"],
                 "at least 8",

@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::http;
 use crate::rate::RateLimit;
 
+/// Rooms up to this size hear of every join and leave (`--announce-joins-up-to`).
+pub const DEFAULT_ANNOUNCE_JOINS_UP_TO: usize = 1000;
+
 /// Default for [`Config::max_message_bytes`]: 64 KiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -74,6 +77,10 @@ pub struct Config {
     /// The chat's flood control (`--rate-limit`): per client, a burst and a
     /// rate of lines; `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// The chat announces joins and leaves while the room has at most this
+    /// many members (`--announce-joins-up-to`); `None`: always (`all`), as
+    /// the seed does; `Some(0)`: never.
+    pub announce_joins_up_to: Option<usize>,
     /// The most connections at once (`--max-connections`); more are
     /// answered 503 and closed. `None`: what the file-descriptor limit
     /// allows, less a reserve ([`crate::limits`]).
@@ -119,6 +126,7 @@ impl Default for Config {
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             allowed_origins: Vec::new(),
             rate_limit: Some(RateLimit::default()),
+            announce_joins_up_to: Some(DEFAULT_ANNOUNCE_JOINS_UP_TO),
             max_connections: None,
             max_connections_per_ip: None,
             templates: None,

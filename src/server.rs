@@ -91,7 +91,8 @@ impl Server<ChatRoom> {
     /// Binds a chat server to `addr` (port 0 picks a free port), reading the
     /// page and checking `config` first.
     pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
-        let room = ChatRoom::with_rate_limit(config.rate_limit);
+        let room = ChatRoom::with_rate_limit(config.rate_limit)
+            .announcing_joins_up_to(config.announce_joins_up_to);
         Server::with_handler(addr, config, room)
     }
 }

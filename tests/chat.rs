@@ -427,3 +427,37 @@ fn shutdown_closes_every_client_with_1001() {
         "no longer listening"
     );
 }
+
+#[test]
+fn joins_and_leaves_are_announced_only_up_to_the_set_room_size() {
+    let server = TestServer::chat(Config {
+        announce_joins_up_to: Some(2),
+        ..config()
+    });
+    let (mut a, _) = join_with_id(server.addr);
+    let (mut b, b_id) = join_with_id(server.addr);
+    assert_eq!(recv_joined(&mut a), b_id, "a room of two hears of joins");
+    // A third member: nobody hears of it, coming or going, but its lines
+    // reach everyone.
+    let (mut c, c_id) = join_with_id(server.addr);
+    send(&mut c, "from the third");
+    for client in [&mut a, &mut b] {
+        let line = recv_json(client);
+        assert_eq!(
+            (&line["id"], &line["message"]),
+            (&json!(c_id), &json!("from the third"))
+        );
+    }
+    c.close(None).unwrap();
+    while c.read().is_ok() {}
+    send(&mut b, "after the third left");
+    let line = recv_json(&mut a);
+    assert_eq!(
+        line["message"], "after the third left",
+        "no notice before it"
+    );
+    // Back to two: b's leaving is announced.
+    b.close(None).unwrap();
+    while b.read().is_ok() {}
+    assert_eq!(sys_id(&recv_json(&mut a), " has left"), b_id);
+}
