@@ -18,6 +18,9 @@ use tungstenite::Bytes;
 /// call, and keeps the slice array small enough for the stack.
 const MAX_IOVECS: usize = 64;
 
+/// The most chunk slots an empty queue keeps; a larger ring is freed.
+const IDLE_CHUNKS: usize = 8;
+
 /// Bytes waiting to be written to one socket, oldest first.
 #[derive(Debug, Default)]
 pub struct OutputQueue {
@@ -103,6 +106,12 @@ impl OutputQueue {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > IDLE_CHUNKS {
+            // A burst (a storm of joins) grew the ring; an idle connection
+            // should not keep it: at 10,000 clients that is most of the
+            // memory they cost.
+            self.chunks = VecDeque::new();
         }
         Ok(written)
     }
@@ -273,5 +282,19 @@ mod tests {
             q.flush(&mut Closed).unwrap_err().kind(),
             io::ErrorKind::WriteZero
         );
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_the_room_a_burst_took() {
+        let mut queue = OutputQueue::new();
+        for _ in 0..1000 {
+            queue.push(Bytes::from_static(b"a join notice"));
+        }
+        assert!(queue.chunks.capacity() >= 1000);
+        let mut sink = Vec::new();
+        queue.flush(&mut sink).unwrap();
+        assert!(queue.is_empty());
+        assert!(queue.chunks.capacity() <= IDLE_CHUNKS);
+        assert_eq!(sink.len(), 1000 * 13);
     }
 }
