@@ -72,8 +72,11 @@ pub struct Outcome {
     /// The load generator's own CPU time during each phase.
     pub connect_cpu: Duration,
     pub send_cpu: Duration,
-    /// Called between the phases, with the clients connected (for memory).
+    /// What `between` returned (between the phases, every client
+    /// connected) and what `after` returned (after the send phase, every
+    /// client still connected): the server's memory, for the bench.
     pub idle_probe: Option<u64>,
+    pub after_probe: Option<u64>,
 }
 
 impl Outcome {
@@ -124,9 +127,10 @@ impl Shared {
     }
 }
 
-/// Runs `plan`; `between` is called once the clients are all connected
-/// (the server's idle memory is read there), and its answer kept.
-pub fn run(plan: Plan, between: impl FnOnce() -> u64) -> Outcome {
+/// Runs `plan`; `between` is called once the clients are all connected,
+/// `after` once the lines are all delivered, before the clients hang up
+/// (the server's memory is read there), and their answers kept.
+pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u64) -> Outcome {
     let shared = Arc::new(Shared {
         plan: plan.clone(),
         base: Instant::now(),
@@ -175,6 +179,7 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64) -> Outcome {
             .unwrap_or_else(Instant::now);
         outcome.send = ended - started;
         outcome.send_cpu = own_cpu().saturating_sub(cpu_send);
+        outcome.after_probe = Some(after());
     }
     shared.stop.store(true, Ordering::SeqCst);
     for handle in threads {

@@ -17,7 +17,10 @@
 //! Sets: `EDDY_BENCH=quick` (the default: minutes), `full` (adds 10,000
 //! clients and 19,000 held connections; about an hour, mostly Tornado), or
 //! `smoke` (tiny, for CI: proves the bench still runs; its numbers mean
-//! nothing). `EDDY_BENCH_RUNS` overrides the runs per scenario;
+//! nothing), or `custom` (one scenario from `EDDY_BENCH_CLIENTS`,
+//! `EDDY_BENCH_SENDERS`, `EDDY_BENCH_LINES`, `EDDY_BENCH_LIMIT` seconds,
+//! `EDDY_BENCH_DEFAULTS=1` for each server's default settings).
+//! `EDDY_BENCH_RUNS` overrides the runs per scenario;
 //! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers.
 
 mod loadgen;
@@ -39,6 +42,9 @@ struct Scenario {
     lines_per_sender: usize,
     connect_limit: Duration,
     send_limit: Duration,
+    /// Every server as it runs by default (Eddy announcing joins only in
+    /// rooms up to 1,000), instead of every join announced everywhere.
+    defaults: bool,
 }
 
 impl Scenario {
@@ -49,14 +55,24 @@ impl Scenario {
             lines_per_sender,
             connect_limit: Duration::from_secs(limit_s),
             send_limit: Duration::from_secs(limit_s),
+            defaults: false,
+        }
+    }
+
+    /// The same with every server's default settings.
+    const fn with_defaults(self) -> Self {
+        Scenario {
+            defaults: true,
+            ..self
         }
     }
 
     fn name(&self) -> String {
         format!(
-            "{} clients × {} senders",
+            "{} clients × {} senders{}",
             thousands(self.clients),
-            self.senders
+            self.senders,
+            if self.defaults { " (defaults)" } else { "" }
         )
     }
 }
@@ -101,23 +117,48 @@ fn main() {
                 Scenario::new(100, 10, 200, 120),
                 Scenario::new(1000, 1, 100, 120),
                 Scenario::new(1000, 10, 100, 120),
+                Scenario::new(10_000, 10, 1, 60).with_defaults(),
             ],
             3,
         ),
+        "custom" => {
+            let var = |name: &str, default: usize| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            let scenario = Scenario::new(
+                var("EDDY_BENCH_CLIENTS", 1000),
+                var("EDDY_BENCH_SENDERS", 10),
+                var("EDDY_BENCH_LINES", 100),
+                var("EDDY_BENCH_LIMIT", 600) as u64,
+            );
+            let defaults = std::env::var("EDDY_BENCH_DEFAULTS").is_ok_and(|d| d == "1");
+            (
+                vec![if defaults {
+                    scenario.with_defaults()
+                } else {
+                    scenario
+                }],
+                1,
+            )
+        }
         "full" => (
             vec![
                 Scenario::new(100, 1, 500, 300),
                 Scenario::new(100, 10, 200, 300),
                 Scenario::new(1000, 1, 100, 300),
                 Scenario::new(1000, 10, 100, 300),
-                Scenario::new(10_000, 1, 10, 600),
-                Scenario::new(10_000, 10, 10, 600),
-                Scenario::new(19_000, 1, 5, 900),
+                Scenario::new(10_000, 1, 10, 900),
+                Scenario::new(10_000, 10, 10, 900),
+                Scenario::new(10_000, 10, 1, 900).with_defaults(),
+                Scenario::new(19_000, 10, 1, 900).with_defaults(),
             ],
             3,
         ),
         other => {
-            eprintln!("EDDY_BENCH={other}: expected quick, full or smoke");
+            eprintln!("EDDY_BENCH={other}: expected quick, full, smoke or custom");
             std::process::exit(2);
         }
     };
@@ -231,7 +272,13 @@ fn measure(
 ) -> Result<Summary, String> {
     let mut outcomes = Vec::new();
     for _ in 0..runs {
-        let server = recipe.start()?;
+        if outcomes
+            .iter()
+            .any(|r: &Run| r.outcome.connect.is_none() || r.outcome.send_timed_out)
+        {
+            break; // out of time once: the other runs would be too
+        }
+        let server = recipe.start(scenario.defaults)?;
         let pid = server.pid;
         let rss_before = proc::status_kib(pid, "VmRSS").unwrap_or(0);
         let plan = Plan {
@@ -240,17 +287,31 @@ fn measure(
             senders: scenario.senders,
             lines_per_sender: scenario.lines_per_sender,
             rate: None,
-            joins_expected: (scenario.clients * (scenario.clients - 1) / 2) as u64,
+            joins_expected: {
+                // Each newcomer is announced to those before it, while the
+                // room is within the server's announcing size.
+                let announced = match recipe.kind {
+                    Kind::Eddy if scenario.defaults => scenario
+                        .clients
+                        .min(eddy::config::DEFAULT_ANNOUNCE_JOINS_UP_TO),
+                    _ => scenario.clients,
+                };
+                (announced * announced.saturating_sub(1) / 2) as u64
+            },
             threads,
             source_addrs: 8,
             connect_limit: scenario.connect_limit,
             send_limit: scenario.send_limit,
         };
         let mut cpu_at_send = None;
-        let outcome = loadgen::run(plan, || {
-            cpu_at_send = proc::cpu_time(pid);
-            proc::status_kib(pid, "VmRSS").unwrap_or(0)
-        });
+        let outcome = loadgen::run(
+            plan,
+            || {
+                cpu_at_send = proc::cpu_time(pid);
+                proc::status_kib(pid, "VmRSS").unwrap_or(0)
+            },
+            || proc::status_kib(pid, "VmRSS").unwrap_or(0),
+        );
         let cpu_after = proc::cpu_time(pid);
         let peak = proc::status_kib(pid, "VmHWM").unwrap_or(0);
         server.stop();
@@ -291,7 +352,7 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
             Some(cpu.as_secs_f64() * 1e6 / o.deliveries as f64)
         }),
         idle_kib_per_conn: per(&|r| {
-            let idle = r.outcome.idle_probe?;
+            let idle = r.outcome.after_probe?;
             Some(idle.saturating_sub(r.rss_before) as f64 / n)
         }),
         peak_kib_per_conn: per(&|r| Some(r.peak.saturating_sub(r.rss_before) as f64 / n)),

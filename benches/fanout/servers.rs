@@ -62,16 +62,16 @@ pub fn eddy() -> Result<Recipe, String> {
     Ok(Recipe {
         kind: Kind::Eddy,
         program: PathBuf::from(env!("CARGO_BIN_EXE_eddy")),
-        args: [
-            "--rate-limit",
-            "off",
-            "--announce-joins-up-to",
-            "all",
-            "--ping-interval",
-            "off",
-        ]
-        .map(String::from)
-        .to_vec(),
+        args: ["--rate-limit", "off", "--ping-interval", "off"]
+            .map(String::from)
+            .into_iter()
+            .chain(
+                std::env::var("EDDY_BENCH_EDDY_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(String::from),
+            )
+            .collect(),
     })
 }
 
@@ -143,7 +143,9 @@ pub struct Running {
 impl Recipe {
     /// Starts the server and waits (up to 30 s) for it to say where it
     /// listens.
-    pub fn start(&self) -> Result<Running, String> {
+    /// `defaults`: as the server runs by default; else (Eddy) announcing
+    /// every join, as the peers do.
+    pub fn start(&self, defaults: bool) -> Result<Running, String> {
         let port = free_port()?;
         let mut command = if self.kind.pinned() && crate::proc::cpus() > 1 {
             let mut command = Command::new("taskset");
@@ -153,6 +155,9 @@ impl Recipe {
             Command::new(&self.program)
         };
         command.args(&self.args);
+        if self.kind == Kind::Eddy && !defaults {
+            command.args(["--announce-joins-up-to", "all"]);
+        }
         match self.kind {
             Kind::Tornado => command.args(["--port", &port.to_string()]),
             _ => command.args(["--addr", &format!("127.0.0.1:{port}")]),
