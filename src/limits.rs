@@ -1,4 +1,5 @@
-//! The process's file-descriptor limit: every connection is one.
+//! The process's file-descriptor limit (every connection is one), and the
+//! listening socket's accept backlog.
 //!
 //! Linux starts processes with a soft limit (often 1024) below the hard one
 //! the administrator allows. A server meant for thousands of clients raises
@@ -6,6 +7,25 @@
 //! `worker_rlimit_nofile` does, and sizes its connection cap from it.
 
 use std::io;
+use std::os::fd::AsRawFd;
+
+/// How many connections the kernel may hold, handshaken, until the loop
+/// accepts them. mio (like std) listens with 128: a burst of clients
+/// arriving while the loop is busy (a storm of join lines) overflows that,
+/// and the kernel drops their SYNs, which costs each a 1 s retransmission.
+/// Linux caps it at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Sets the accept backlog of a listening socket to [`LISTEN_BACKLOG`]:
+/// calling `listen` again on a listening socket changes its backlog.
+pub fn widen_backlog(listener: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: listen(2) on a descriptor we own; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Descriptors kept back from the connection cap: the listener, the
 /// poller, the waker, the signal pipe, stdio, log files, and room to accept

@@ -106,6 +106,7 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
         let (assets, source) = templates::load(config.templates.as_deref())?;
         let mut listener = TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        limits::widen_backlog(&listener)?;
         info!("serving {source} at /");
         let max_connections = config
             .max_connections

@@ -110,3 +110,30 @@ fn at_startup_the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         "{line}"
     );
 }
+
+#[test]
+fn the_accept_backlog_is_widened_past_the_default_128() {
+    let binary = Binary::start(&["--addr", "127.0.0.1:0"]);
+    let port = binary.listening_addr().port();
+    // `ss` shows a listening socket's backlog in its Send-Q column.
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) to read the listener's backlog");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let send_q: i32 = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no listener on port {port} in {line:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(send_q, eddy::limits::LISTEN_BACKLOG.min(somaxconn()));
+}
+
+fn somaxconn() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

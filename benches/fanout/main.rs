@@ -92,7 +92,8 @@ struct Summary {
     p90_ms: Option<f64>,
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
-    lost: u64,
+    /// `None` if no run got to send.
+    lost: Option<u64>,
     out_of_order: u64,
     failed_clients: u64,
     server_cpu_s_per_million: Option<f64>,
@@ -237,9 +238,9 @@ fn main() {
     eprintln!("wrote {0}/results.md and {0}/fanout.svg", dir.display());
     let broken = rows.iter().any(|r| {
         r.kind == Kind::Eddy
-            && r.result
-                .as_ref()
-                .is_ok_and(|s| s.lost > 0 || s.out_of_order > 0 || s.timed_out.is_some())
+            && r.result.as_ref().is_ok_and(|s| {
+                s.lost.unwrap_or(0) > 0 || s.out_of_order > 0 || s.timed_out.is_some()
+            })
     });
     if broken {
         eprintln!("Eddy lost, reordered or did not finish: see the table");
@@ -343,7 +344,11 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
         p90_ms: per(&|r| r.outcome.latency_us(0.90).map(ms)),
         p99_ms: per(&|r| r.outcome.latency_us(0.99).map(ms)),
         max_ms: per(&|r| r.outcome.latency_us(1.0).map(ms)),
-        lost: worst(&Outcome::lost),
+        lost: runs
+            .iter()
+            .filter(|r| r.outcome.connect.is_some())
+            .map(|r| r.outcome.lost())
+            .max(),
         out_of_order: worst(&|o| o.out_of_order),
         failed_clients: worst(&|o| o.failed_clients),
         server_cpu_s_per_million: per(&|r| {
@@ -454,7 +459,7 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
                     opt(s.p90_ms, 2),
                     opt(s.p99_ms, 2),
                     opt(s.max_ms, 1),
-                    s.lost,
+                    s.lost.map_or("–".into(), |l| l.to_string()),
                     s.out_of_order,
                     opt(s.server_cpu_s_per_million, 2),
                     opt(s.idle_kib_per_conn, 1),
