@@ -69,9 +69,10 @@ impl Scenario {
 
     fn name(&self) -> String {
         format!(
-            "{} clients × {} senders{}",
+            "{} clients × {} sender{}{}",
             thousands(self.clients),
             self.senders,
+            if self.senders == 1 { "" } else { "s" },
             if self.defaults { " (defaults)" } else { "" }
         )
     }

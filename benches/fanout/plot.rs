@@ -19,15 +19,22 @@ pub fn svg(groups: &[Group]) -> String {
         .first()
         .map(|g| g.bars.iter().map(|(s, _)| s.as_str()).collect())
         .unwrap_or_default();
-    let values = groups
+    let values: Vec<f64> = groups
         .iter()
-        .flat_map(|g| g.bars.iter().filter_map(|(_, v)| *v));
-    let top = values.fold(10.0f64, f64::max);
-    let decades = top.log10().ceil().max(1.0) as i32;
-    let (left, width, bar, gap) = (190.0, 560.0, 16.0, 14.0);
+        .flat_map(|g| g.bars.iter().filter_map(|(_, v)| *v))
+        .collect();
+    let top = values.iter().copied().fold(10.0f64, f64::max);
+    let bottom = values.iter().copied().fold(top, f64::min);
+    // The axis spans whole decades, from the one below the smallest figure.
+    let first = (bottom.log10().floor() as i32 - 1).max(0);
+    let decades = (top.log10().ceil() as i32 - first).max(1);
+    let (left, width, bar, gap) = (250.0, 520.0, 16.0, 14.0);
     let group_height = bar * servers.len().max(1) as f64 + gap;
     let height = 60.0 + group_height * groups.len() as f64 + 50.0;
-    let x = |v: f64| left + width * (v.max(1.0).log10() / f64::from(decades));
+    let x = |v: f64| {
+        let v = v.max(10f64.powi(first));
+        left + width * ((v.log10() - f64::from(first)) / f64::from(decades))
+    };
 
     let mut out = String::new();
     let _ = writeln!(
@@ -50,7 +57,7 @@ pub fn svg(groups: &[Group]) -> String {
         );
     }
     let axis_y = 60.0 + group_height * groups.len() as f64;
-    for d in 0..=decades {
+    for d in first..=first + decades {
         let gx = x(10f64.powi(d));
         let _ = writeln!(
             out,
