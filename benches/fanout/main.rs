@@ -19,7 +19,8 @@
 //! `smoke` (tiny, for CI: proves the bench still runs; its numbers mean
 //! nothing), or `custom` (one scenario from `EDDY_BENCH_CLIENTS`,
 //! `EDDY_BENCH_SENDERS`, `EDDY_BENCH_LINES`, `EDDY_BENCH_LIMIT` seconds,
-//! `EDDY_BENCH_DEFAULTS=1` for each server's default settings).
+//! `EDDY_BENCH_DEFAULTS=1` for each server's default settings,
+//! `EDDY_BENCH_RATE=LINES_PER_SEC` for an open loop).
 //! `EDDY_BENCH_RUNS` overrides the runs per scenario;
 //! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers.
 
@@ -45,6 +46,9 @@ struct Scenario {
     /// Every server as it runs by default (Eddy announcing joins only in
     /// rooms up to 1,000), instead of every join announced everywhere.
     defaults: bool,
+    /// Open loop at this many lines a second, all senders together;
+    /// `None`: closed loop.
+    rate: Option<f64>,
 }
 
 impl Scenario {
@@ -56,6 +60,7 @@ impl Scenario {
             connect_limit: Duration::from_secs(limit_s),
             send_limit: Duration::from_secs(limit_s),
             defaults: false,
+            rate: None,
         }
     }
 
@@ -69,11 +74,14 @@ impl Scenario {
 
     fn name(&self) -> String {
         format!(
-            "{} clients × {} sender{}{}",
+            "{} clients × {} sender{}{}{}",
             thousands(self.clients),
             self.senders,
             if self.senders == 1 { "" } else { "s" },
-            if self.defaults { " (defaults)" } else { "" }
+            if self.defaults { " (defaults)" } else { "" },
+            self.rate
+                .map(|r| format!(", open loop at {r} lines/s"))
+                .unwrap_or_default()
         )
     }
 }
@@ -110,7 +118,14 @@ fn main() {
     let set = std::env::var("EDDY_BENCH").unwrap_or_else(|_| "quick".into());
     let (scenarios, default_runs): (Vec<Scenario>, usize) = match set.as_str() {
         "smoke" => (
-            vec![Scenario::new(10, 1, 20, 60), Scenario::new(10, 2, 20, 60)],
+            vec![
+                Scenario::new(10, 1, 20, 60),
+                Scenario::new(10, 2, 20, 60),
+                Scenario {
+                    rate: Some(200.0),
+                    ..Scenario::new(10, 2, 20, 60)
+                },
+            ],
             1,
         ),
         "quick" => (
@@ -136,6 +151,12 @@ fn main() {
                 var("EDDY_BENCH_LINES", 100),
                 var("EDDY_BENCH_LIMIT", 600) as u64,
             );
+            let scenario = Scenario {
+                rate: std::env::var("EDDY_BENCH_RATE")
+                    .ok()
+                    .and_then(|r| r.parse().ok()),
+                ..scenario
+            };
             let defaults = std::env::var("EDDY_BENCH_DEFAULTS").is_ok_and(|d| d == "1");
             (
                 vec![if defaults {
@@ -288,7 +309,7 @@ fn measure(
             clients: scenario.clients,
             senders: scenario.senders,
             lines_per_sender: scenario.lines_per_sender,
-            rate: None,
+            rate: scenario.rate,
             joins_expected: {
                 // Each newcomer is announced to those before it, while the
                 // room is within the server's announcing size.
