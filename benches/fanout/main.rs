@@ -425,11 +425,14 @@ fn thousands(n: usize) -> String {
 fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) -> String {
     let mut out = String::new();
     let machine = machine();
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let _ = writeln!(
         out,
-        "`EDDY_BENCH={set} cargo bench` — {machine}; medians of {runs} run(s); Eddy with \
-         `--announce-joins-up-to all --rate-limit off`, every server announcing every join. \
-         {} Load generator: {threads} threads.\n",
+        "`EDDY_BENCH={set} cargo bench`, {date} — {machine}; medians of {runs} run(s). Eddy \
+         with `--rate-limit off --ping-interval off` and `--announce-joins-up-to all`: every \
+         server announces every join, except in scenarios marked (defaults), where each runs \
+         with its defaults (Eddy announces joins while the room has up to 1,000 members; the \
+         peers always). {} Load generator: {threads} threads.\n",
         if pinned {
             "Eddy and Tornado pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
         } else {
