@@ -777,6 +777,21 @@ mod tests {
     /// Runs one ready event and returns the reports, owned.
     /// Runs one ready event as the server does (on_ready until Stop, one
     /// budget) and returns the reports, owned.
+    /// A connection whose upgrade has been read, on a socket that takes
+    /// every byte written to it.
+    fn upgraded_with_room() -> (MockSocket, Connection<MockSocket>) {
+        let socket = MockSocket::default();
+        socket.0.borrow_mut().write_room = usize::MAX;
+        socket
+            .0
+            .borrow_mut()
+            .incoming
+            .push_back(Some(UPGRADE.to_vec()));
+        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        ready(&mut conn, true);
+        (socket, conn)
+    }
+
     fn ready(conn: &mut Connection<MockSocket>, readable: bool) -> Vec<String> {
         let mut seen = Vec::new();
         let mut budget = READ_BUDGET;
@@ -1006,15 +1021,7 @@ mod tests {
 
     #[test]
     fn silence_brings_a_ping_and_an_unanswered_ping_a_1011() {
-        let socket = MockSocket::default();
-        socket.0.borrow_mut().write_room = usize::MAX;
-        socket
-            .0
-            .borrow_mut()
-            .incoming
-            .push_back(Some(UPGRADE.to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
-        ready(&mut conn, true);
+        let (socket, mut conn) = upgraded_with_room();
         flush(&mut conn);
         let before = sent(&socket).len();
         let ping_at = conn.deadline().unwrap();
@@ -1038,15 +1045,7 @@ mod tests {
 
     #[test]
     fn an_answered_ping_is_followed_by_another_ping_not_a_close() {
-        let socket = MockSocket::default();
-        socket.0.borrow_mut().write_room = usize::MAX;
-        socket
-            .0
-            .borrow_mut()
-            .incoming
-            .push_back(Some(UPGRADE.to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
-        ready(&mut conn, true);
+        let (socket, mut conn) = upgraded_with_room();
         let ping_at = conn.deadline().unwrap();
         conn.on_deadline(ping_at, &mut |_| {}); // the ping
         let answer_by = conn.deadline().unwrap();
