@@ -777,17 +777,23 @@ mod tests {
     /// Runs one ready event and returns the reports, owned.
     /// Runs one ready event as the server does (on_ready until Stop, one
     /// budget) and returns the reports, owned.
-    /// A connection whose upgrade has been read, on a socket that takes
-    /// every byte written to it.
-    fn upgraded_with_room() -> (MockSocket, Connection<MockSocket>) {
+    /// A new connection on a socket that takes every byte written to it
+    /// and has `input` waiting to be read.
+    fn roomy(input: &[u8]) -> (MockSocket, Connection<MockSocket>) {
         let socket = MockSocket::default();
         socket.0.borrow_mut().write_room = usize::MAX;
         socket
             .0
             .borrow_mut()
             .incoming
-            .push_back(Some(UPGRADE.to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+            .push_back(Some(input.to_vec()));
+        let conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        (socket, conn)
+    }
+
+    /// A connection whose upgrade has been read, on a roomy socket.
+    fn upgraded_with_room() -> (MockSocket, Connection<MockSocket>) {
+        let (socket, mut conn) = roomy(UPGRADE);
         ready(&mut conn, true);
         (socket, conn)
     }
@@ -968,14 +974,7 @@ mod tests {
 
     #[test]
     fn a_head_not_complete_in_time_gets_408_and_the_connection_closes() {
-        let socket = MockSocket::default();
-        socket.0.borrow_mut().write_room = usize::MAX;
-        socket
-            .0
-            .borrow_mut()
-            .incoming
-            .push_back(Some(b"GET / HT".to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let (socket, mut conn) = roomy(b"GET / HT");
         let deadline = conn.deadline().unwrap();
         ready(&mut conn, true);
         assert_eq!(
@@ -993,14 +992,7 @@ mod tests {
 
     #[test]
     fn an_idle_keep_alive_connection_is_closed_at_its_deadline_without_a_word() {
-        let socket = MockSocket::default();
-        socket.0.borrow_mut().write_room = usize::MAX;
-        socket
-            .0
-            .borrow_mut()
-            .incoming
-            .push_back(Some(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let (socket, mut conn) = roomy(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
         ready(&mut conn, true);
         flush(&mut conn);
         let answered = sent(&socket).len();
