@@ -180,13 +180,8 @@ fn survive(name: &str, mut attack: Vec<u8>, makes: Option<&str>, mib: u64) {
     attack.extend(masked_frame(0x1, true, OVER.as_bytes()));
     let mut binary = Binary::start(&["--addr", "127.0.0.1:0", "--rate-limit", "off"]);
     let addr = binary.listening_addr();
-    let vm = |field: &str| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", binary.pid)).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
     let mut client = join(addr);
-    let baseline = vm("VmRSS");
+    let baseline = status_kib(binary.pid, "VmRSS");
     let mut attacker = raw_upgrade(addr, &[]);
     // The attacker drains what it is sent (pongs, the chat) so that it is
     // not cut off for not reading, and the server does all the work.
@@ -228,7 +223,7 @@ fn survive(name: &str, mut attack: Vec<u8>, makes: Option<&str>, mib: u64) {
     // way, and Linux resets a socket that gets data after shutting reads.
     attacker.shutdown(std::net::Shutdown::Write).unwrap();
     draining.join().unwrap().unwrap();
-    let grew = vm("VmHWM").saturating_sub(baseline);
+    let grew = status_kib(binary.pid, "VmHWM").saturating_sub(baseline);
     eprintln!("{name}: {lines} lines went round during the attack; peak memory grew {grew} KiB");
     assert!(
         grew < mib * 1024,

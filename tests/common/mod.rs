@@ -548,3 +548,11 @@ impl Drop for Binary {
         }
     }
 }
+
+/// A field of /proc/PID/status, in KiB (VmRSS, VmHWM, ...): how the tests
+/// that run the built binary read its memory.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
