@@ -57,6 +57,8 @@ pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--all
                          [--csp POLICY|off] [--max-message-bytes N] [--max-pending-bytes N] \
                          [--max-connections N] [--max-connections-per-ip N] \
                          [--rate-limit BURST,PER_SEC|off] [--announce-joins-up-to N|all] \
+                         [--replay N] [--history-lines N] [--history-bytes N] \
+                         [--history-memory N] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -81,9 +83,10 @@ Options:
                            [default: {csp}]
   --max-message-bytes N    Largest message (and frame) a client may send; larger ones get
                            close code 1009 [default: {max_message}]
-  --max-pending-bytes N    Most output a client may leave unread before it is cut off with
-                           close code 1008; at least {PENDING_MESSAGES_MIN} x --max-message-bytes
-                           [default: {max_pending}]
+  --max-pending-bytes N    Most output queued for a client: past it, it gets no live lines
+                           and is fed the ones it missed from history once it reads again;
+                           other output (notices, pongs) past it closes it with 1008;
+                           at least {PENDING_MESSAGES_MIN} x --max-message-bytes [default: {max_pending}]
   --max-connections N      Most connections at once; more are answered 503 and closed
                            [default: the open-file limit, raised to its hard limit, less {reserve}]
   --max-connections-per-ip N
@@ -96,6 +99,13 @@ Options:
   --announce-joins-up-to N|all
                            Tell the room of joins and leaves while it has at most N members
                            (0: never; all: always, as the seed does) [default: {announce}]
+  --replay N               Newest lines a newcomer gets after the welcome; 0: none, as the
+                           seed [default: {replay}]
+  --history-lines N        Lines kept per room, for newcomers, resumes and slow readers
+                           [default: {history_lines}]
+  --history-bytes N        Bytes of lines kept per room [default: {history_bytes}]
+  --history-memory N       Bytes of history kept over all rooms; beyond it the least recently
+                           active rooms' history is dropped [default: {history_memory}]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -117,6 +127,10 @@ Environment:
         burst = RateLimit::default().burst,
         rate = RateLimit::default().per_second,
         announce = config::DEFAULT_ANNOUNCE_JOINS_UP_TO,
+        replay = config::DEFAULT_REPLAY,
+        history_lines = config::DEFAULT_HISTORY_LINES,
+        history_bytes = config::DEFAULT_HISTORY_BYTES,
+        history_memory = config::DEFAULT_HISTORY_MEMORY,
         header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
         idle = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
         ping = config::DEFAULT_PING_INTERVAL.as_secs(),
@@ -168,6 +182,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
                     _ => Some(members("--announce-joins-up-to", value)?),
                 };
             }
+            Long("replay") => config.replay = members("--replay", parser.value()?)?,
+            Long("history-lines") => {
+                config.history_lines = members("--history-lines", parser.value()?)?;
+            }
+            Long("history-bytes") => {
+                config.history_bytes = size("--history-bytes", parser.value()?)?;
+            }
+            Long("history-memory") => {
+                config.history_memory = size("--history-memory", parser.value()?)?;
+            }
             Long("header-timeout") => {
                 config.header_timeout = seconds("--header-timeout", parser.value()?)?;
             }
@@ -206,14 +230,16 @@ fn size(flag: &str, value: OsString) -> Result<usize, CliError> {
     })
 }
 
-/// A number of chat members, 0 included.
+/// A number of members or lines, 0 included.
 fn members(flag: &str, value: OsString) -> Result<usize, CliError> {
     let text = value.to_string_lossy();
-    text.parse().map_err(|_| {
-        CliError(format!(
-            "{flag} takes a number of members or all, not {text:?}"
-        ))
-    })
+    let what = if flag == "--announce-joins-up-to" {
+        "a number of members or all"
+    } else {
+        "a whole number"
+    };
+    text.parse()
+        .map_err(|_| CliError(format!("{flag} takes {what}, not {text:?}")))
 }
 
 /// A count of at least 1.
@@ -298,6 +324,13 @@ mod tests {
             "100",
             "--max-connections-per-ip",
             "5",
+            "--replay",
+            "0",
+            "--history-lines=10",
+            "--history-bytes",
+            "2048",
+            "--history-memory",
+            "4096",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -324,6 +357,15 @@ mod tests {
         assert_eq!(config.keep_alive_timeout, Duration::from_secs(7));
         assert_eq!(config.max_connections, Some(100));
         assert_eq!(config.max_connections_per_ip, Some(5));
+        assert_eq!(
+            (
+                config.replay,
+                config.history_lines,
+                config.history_bytes,
+                config.history_memory
+            ),
+            (0, 10, 2048, 4096)
+        );
         assert_eq!(
             (config.ping_interval, config.ping_timeout),
             (None, Duration::from_secs(3))
@@ -370,6 +412,9 @@ mod tests {
             (&["--max-connections", "0"], "at least 1"),
             (&["--ping-interval", "soon"], "seconds"),
             (&["--ping-timeout", "-1"], "seconds"),
+            (&["--replay", "all"], "whole number"),
+            (&["--history-lines", "-1"], "whole number"),
+            (&["--history-memory", "1G"], "whole number of bytes"),
             (&["stray"], "stray"),
         ];
         for (args, expected) in cases {
@@ -401,6 +446,10 @@ mod tests {
             "--rate-limit",
             "--max-connections",
             "--max-connections-per-ip",
+            "--replay",
+            "--history-lines",
+            "--history-bytes",
+            "--history-memory",
         ] {
             assert!(text.contains(flag), "{flag}");
         }
@@ -408,5 +457,7 @@ mod tests {
         assert!(text.contains("[default: 65536]"));
         assert!(text.contains("[default: 1048576]"));
         assert!(text.contains("[default: 20,5]"), "{text}");
+        assert!(text.contains("[default: 50]"), "{text}");
+        assert!(text.contains("[default: 268435456]"), "{text}");
     }
 }

@@ -34,6 +34,18 @@ pub const PENDING_MESSAGES_MIN: usize = 8;
 /// The price: a large message takes one `read` per this many bytes.
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 128;
 
+/// Default for [`Config::replay`]: a screenful of context for a newcomer.
+pub const DEFAULT_REPLAY: usize = 50;
+
+/// Default for [`Config::history_lines`].
+pub const DEFAULT_HISTORY_LINES: usize = 100_000;
+
+/// Default for [`Config::history_bytes`]: 64 MiB.
+pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default for [`Config::history_memory`]: 256 MiB.
+pub const DEFAULT_HISTORY_MEMORY: usize = 256 * 1024 * 1024;
+
 /// Default for [`Config::close_timeout`]: Tornado's 5 seconds.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,9 +82,13 @@ pub struct Config {
     /// single frame, so an oversized frame is refused from its header. Over
     /// it: close 1009.
     pub max_message_bytes: usize,
-    /// The most bytes a client may leave unread: checked after each flush.
-    /// A client over it is cut off (close 1008) so that one slow reader can
-    /// never grow the server's memory. At least
+    /// The most bytes queued for a client (`--max-pending-bytes`). A chat
+    /// line that would take a client past it is not queued: the client
+    /// falls behind and is fed the lines it missed from history once it
+    /// reads again ([`crate::feed`]), so one slow reader never grows the
+    /// server's memory and is never cut off for being slow. Output that
+    /// history cannot give again (notices, pongs) past it, after a flush,
+    /// cuts the client off (close 1008). At least
     /// [`PENDING_MESSAGES_MIN`] × `max_message_bytes`.
     pub max_pending_bytes: usize,
     /// Origins allowed to open a WebSocket besides the server's own host
@@ -85,6 +101,19 @@ pub struct Config {
     /// many members (`--announce-joins-up-to`); `None`: always (`all`), as
     /// the seed does; `Some(0)`: never.
     pub announce_joins_up_to: Option<usize>,
+    /// How many of the room's newest lines a newcomer gets after the
+    /// welcome (`--replay`); 0: none, the tutorial's behaviour exactly.
+    pub replay: usize,
+    /// Per room, the newest this many lines are kept, for newcomers,
+    /// resumes and slow readers (`--history-lines`).
+    pub history_lines: usize,
+    /// Per room, at most this many bytes of lines are kept, counting each
+    /// frame and its bookkeeping (`--history-bytes`).
+    pub history_bytes: usize,
+    /// Over all rooms, at most this many bytes of history are kept
+    /// (`--history-memory`); beyond it the least recently active rooms'
+    /// history is dropped, and their returning clients are told of the gap.
+    pub history_memory: usize,
     /// The most connections at once (`--max-connections`); more are
     /// answered 503 and closed. `None`: what the file-descriptor limit
     /// allows, less a reserve ([`crate::limits`]).
@@ -134,6 +163,10 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             rate_limit: Some(RateLimit::default()),
             announce_joins_up_to: Some(DEFAULT_ANNOUNCE_JOINS_UP_TO),
+            replay: DEFAULT_REPLAY,
+            history_lines: DEFAULT_HISTORY_LINES,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            history_memory: DEFAULT_HISTORY_MEMORY,
             max_connections: None,
             max_connections_per_ip: None,
             templates: None,

@@ -2,13 +2,17 @@
 //!
 //! ```text
 //!   Http ──(request, keep-alive)──> Http
-//!     │  └─(response with close, EOF)────────────┐
-//!     └─(101)──> Open ──(close frame, error, ─> Closing ──(queue empty: FIN;
-//!                        cut off, shutdown)          peer's EOF or deadline)──> Done
+//!     │  └─(response with close, EOF)───────────────────────┐
+//!     └─(handshake)─> Upgrading ──(refused)─────────────────┤
+//!                        └─(admitted: 101)─> Open ──(close frame, error, ─> Closing ──(queue empty: FIN;
+//!                                                    cut off, shutdown)        peer's EOF or deadline)──> Done
 //! ```
 //!
 //! * **Http**: collect bytes until httparse sees a complete head, answer it
 //!   (pipelined requests in order, through the output queue), repeat.
+//! * **Upgrading**: a valid WebSocket handshake waits for the server to ask
+//!   the handler whether to admit it ([`Step::Upgrade`]); then the 101 and
+//!   Open, or a refusal and Closing.
 //! * **Open**: tungstenite reads frames from the socket through the
 //!   [`Adapter`]; text goes up to the handler as [`Report::Message`].
 //! * **Closing**: tungstenite is gone (never read through it after an error).
@@ -131,8 +135,16 @@ enum Deadline {
     Idle,
     /// Nothing heard for a ping interval: ping then.
     Ping,
-    /// A ping went out; without an answer by then, close 1011.
-    Pong,
+    /// A ping was queued; without an answer by then, close 1011 — unless
+    /// the ping was waiting behind a backlog that the client read some of
+    /// meanwhile: a client that takes bytes is reading, and alive, and
+    /// cannot answer a ping it has not read yet; it gets another timeout.
+    Pong {
+        /// Unsent bytes queued before the ping.
+        ahead: usize,
+        /// Some of them were written since the deadline was set.
+        progressed: bool,
+    },
     /// Closing must be over by then.
     Close,
 }
@@ -140,8 +152,9 @@ enum Deadline {
 /// What a connection tells the server while it works.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Report<'a> {
-    /// The WebSocket handshake completed: call the handler's `open`.
-    Opened,
+    /// The WebSocket handshake completed, for this request target (path
+    /// and query): call the handler's `open`.
+    Opened(&'a str),
     /// A text message arrived: call `on_message`.
     Message(&'a str),
     /// A binary message arrived: call `on_binary`.
@@ -164,12 +177,25 @@ pub enum Step {
     /// Reading stopped: the socket would block, the read budget is spent,
     /// or the connection is closing.
     Stop,
+    /// A WebSocket handshake is waiting to be admitted or refused: ask the
+    /// handler about [`Connection::upgrade_target`], then call
+    /// [`Connection::upgrade`].
+    Upgrade,
 }
 
 /// The connection's stage; see the module docs.
 enum State {
     /// Reading request heads. `buf` holds bytes read but not yet answered.
     Http { buf: Vec<u8> },
+    /// A valid handshake, waiting for the handler's verdict.
+    Upgrading {
+        /// The 101, sent if the handshake is admitted.
+        switch: http::Response,
+        /// The request's path and query.
+        target: String,
+        /// Bytes after the head: the client's first frames.
+        early: Vec<u8>,
+    },
     /// A WebSocket. The context holds tungstenite's read buffer and state;
     /// the stream is lent to it as an [`Adapter`] for each read.
     Open(Box<WebSocketContext>),
@@ -193,8 +219,8 @@ pub struct Connection<S> {
     /// READABLE event when more arrives; until then, reading is pointless.
     read_blocked: bool,
     /// Reading stopped early, with input maybe left in the socket: no event
-    /// will come for it, so the server must call [`Connection::resume`]
-    /// (see [`Connection::wants_resume`]).
+    /// will come for it, so the server must call [`Connection::on_ready`]
+    /// again itself (see [`Connection::wants_resume`]).
     paused: Option<Pause>,
     /// We have seen the peer's EOF (or a reset): nothing more will come.
     peer_eof: bool,
@@ -265,10 +291,29 @@ impl<S: Socket> Connection<S> {
             }
             Deadline::Ping => {
                 trace!("conn {}: ping", self.id);
+                let ahead = self.out.pending();
                 self.out.push(ws::encode_ping_frame());
-                self.deadline = Some((now + self.timeouts.ping_timeout, Deadline::Pong));
+                let pong = Deadline::Pong {
+                    ahead,
+                    progressed: false,
+                };
+                self.deadline = Some((now + self.timeouts.ping_timeout, pong));
             }
-            Deadline::Pong => {
+            Deadline::Pong {
+                ahead,
+                progressed: true,
+            } => {
+                trace!(
+                    "conn {}: ping behind a backlog the client is reading",
+                    self.id
+                );
+                let pong = Deadline::Pong {
+                    ahead,
+                    progressed: false,
+                };
+                self.deadline = Some((now + self.timeouts.ping_timeout, pong));
+            }
+            Deadline::Pong { .. } => {
                 debug!("conn {}: no answer to ping; closing with 1011", self.id);
                 self.close(CloseCode::Error, PING_TIMEOUT_REASON, report);
                 // A peer that does not answer pings will not finish a close
@@ -335,9 +380,9 @@ impl<S: Socket> Connection<S> {
         self.out.pending()
     }
 
-    /// Whether reading stopped early and should be resumed now (see
-    /// [`Connection::resume`]): next turn after a spent budget, or once a
-    /// backlog of output has drained.
+    /// Whether reading stopped early and should be resumed now, by calling
+    /// [`Connection::on_ready`] with `readable` false: next turn after a
+    /// spent budget, or once a backlog of output has drained.
     pub fn wants_resume(&self) -> bool {
         match self.paused {
             Some(Pause::Budget) => true,
@@ -352,6 +397,78 @@ impl<S: Socket> Connection<S> {
         debug_assert!(self.in_room, "queue on a connection that is not open");
         if self.in_room {
             self.out.push(frame);
+        }
+    }
+
+    /// Queues a line of history (shared bytes): like [`Connection::queue`],
+    /// but not counted as [`unrecoverable`](Connection::unrecoverable),
+    /// since history can give it again.
+    pub fn queue_line(&mut self, frame: Bytes) {
+        debug_assert!(self.in_room, "queue on a connection that is not open");
+        if self.in_room {
+            self.out.push_recoverable(frame);
+        }
+    }
+
+    /// Bytes queued that no history could give again (notices, pongs,
+    /// responses): what the cut-off is for.
+    pub fn unrecoverable(&self) -> usize {
+        self.out.unrecoverable()
+    }
+
+    /// The request target (path and query) of a handshake waiting to be
+    /// admitted ([`Step::Upgrade`]).
+    pub fn upgrade_target(&self) -> Option<&str> {
+        match &self.state {
+            State::Upgrading { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
+    /// Ends a handshake waiting to be admitted: with `Ok`, queues the 101,
+    /// opens the WebSocket and reports [`Report::Opened`] ([`Step::Continue`]:
+    /// deliver the greeting, then read the client's first frames); with a
+    /// refusal, queues that response instead and closes.
+    pub fn upgrade(
+        &mut self,
+        verdict: Result<(), http::Response>,
+        settings: &Settings,
+        budget: &mut usize,
+        report: &mut dyn FnMut(Report<'_>),
+    ) -> Step {
+        let State::Upgrading {
+            switch,
+            target,
+            early,
+        } = std::mem::replace(&mut self.state, State::Closing)
+        else {
+            return Step::Stop;
+        };
+        match verdict {
+            Ok(()) => {
+                debug!("conn {}: WebSocket open", self.id);
+                // The 101 is queued before anything tungstenite writes.
+                queue_response(&mut self.out, switch);
+                self.state = State::Open(Box::new(WebSocketContext::from_partially_read(
+                    early,
+                    Role::Server,
+                    Some(settings.websocket),
+                )));
+                self.in_room = true;
+                self.heard_from();
+                report(Report::Opened(&target));
+                Step::Continue
+            }
+            Err(refusal) => {
+                debug!(
+                    "conn {}: HTTP {} ({})",
+                    self.id, refusal.status, refusal.why
+                );
+                queue_response(&mut self.out, refusal);
+                self.begin_closing();
+                self.discard_input(budget);
+                Step::Stop
+            }
         }
     }
 
@@ -377,6 +494,8 @@ impl<S: Socket> Connection<S> {
         self.paused = None;
         match self.state {
             State::Http { .. } => self.read_http(settings, budget, report),
+            // The server decides before reading on.
+            State::Upgrading { .. } => Step::Upgrade,
             State::Open(_) => self.read_websocket(budget, report),
             State::Closing => {
                 self.discard_input(budget);
@@ -393,11 +512,25 @@ impl<S: Socket> Connection<S> {
             return;
         }
         match self.out.flush(&mut self.socket) {
-            Ok(n) => trace!(
-                "conn {}: wrote {n} bytes, {} pending",
-                self.id,
-                self.out.pending()
-            ),
+            Ok(n) => {
+                trace!(
+                    "conn {}: wrote {n} bytes, {} pending",
+                    self.id,
+                    self.out.pending()
+                );
+                // A ping waits behind whatever was queued before it; a
+                // client that takes those bytes is reading, and alive,
+                // though its pong is still far off (see `Deadline::Pong`).
+                if let Some((at, Deadline::Pong { ahead, .. })) = self.deadline {
+                    if n > 0 && ahead > 0 {
+                        let pong = Deadline::Pong {
+                            ahead: ahead.saturating_sub(n),
+                            progressed: true,
+                        };
+                        self.deadline = Some((at, pong));
+                    }
+                }
+            }
             Err(e) => {
                 debug!("conn {}: write failed: {e}", self.id);
                 self.finish(report);
@@ -431,7 +564,7 @@ impl<S: Socket> Connection<S> {
                 self.out.push(ws::encode_close_frame(code, reason));
                 self.begin_closing();
             }
-            State::Http { .. } => self.begin_closing(),
+            State::Http { .. } | State::Upgrading { .. } => self.begin_closing(),
             State::Closing | State::Done => {}
         }
     }
@@ -507,21 +640,15 @@ impl<S: Socket> Connection<S> {
                             Some((now + self.timeouts.header, Deadline::Head))
                         };
                     }
-                    Reply::Upgrade(response) => {
-                        debug!("conn {}: WebSocket open", self.id); // The 101 is queued before anything tungstenite writes.
-                        queue_response(&mut self.out, response);
+                    Reply::Upgrade(switch, target) => {
                         // Bytes after the head are the client's first frames.
-                        let early_frames = buf.split_off(consumed);
-                        self.state = State::Open(Box::new(WebSocketContext::from_partially_read(
-                            early_frames,
-                            Role::Server,
-                            Some(settings.websocket),
-                        )));
-                        self.in_room = true;
-                        self.heard_from();
-                        report(Report::Opened);
-                        // Deliver the greeting before reading the early frames.
-                        return Step::Continue;
+                        let early = buf.split_off(consumed);
+                        self.state = State::Upgrading {
+                            switch,
+                            target,
+                            early,
+                        };
+                        return Step::Upgrade;
                     }
                 }
             }
@@ -764,6 +891,9 @@ mod tests {
         }
     }
 
+    /// How the report of an opened `/soc` reads.
+    const OPENED: &str = "Opened(\"/soc\")";
+
     const UPGRADE: &[u8] =
         b"GET /soc HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -774,9 +904,6 @@ mod tests {
         f
     }
 
-    /// Runs one ready event and returns the reports, owned.
-    /// Runs one ready event as the server does (on_ready until Stop, one
-    /// budget) and returns the reports, owned.
     /// A new connection on a socket that takes every byte written to it
     /// and has `input` waiting to be read.
     fn roomy(input: &[u8]) -> (MockSocket, Connection<MockSocket>) {
@@ -798,17 +925,24 @@ mod tests {
         (socket, conn)
     }
 
+    /// Runs one ready event as the server does (on_ready until Stop, one
+    /// budget, handshakes admitted) and returns the reports, owned.
     fn ready(conn: &mut Connection<MockSocket>, readable: bool) -> Vec<String> {
         let mut seen = Vec::new();
         let mut budget = READ_BUDGET;
         let mut readable = readable;
-        while conn.on_ready(readable, &mut budget, &settings(), &mut |r| {
-            seen.push(format!("{r:?}"))
-        }) == Step::Continue
-        {
+        loop {
+            let mut report = |r: Report<'_>| seen.push(format!("{r:?}"));
+            let step = match conn.on_ready(readable, &mut budget, &settings(), &mut report) {
+                // Admitted, as a handler that takes everything would.
+                Step::Upgrade => conn.upgrade(Ok(()), &settings(), &mut budget, &mut report),
+                step => step,
+            };
+            if step == Step::Stop {
+                return seen;
+            }
             readable = false;
         }
-        seen
     }
 
     fn flush(conn: &mut Connection<MockSocket>) {
@@ -873,7 +1007,7 @@ mod tests {
         packet.extend(masked_text(b"early"));
         socket.0.borrow_mut().incoming.push_back(Some(packet));
         let mut conn = Connection::new(ConnId(1), socket, TIMEOUTS);
-        assert_eq!(ready(&mut conn, true), ["Opened", "Message(\"early\")"]);
+        assert_eq!(ready(&mut conn, true), [OPENED, "Message(\"early\")"]);
         assert!(conn.is_open());
     }
 
@@ -891,7 +1025,7 @@ mod tests {
             peer.incoming.push_back(Some(masked_text(b"more garbage")));
         }
         let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
-        assert_eq!(ready(&mut conn, true), ["Opened", "Left"]);
+        assert_eq!(ready(&mut conn, true), [OPENED, "Left"]);
         assert!(conn.is_closing());
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
@@ -917,7 +1051,7 @@ mod tests {
             peer.eof = true;
         }
         let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
-        assert_eq!(ready(&mut conn, true), ["Opened", "Left"]);
+        assert_eq!(ready(&mut conn, true), [OPENED, "Left"]);
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
         assert!(
@@ -1036,6 +1170,51 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_behind_a_backlog_waits_while_the_client_reads_it() {
+        let (socket, mut conn) = upgraded_with_room();
+        flush(&mut conn);
+        socket.0.borrow_mut().write_room = 0;
+        conn.queue(ws::encode_text_frame(&"x".repeat(1000)));
+        conn.on_deadline(conn.deadline().unwrap(), &mut |_| {}); // the ping
+        let mut no_pong = |r: Report<'_>| panic!("{r:?}: closed a client that reads");
+        // The client reads some of the backlog: at the deadline, it gets
+        // another timeout.
+        socket.0.borrow_mut().write_room = 500;
+        flush(&mut conn);
+        let answer_by = conn.deadline().unwrap();
+        conn.on_deadline(answer_by, &mut no_pong);
+        let later = conn.deadline().unwrap();
+        assert!(later >= answer_by + TIMEOUTS.ping_timeout);
+        // It reads the rest, ping included, and more queued after it: it
+        // gets one timeout from the period the ping went out in...
+        socket.0.borrow_mut().write_room = usize::MAX;
+        flush(&mut conn);
+        conn.queue(ws::encode_text_frame("after the ping"));
+        flush(&mut conn);
+        conn.on_deadline(later, &mut no_pong);
+        // ...but bytes after the ping do not stand in for its pong.
+        conn.queue(ws::encode_text_frame("more"));
+        flush(&mut conn);
+        let mut seen = Vec::new();
+        conn.on_deadline(conn.deadline().unwrap(), &mut |r| {
+            seen.push(format!("{r:?}"))
+        });
+        assert_eq!(seen, ["Left"], "no pong: 1011");
+        // And a client that reads nothing at all is closed at the first deadline.
+        let (socket, mut conn) = upgraded_with_room();
+        flush(&mut conn);
+        socket.0.borrow_mut().write_room = 0;
+        conn.queue(ws::encode_text_frame(&"x".repeat(1000)));
+        conn.on_deadline(conn.deadline().unwrap(), &mut |_| {});
+        flush(&mut conn);
+        let mut seen = Vec::new();
+        conn.on_deadline(conn.deadline().unwrap(), &mut |r| {
+            seen.push(format!("{r:?}"))
+        });
+        assert_eq!(seen, ["Left"]);
+    }
+
+    #[test]
     fn an_answered_ping_is_followed_by_another_ping_not_a_close() {
         let (socket, mut conn) = upgraded_with_room();
         let ping_at = conn.deadline().unwrap();
@@ -1073,7 +1252,7 @@ mod tests {
         input.extend_from_slice(UPGRADE);
         socket.0.borrow_mut().incoming.push_back(Some(input));
         let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
-        assert!(ready(&mut conn, true).contains(&"Opened".to_string()));
+        assert!(ready(&mut conn, true).contains(&OPENED.to_string()));
         conn.queue(ws::encode_text_frame("never sent"));
         flush(&mut conn); // the socket takes nothing yet
         conn.cut_off(&mut |_| {});

@@ -12,12 +12,21 @@
 //! A handler never writes to a socket. It puts messages in an [`Outbox`];
 //! each message is framed once, here, and the server then queues the same
 //! shared bytes on every recipient.
+//!
+//! A handler may keep a history of its lines ([`crate::history`]). Then its
+//! lines carry their seq, and the server, which owns the sockets, uses it to
+//! keep each member's place ([`crate::feed`]): it feeds a member that fell
+//! behind, or asked for a replay, from [`WebSocketHandler::room_history`],
+//! and tells it what it must know in the handler's words
+//! ([`WebSocketHandler::feed_notice`]).
 
 use std::fmt;
 
 use tungstenite::Bytes;
 pub use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::feed::FeedNotice;
+use crate::history::{RoomHistory, Seq};
 use crate::ws;
 
 /// A connection's identity for its whole life, and the `id` in the chat's
@@ -34,12 +43,49 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// The request a WebSocket was opened with: its path and its query string
+/// (without the `?`, still percent-encoded; empty if none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The path, e.g. `/soc`.
+    pub path: &'a str,
+    /// The query string, e.g. `since=41&epoch=q3k9x2aa81`.
+    pub query: &'a str,
+}
+
+impl<'a> Request<'a> {
+    /// Splits a request target (`/soc?since=4`) into path and query.
+    pub fn from_target(target: &'a str) -> Self {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request { path, query }
+    }
+}
+
+/// Why a handler refuses a WebSocket handshake: the HTTP status and a
+/// short reason, sent as the body before the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// A 4xx or 5xx status.
+    pub status: u16,
+    /// What is wrong, for the client to read.
+    pub why: &'static str,
+}
+
 /// The application side of a WebSocket server (Tornado's `WebSocketHandler`
 /// methods, for every connection at once).
 pub trait WebSocketHandler {
+    /// A valid WebSocket handshake arrived: accept it (the default), or
+    /// refuse it with an HTTP status before the upgrade (Tornado's
+    /// `prepare`), e.g. for a query the handler cannot make sense of. A
+    /// browser never sees the status of a refused handshake, so refuse only
+    /// what no page of ours would send.
+    fn admit(&self, _request: &Request<'_>) -> Result<(), Refusal> {
+        Ok(())
+    }
+
     /// A WebSocket handshake completed. Runs exactly once per connection,
     /// before any `on_message` for it.
-    fn open(&mut self, _id: ConnId, _out: &mut Outbox) {}
+    fn open(&mut self, _id: ConnId, _request: &Request<'_>, _out: &mut Outbox) {}
 
     /// A complete text message arrived (already checked to be UTF-8 and
     /// within the size limit).
@@ -59,6 +105,23 @@ pub trait WebSocketHandler {
     /// down. Runs exactly once, and only for connections that were opened.
     /// By the time it runs the connection no longer receives broadcasts.
     fn on_close(&mut self, _id: ConnId, _out: &mut Outbox) {}
+
+    /// The loop's turn is ending, before anything is flushed to a socket:
+    /// the moment to deliver lines a history confirmed since (a history
+    /// that is asynchronous confirms later than `on_message`).
+    fn on_turn_end(&mut self, _out: &mut Outbox) {}
+
+    /// The history the member `id` follows, in its room, if the handler
+    /// keeps one. The server reads it to feed a member that is catching up.
+    fn room_history(&self, _id: ConnId) -> Option<RoomHistory<'_>> {
+        None
+    }
+
+    /// The frame that tells a member catching up of `notice` (a gap, or
+    /// that it caught up), in the handler's protocol; `None`: say nothing.
+    fn feed_notice(&self, _notice: FeedNotice) -> Option<Bytes> {
+        None
+    }
 }
 
 /// Who receives a message. "All" means every connection that is open when
@@ -94,6 +157,15 @@ pub enum Payload {
     Frame(Bytes),
     /// Close the connection with this code and reason (at most 123 bytes).
     Close(CloseCode, &'static str),
+    /// Give the connection its room's lines from `from` on: from history,
+    /// at its socket's pace, then live. `announce`: tell it when it has
+    /// caught up.
+    Follow {
+        /// The first line it is to get.
+        from: Seq,
+        /// Whether it is told when it reaches the head.
+        announce: bool,
+    },
 }
 
 /// One message on its way, and its addressees.
@@ -103,6 +175,9 @@ pub struct Delivery {
     pub to: Recipients,
     /// What they get.
     pub payload: Payload,
+    /// The line's seq in its room's history, for a line; `None` for
+    /// anything else (notices are not history).
+    pub seq: Option<Seq>,
 }
 
 impl Delivery {
@@ -111,7 +186,7 @@ impl Delivery {
     pub fn text(&self) -> Option<&str> {
         match &self.payload {
             Payload::Frame(frame) => Some(ws::text_frame_payload(frame)),
-            Payload::Close(..) => None,
+            Payload::Close(..) | Payload::Follow { .. } => None,
         }
     }
 }
@@ -149,12 +224,34 @@ impl Outbox {
         self.push(Recipients::AllExcept(except), ws::encode_text_frame(text));
     }
 
+    /// Sends a line of history, already framed (by the history, once), to
+    /// every open connection. Members keep their place by its `seq`.
+    pub fn send_line_to_all(&mut self, seq: Seq, frame: Bytes) {
+        self.deliveries.push(Delivery {
+            to: Recipients::All,
+            payload: Payload::Frame(frame),
+            seq: Some(seq),
+        });
+    }
+
+    /// Sends one connection its room's lines from `from` on, from history
+    /// and then live (see [`Payload::Follow`]). Until it has caught up, it
+    /// gets no broadcast but the lines, in order.
+    pub fn follow(&mut self, id: ConnId, from: Seq, announce: bool) {
+        self.deliveries.push(Delivery {
+            to: Recipients::One(id),
+            payload: Payload::Follow { from, announce },
+            seq: None,
+        });
+    }
+
     /// Closes one connection with `code` (after what was queued for it
     /// before). Its `on_close` follows.
     pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &'static str) {
         self.deliveries.push(Delivery {
             to: Recipients::One(id),
             payload: Payload::Close(code, reason),
+            seq: None,
         });
     }
 
@@ -162,6 +259,7 @@ impl Outbox {
         self.deliveries.push(Delivery {
             to,
             payload: Payload::Frame(frame),
+            seq: None,
         });
     }
 
@@ -201,6 +299,19 @@ mod tests {
         assert!(!Recipients::One(a).includes(b));
         assert!(!Recipients::AllExcept(a).includes(a));
         assert!(Recipients::AllExcept(a).includes(b));
+    }
+
+    #[test]
+    fn a_request_target_splits_into_path_and_query() {
+        assert_eq!(
+            Request::from_target("/soc?since=4&epoch=x"),
+            Request {
+                path: "/soc",
+                query: "since=4&epoch=x"
+            }
+        );
+        assert_eq!(Request::from_target("/soc").query, "");
+        assert_eq!(Request::from_target("/soc?").query, "");
     }
 
     #[test]

@@ -83,8 +83,10 @@ pub enum Parsed {
 pub enum Reply {
     /// Send this response; then close if it says so, else read the next request.
     Respond(Response),
-    /// Send this 101 and switch the connection to WebSocket.
-    Upgrade(Response),
+    /// A valid WebSocket handshake: this 101 switches the connection to
+    /// WebSocket, if the handler admits the request's target (path and
+    /// query, the second value), or a refusal replaces it.
+    Upgrade(Response, String),
 }
 
 /// A response ready to be queued: head bytes, an optional shared body, and
@@ -106,6 +108,8 @@ pub struct Response {
 /// The part of a parsed request head the router looks at.
 struct Request<'a> {
     method: &'a str,
+    /// The path and query string, as sent.
+    target: &'a str,
     /// The path without its query string.
     path: &'a str,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -179,6 +183,7 @@ pub fn answer(buf: &[u8], site: &Site, now: SystemTime) -> Parsed {
     };
     let request = Request {
         method,
+        target,
         path: target.split('?').next().unwrap_or(target),
         version,
         headers: req.headers,
@@ -264,6 +269,13 @@ fn route(req: &Request<'_>, site: &Site, date: &str) -> Reply {
 pub fn service_unavailable(now: SystemTime, why: &'static str) -> Response {
     let date = httpdate::fmt_http_date(now);
     error(Shape::fatal(&date), 503, why, &[])
+}
+
+/// The answer to a WebSocket handshake its handler refused (`status`,
+/// with `why` in the body), closing: frames may follow the head.
+pub fn refused_upgrade(now: SystemTime, status: u16, why: &'static str) -> Response {
+    let date = httpdate::fmt_http_date(now);
+    error(Shape::fatal(&date), status, why, &[])
 }
 
 /// The answer to a request whose head did not arrive in time: 408, close.
@@ -374,13 +386,16 @@ fn upgrade(req: &Request<'_>, site: &Site, shape: Shape) -> Reply {
          Connection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    Reply::Upgrade(Response {
-        status: 101,
-        why: "WebSocket upgrade",
-        head: Bytes::from(head),
-        body: None,
-        close: false,
-    })
+    Reply::Upgrade(
+        Response {
+            status: 101,
+            why: "WebSocket upgrade",
+            head: Bytes::from(head),
+            body: None,
+            close: false,
+        },
+        req.target.to_owned(),
+    )
 }
 
 /// A `Sec-WebSocket-Key` must be the base64 of 16 bytes (RFC 6455 §4.1):
@@ -546,7 +561,7 @@ mod tests {
             Parsed::Partial => panic!("partial: {head:?}"),
             Parsed::Complete {
                 consumed,
-                reply: Reply::Respond(r) | Reply::Upgrade(r),
+                reply: Reply::Respond(r) | Reply::Upgrade(r, _),
             } => {
                 let mut text = String::from_utf8(r.head.to_vec()).unwrap();
                 if let Some(body) = &r.body {
@@ -852,7 +867,7 @@ mod tests {
             fn any_bytes_get_a_well_formed_answer_or_a_wait(buf in proptest::collection::vec(any::<u8>(), 0..2048)) {
                 match answer(&buf, &site(), now()) {
                     Parsed::Partial => prop_assert!(buf.len() <= MAX_HEAD_BYTES),
-                    Parsed::Complete { consumed, reply: Reply::Respond(r) | Reply::Upgrade(r) } => {
+                    Parsed::Complete { consumed, reply: Reply::Respond(r) | Reply::Upgrade(r, _) } => {
                         prop_assert!(consumed <= buf.len());
                         check_response(&r);
                     }

@@ -14,7 +14,9 @@
 //! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`].
 //! 8. [`chat`]: the tutorial's chat room, as a handler, with [`rate`]'s
 //!    flood control. [`echo`]: an echo.
-//! 9. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
+//! 9. [`history`]: what a room remembers, behind one small interface;
+//!    [`feed`]: each member's place in it, live or catching up.
+//! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
 //!
 //! ```no_run
 //! use eddy::{Config, Server};
@@ -34,7 +36,9 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod echo;
+pub mod feed;
 pub mod handler;
+pub mod history;
 pub mod http;
 pub mod ioloop;
 pub mod limits;
@@ -47,5 +51,5 @@ pub mod ws;
 pub use chat::ChatRoom;
 pub use config::Config;
 pub use echo::EchoHandler;
-pub use handler::{ConnId, Outbox, Recipients, WebSocketHandler};
+pub use handler::{ConnId, Outbox, Recipients, Refusal, Request, WebSocketHandler};
 pub use server::{Server, ServerHandle};

@@ -11,11 +11,15 @@
 //! 3. The report reaches the handler's `on_message`, which serializes the
 //!    JSON once; the [`Outbox`](crate::Outbox) frames it once.
 //! 4. [`ServerState::deliver`] queues that one shared buffer on every open
-//!    connection and marks each *dirty*.
+//!    connection that keeps up, and marks each *dirty*. A connection whose
+//!    queue the line would take past the cap does not get it: it falls
+//!    behind ([`Feed`]).
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes every
-//!    dirty connection once (vectored writes of all it got this turn), cuts
-//!    off any client whose unread output is over the cap, asks mio for
-//!    WRITABLE only where bytes remain, and frees finished connections.
+//!    dirty connection once (vectored writes of all it got this turn), feeds
+//!    those catching up from history as far as their sockets take, cuts off
+//!    any client whose unread output that history cannot replace is over the
+//!    cap, asks mio for WRITABLE only where bytes remain, and frees finished
+//!    connections.
 //!
 //! Slots are freed only at the end of a turn, never while the events of a
 //! `poll` are being dispatched: `deregister` does not remove events already
@@ -42,9 +46,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::chat::ChatRoom;
 use crate::config::Config;
 use crate::connection::{
-    Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Step, Timeouts,
+    Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Socket, Step, Timeouts,
 };
-use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, WebSocketHandler};
+use crate::feed::{self, Feed, Member, Pace, Progress};
+use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, Request, WebSocketHandler};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
 use crate::{http, limits, templates, ws};
@@ -91,8 +96,7 @@ impl Server<ChatRoom> {
     /// Binds a chat server to `addr` (port 0 picks a free port), reading the
     /// page and checking `config` first.
     pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
-        let room = ChatRoom::with_rate_limit(config.rate_limit)
-            .announcing_joins_up_to(config.announce_joins_up_to);
+        let room = ChatRoom::from_config(&config);
         Server::with_handler(addr, config, room)
     }
 }
@@ -244,6 +248,38 @@ struct Entry {
     timer: Option<(Instant, TimeoutHandle)>,
     /// A [`ServerState::resume`] callback is queued for it.
     resume_queued: bool,
+    /// Its place in its room's history: live, or catching up.
+    feed: Feed,
+    /// A [`ServerState::continue_feed`] callback is queued for it.
+    feed_queued: bool,
+}
+
+/// A connection seen by [`feed::catch_up`]. Its flush may find the
+/// connection gone; the "left" that follows is reported once catching up is
+/// over, since the handler is busy lending the history meanwhile.
+struct Fed<'a, S> {
+    conn: &'a mut Connection<S>,
+    left: bool,
+}
+
+impl<S: Socket> Member for Fed<'_, S> {
+    fn pending(&self) -> usize {
+        self.conn.pending()
+    }
+
+    fn queue_line(&mut self, frame: tungstenite::Bytes) {
+        self.conn.queue_line(frame);
+    }
+
+    fn queue_notice(&mut self, frame: tungstenite::Bytes) {
+        self.conn.queue(frame);
+    }
+
+    fn flush(&mut self) -> bool {
+        let left = &mut self.left;
+        self.conn.flush(&mut |r| *left |= r == Report::Left);
+        self.conn.is_open()
+    }
 }
 
 /// The application side: the handler, the messages it produced and not yet
@@ -259,9 +295,10 @@ impl<H: WebSocketHandler> App<H> {
     /// Turns a connection's report into a handler call.
     fn report(&mut self, key: usize, id: ConnId, report: Report<'_>) {
         match report {
-            Report::Opened => {
+            Report::Opened(target) => {
                 self.open.insert(id, key);
-                self.handler.open(id, &mut self.outbox);
+                let request = Request::from_target(target);
+                self.handler.open(id, &request, &mut self.outbox);
             }
             Report::Message(text) => self.handler.on_message(id, text, &mut self.outbox),
             Report::Binary(data) => self.handler.on_binary(id, data, &mut self.outbox),
@@ -320,6 +357,9 @@ impl<H: WebSocketHandler> EventHandler for ServerState<H> {
     }
 
     fn end_of_turn(&mut self, ioloop: &mut IoLoop<Self>) {
+        // Lines a history confirmed late go out before anything is flushed.
+        self.app.handler.on_turn_end(&mut self.app.outbox);
+        self.deliver();
         // Flushing can cut off a slow client, whose "has left" goes to the
         // others and can push another over its cap: repeat until quiet. It
         // ends, because each connection can be cut off only once.
@@ -424,11 +464,12 @@ impl<H: WebSocketHandler> ServerState<H> {
                 "too many connections from your address",
             ));
         }
-        *self.per_ip.entry(ip).or_insert(0) += 1;
         if let Err(e) = ioloop.add_handler(conn.socket_mut(), Token(key), Interest::READABLE) {
             warn!("cannot register a connection from {peer}: {e}");
             return;
         }
+        // Counted only once registered: `free_finished` uncounts it.
+        *self.per_ip.entry(ip).or_insert(0) += 1;
         debug!("conn {id}: accepted from {peer}");
         let entry = slot.insert(Box::new(Entry {
             conn,
@@ -437,6 +478,8 @@ impl<H: WebSocketHandler> ServerState<H> {
             is_dirty: false,
             timer: None,
             resume_queued: false,
+            feed: Feed::Off,
+            feed_queued: false,
         }));
         // Settled at the end of the turn like any touched connection: that
         // arms the timer for its first deadline (the request head's), which
@@ -460,11 +503,34 @@ impl<H: WebSocketHandler> ServerState<H> {
             }
             let id = entry.conn.id();
             let app = &mut self.app;
-            let step = entry
+            let mut step = entry
                 .conn
                 .on_ready(readable, &mut budget, &self.settings, &mut |r| {
                     app.report(key, id, r)
                 });
+            if step == Step::Upgrade {
+                // The handler admits the handshake, or refuses it with a
+                // status the client can read (before the 101, not after).
+                let verdict = match entry.conn.upgrade_target() {
+                    Some(target) => {
+                        app.handler
+                            .admit(&Request::from_target(target))
+                            .map_err(|refusal| {
+                                http::refused_upgrade(
+                                    SystemTime::now(),
+                                    refusal.status,
+                                    refusal.why,
+                                )
+                            })
+                    }
+                    None => Ok(()),
+                };
+                step = entry
+                    .conn
+                    .upgrade(verdict, &self.settings, &mut budget, &mut |r| {
+                        app.report(key, id, r)
+                    });
+            }
             mark_dirty(&mut self.dirty, key, entry);
             self.deliver();
             if step == Step::Stop {
@@ -475,13 +541,17 @@ impl<H: WebSocketHandler> ServerState<H> {
     }
 
     /// Queues the handler's messages on their recipients. Each frame is
-    /// shared: queuing it is a reference-count increment, not a copy.
+    /// shared: queuing it is a reference-count increment, not a copy. A
+    /// member whose queue a broadcast would take past the cap does not get
+    /// it, and falls behind ([`Feed::offer`]); it is fed from history later.
     fn deliver(&mut self) {
+        let cap = self.config.max_pending_bytes;
         // A close can make its connection leave, and its `on_close` adds to
         // the outbox: deliver in batches until the outbox stays empty.
         while !self.app.outbox.is_empty() {
             self.app.outbox.take_into(&mut self.batch);
             for delivery in self.batch.drain(..) {
+                let seq = delivery.seq;
                 match (delivery.to, delivery.payload) {
                     (Recipients::One(id), payload) => {
                         let Some(&key) = self.app.open.get(&id) else {
@@ -498,36 +568,86 @@ impl<H: WebSocketHandler> ServerState<H> {
                                     .conn
                                     .close(code, reason, &mut |r| app.report(key, id, r));
                             }
+                            // Settled at the end of the turn: fed from there.
+                            Payload::Follow { from, announce } => {
+                                entry.feed = Feed::from_seq(from, announce);
+                            }
                         }
                         mark_dirty(&mut self.dirty, key, entry);
                     }
                     (to, Payload::Frame(frame)) => {
                         for (key, entry) in self.connections.iter_mut() {
-                            if entry.conn.is_open() && to.includes(entry.conn.id()) {
-                                entry.conn.queue(frame.clone());
-                                mark_dirty(&mut self.dirty, key, entry);
+                            if !entry.conn.is_open() || !to.includes(entry.conn.id()) {
+                                continue;
                             }
+                            let was_live = matches!(entry.feed, Feed::Live { .. });
+                            let pending = entry.conn.pending();
+                            if !entry.feed.offer(seq, frame.len(), pending, cap) {
+                                if was_live {
+                                    // Fallen behind: settle it, to feed it
+                                    // once its queue drains.
+                                    mark_dirty(&mut self.dirty, key, entry);
+                                }
+                                continue;
+                            }
+                            match (seq, entry.feed) {
+                                (Some(_), Feed::Live { .. }) => {
+                                    entry.conn.queue_line(frame.clone())
+                                }
+                                _ => entry.conn.queue(frame.clone()),
+                            }
+                            mark_dirty(&mut self.dirty, key, entry);
                         }
                     }
-                    // The outbox only makes closes for one connection.
-                    (_, Payload::Close(..)) => {}
+                    // The outbox only makes closes and follows for one connection.
+                    (_, Payload::Close(..) | Payload::Follow { .. }) => {}
                 }
             }
         }
     }
 
-    /// The end-of-turn work for one touched connection: flush, enforce the
-    /// output cap, start the close timer, sync interest, schedule a resume.
+    /// The end-of-turn work for one touched connection: flush, feed it from
+    /// history if it is catching up, enforce the output cap, start the
+    /// close timer, sync interest, schedule a resume.
     fn settle(&mut self, ioloop: &mut IoLoop<Self>, key: usize) {
+        let cap = self.config.max_pending_bytes;
         let Some(entry) = self.connections.get_mut(key) else {
             return;
         };
         entry.is_dirty = false;
         let id = entry.conn.id();
         let app = &mut self.app;
+        entry.conn.flush(&mut |r| app.report(key, id, r));
+        if entry.feed.is_catching_up() && entry.conn.is_open() {
+            let handler = &app.handler;
+            let mut member = Fed {
+                conn: &mut entry.conn,
+                left: false,
+            };
+            let progress = match handler.room_history(id) {
+                Some(history) => feed::catch_up(
+                    &mut entry.feed,
+                    history,
+                    &mut member,
+                    &|notice| handler.feed_notice(notice),
+                    Pace::for_cap(cap),
+                ),
+                None => Progress::Idle,
+            };
+            if member.left {
+                app.report(key, id, Report::Left);
+            }
+            // A socket that still has room brings no event: go on next
+            // turn, after the others have had theirs.
+            if progress == Progress::OutOfBudget && !entry.feed_queued {
+                entry.feed_queued = true;
+                ioloop.add_callback(move |state: &mut Self, _| state.continue_feed(key, id));
+            }
+        }
         let report = &mut |r: Report<'_>| app.report(key, id, r);
-        entry.conn.flush(report);
-        if entry.conn.is_open() && entry.conn.pending() > self.config.max_pending_bytes {
+        // Lines past the cap were never queued (the member fell behind);
+        // what is over it now is output history cannot give again.
+        if entry.conn.is_open() && entry.conn.unrecoverable() > cap {
             entry.conn.cut_off(report);
             entry.conn.flush(report);
         }
@@ -585,6 +705,16 @@ impl<H: WebSocketHandler> ServerState<H> {
         if entry.conn.wants_resume() {
             self.on_connection_ready(key, false);
         }
+    }
+
+    /// Goes on feeding a member from history, a turn after its budget ran
+    /// out (see [`feed::CATCH_UP_BUDGET`]).
+    fn continue_feed(&mut self, key: usize, id: ConnId) {
+        let Some(entry) = self.connections.get_mut(key).filter(|e| e.conn.id() == id) else {
+            return;
+        };
+        entry.feed_queued = false;
+        mark_dirty(&mut self.dirty, key, entry);
     }
 
     /// A connection's timer fired: let it act on its deadline (a ping, a
@@ -806,6 +936,24 @@ mod tests {
         key
     }
 
+    /// The seed's room without a history: joins and leaves only, so all
+    /// its output is of the kind a cut-off is for.
+    #[derive(Default)]
+    struct Forgetful {
+        members: usize,
+    }
+
+    impl WebSocketHandler for Forgetful {
+        fn open(&mut self, _: ConnId, _: &Request<'_>, _: &mut Outbox) {
+            self.members += 1;
+        }
+        fn on_message(&mut self, _: ConnId, _: &str, _: &mut Outbox) {}
+        fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
+            self.members -= 1;
+            out.send_to_all(&format!("{id} has left"));
+        }
+    }
+
     #[test]
     fn cut_offs_repeat_until_nobody_new_is_over_the_cap() {
         let config = Config {
@@ -815,22 +963,20 @@ mod tests {
             ..Config::default()
         };
         let cap = config.max_pending_bytes;
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let server =
+            Server::with_handler("127.0.0.1:0".parse().unwrap(), config, Forgetful::default())
+                .unwrap();
         let (mut ioloop, mut state) = (server.ioloop, server.state);
         let (a, mut a_client, peer) = stuck_pair();
         let a_key = open_websocket(&mut state, &mut ioloop, a, &mut a_client, peer);
         let (b, mut b_client, peer) = stuck_pair();
         let b_key = open_websocket(&mut state, &mut ioloop, b, &mut b_client, peer);
         let a_id = state.connections[a_key].conn.id();
-        assert_eq!(state.app.handler.members(), 2);
+        assert_eq!(state.app.handler.members, 2);
 
         // A is over the cap; B is just under it by less than the size of
         // the frame that will announce A's departure.
-        let left = crate::chat::ChatEvent::Sys {
-            message: &format!("{a_id} has left"),
-        }
-        .to_json();
-        let left_frame = ws::encode_text_frame(&left).len();
+        let left_frame = ws::encode_text_frame(&format!("{a_id} has left")).len();
         for (key, target) in [(a_key, cap + 1), (b_key, cap + 1 - left_frame)] {
             let conn = &mut state.connections[key].conn;
             let missing = target - conn.pending();
@@ -841,7 +987,7 @@ mod tests {
         // A was cut off; "A has left" pushed B over; B was cut off too.
         assert!(!state.connections[a_key].conn.is_open());
         assert!(!state.connections[b_key].conn.is_open());
-        assert_eq!(state.app.handler.members(), 0, "on_close ran for both");
+        assert_eq!(state.app.handler.members, 0, "on_close ran for both");
         // Their close frames wait for a socket that takes nothing: WRITABLE
         // is asked for exactly there.
         for key in [a_key, b_key] {

@@ -17,14 +17,17 @@ use tungstenite::protocol::frame::coding::CloseCode;
 fn newcomer_is_welcomed_and_the_others_are_told() {
     let server = TestServer::start();
     let mut a = connect(server.addr);
-    // Byte for byte: the seed's keys, in the seed's order, compact, plus the
-    // newcomer's own id at the end.
+    // Byte for byte: the seed's keys, in the seed's order, compact, then
+    // the newcomer's own id and where the room's history stands.
     let a_welcome = recv_text(&mut a);
-    let a_id = welcome_id(&serde_json::from_str(&a_welcome).unwrap());
+    let (a_id, epoch, head) = welcome(&serde_json::from_str(&a_welcome).unwrap());
     assert_eq!(
         a_welcome,
-        format!(r#"{{"type":"sys","message":"Welcome to WebSocket","id":{a_id}}}"#)
+        format!(
+            r#"{{"type":"sys","message":"Welcome to WebSocket","id":{a_id},"epoch":"{epoch}","head":0}}"#
+        )
     );
+    assert_eq!(head, 0, "a new room");
     let mut b = connect(server.addr);
     let b_welcome = recv_text(&mut b);
     let b_id = welcome_id(&serde_json::from_str(&b_welcome).unwrap());
@@ -45,11 +48,25 @@ fn a_line_reaches_everyone_including_the_sender_with_a_numeric_id() {
     let mut a = join(server.addr);
     let mut b = join(server.addr);
     let b_id = recv_joined(&mut a);
+    let before = now_ms();
     send(&mut b, "hi \"you\" <b>&");
-    let expected = format!(r#"{{"type":"user","id":{b_id},"message":"hi \"you\" <b>&"}}"#);
-    assert_eq!(recv_text(&mut a), expected);
-    assert_eq!(recv_text(&mut b), expected);
+    // The seed's keys in the seed's order, then the line's seq and time.
+    let line = recv_text(&mut a);
+    let seed = format!(r#"{{"type":"user","id":{b_id},"message":"hi \"you\" <b>&","seq":1,"ts":"#);
+    let ts: u64 = line
+        .strip_prefix(&seed)
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (before..=now_ms()).contains(&ts),
+        "{ts} is when it was said"
+    );
+    assert_eq!(recv_text(&mut b), line, "the same bytes for everyone");
     assert!(b_id > 0 && b_id < (1 << 53));
+    send(&mut a, "two");
+    assert_eq!(recv_user_line(&mut b)["seq"], 2, "one more each line");
 }
 
 #[test]
@@ -116,9 +133,10 @@ fn a_frame_sent_in_the_handshake_packet_is_not_lost() {
     assert_eq!(line["message"], "early bird");
     let id = recv_joined(&mut watcher);
     assert_eq!(id, raw_id);
+    let heard = recv_user_line(&mut watcher);
     assert_eq!(
-        recv_user_line(&mut watcher),
-        json!({"type": "user", "id": id, "message": "early bird"})
+        (&heard["id"], &heard["message"], &heard["seq"]),
+        (&json!(id), &json!("early bird"), &json!(1))
     );
 }
 

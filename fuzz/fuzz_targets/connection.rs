@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use eddy::connection::{Connection, READ_BUDGET, Report, Settings, Socket, Step, Timeouts};
 use eddy::handler::ConnId;
-use eddy::http::Site;
+use eddy::http::{self, Site};
 use eddy::templates::Assets;
 use eddy::ws;
 use libfuzzer_sys::fuzz_target;
@@ -174,7 +174,8 @@ struct Handler {
 impl Handler {
     fn report(&mut self, report: Report<'_>) {
         match report {
-            Report::Opened => {
+            Report::Opened(target) => {
+                assert!(target.starts_with("/soc"), "opened at {target:?}");
                 assert!(!self.opened, "Opened twice");
                 self.opened = true;
                 self.outbox.push(ws::encode_text_frame("welcome"));
@@ -244,11 +245,26 @@ impl Driver {
                 return;
             }
             let handler = &mut self.handler;
-            let step = self
+            let mut step = self
                 .conn
                 .on_ready(readable, &mut budget, &self.settings, &mut |r| {
                     handler.report(r)
                 });
+            if step == Step::Upgrade {
+                // A handler that refuses targets with a `!` in them, as
+                // the chat refuses a malformed query.
+                let target = self.conn.upgrade_target().expect("a target to admit");
+                let verdict = if target.contains('!') {
+                    Err(http::refused_upgrade(SystemTime::UNIX_EPOCH, 400, "refused"))
+                } else {
+                    Ok(())
+                };
+                step = self
+                    .conn
+                    .upgrade(verdict, &self.settings, &mut budget, &mut |r| {
+                        handler.report(r)
+                    });
+            }
             assert!(budget <= READ_BUDGET);
             self.deliver();
             if step == Step::Stop {

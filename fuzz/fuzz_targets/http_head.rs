@@ -55,7 +55,7 @@ fn outcome(buf: &[u8]) -> Outcome {
         Parsed::Partial => Outcome::Partial,
         Parsed::Complete { consumed, reply } => {
             let (upgrade, r) = match reply {
-                Reply::Upgrade(r) => (true, r),
+                Reply::Upgrade(r, _) => (true, r),
                 Reply::Respond(r) => (false, r),
             };
             let Response {

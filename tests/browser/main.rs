@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use common::*;
 use driver::{Chromium, Page};
-use eddy::{ConnId, Outbox, WebSocketHandler};
+use eddy::{ConnId, Outbox, Request, WebSocketHandler};
 
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}/")
@@ -526,7 +526,7 @@ fn it_follows_new_lines_only_when_already_at_the_bottom() {
 struct Mystery;
 
 impl WebSocketHandler for Mystery {
-    fn open(&mut self, id: ConnId, out: &mut Outbox) {
+    fn open(&mut self, id: ConnId, _: &Request<'_>, out: &mut Outbox) {
         out.write_message(
             id,
             r#"{"type":"mystery","message":"<b>from the future</b>"}"#,

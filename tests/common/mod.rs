@@ -221,14 +221,29 @@ pub fn join_with_id(addr: SocketAddr) -> (Client, u64) {
 
 /// Checks that `message` is the welcome, object for object, and returns its id.
 pub fn welcome_id(message: &Value) -> u64 {
+    welcome(message).0
+}
+
+/// Checks that `message` is the welcome, object for object, and returns
+/// its id, epoch and head.
+pub fn welcome(message: &Value) -> (u64, String, u64) {
     let id = message["id"]
         .as_u64()
         .unwrap_or_else(|| panic!("no id in {message}"));
+    let epoch = message["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in {message}"))
+        .to_owned();
+    let head = message["head"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no head in {message}"));
     assert_eq!(
         *message,
-        serde_json::json!({"type": "sys", "message": "Welcome to WebSocket", "id": id})
+        serde_json::json!({"type": "sys", "message": "Welcome to WebSocket", "id": id,
+                           "epoch": epoch, "head": head})
     );
-    id
+    assert_eq!(epoch.len(), 16, "80 random bits: {epoch}");
+    (id, epoch, head)
 }
 
 /// The next text message, as a string; fails on anything else.
@@ -396,6 +411,14 @@ pub fn assert_room_works(addr: SocketAddr) {
             }
         }
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (a line's `ts`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// The next "user" message, skipping sys notices.

@@ -1,0 +1,579 @@
+//! What a room remembers: the [`History`] interface, and [`MemoryHistory`],
+//! its in-memory backend.
+//!
+//! A room's history is a log with dense offsets, as in Kafka: each chat line
+//! gets the room's next sequence number ([`Seq`]: 1, 2, 3, ...), and a
+//! client's position is one number, "I have seen every line up to S". A
+//! position means something only together with the room's [`Epoch`], a
+//! random name drawn when the room's history begins: if the history begins
+//! again (a restart, with nothing kept), its seqs start again at 1, and an old
+//! position must not be mistaken for a new one. (Centrifugo's recovery works
+//! the same way: an epoch and an offset.)
+//!
+//! The chat room ([`crate::chat`]) is the only writer; the server reads, to
+//! feed a client that fell behind at its socket's pace ([`crate::feed`]).
+//! Neither knows which backend it talks to. The interface is asynchronous
+//! from the start, because the backends that will follow are: a line is
+//! handed over with [`History::append`], and comes back with its seq through
+//! [`History::take_confirmed`] once the backend has it: at once for memory,
+//! a turn later for a disk log that writes a turn's lines together, a round
+//! trip later for Redis, which assigns seqs for many servers. Only then is
+//! it broadcast, so that no client ever sees a line the history does not have.
+//!
+//! A line is kept as the very frame that was broadcast: encoded once, the
+//! same shared bytes in the history and in every client's output queue, no
+//! copy and no re-encoding for a replay. The frame's payload is the line's
+//! exact JSON ([`Line::json`]), which a disk log or Redis can store and
+//! rebuild the frame from.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use log::{debug, error};
+use tungstenite::Bytes;
+
+use crate::ws;
+
+/// A line's sequence number in its room: 1 for the first line of an epoch,
+/// then one more for each. 0 means "no line" (the head of an empty room, or
+/// a client that has seen nothing).
+pub type Seq = u64;
+
+/// The name of one run of a room's history. Cheap to clone (shared).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+/// How many characters an epoch has: 16 of the 32 in [`EPOCH_ALPHABET`], so
+/// 80 random bits.
+pub const EPOCH_CHARS: usize = 16;
+
+/// The characters of a new epoch: digits and lowercase letters without the
+/// ones easily misread (Crockford's base 32), so an epoch reads well in a URL
+/// or a log.
+const EPOCH_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+impl Epoch {
+    /// A fresh epoch of 80 random bits from the operating system. Never
+    /// derived from the clock: two histories begun in the same millisecond
+    /// (two rooms, or a restart) must not share one.
+    pub fn random() -> Epoch {
+        let mut bits = [0u8; EPOCH_CHARS];
+        if let Err(e) = getrandom::fill(&mut bits) {
+            // Not seen on Linux after boot; if it happens, std's per-process
+            // random hash keys still give a name no other process shares.
+            error!("no randomness from the OS ({e}); using std's random hash keys for an epoch");
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let high = RandomState::new().hash_one(n).to_le_bytes();
+            let low = RandomState::new().hash_one(!n).to_le_bytes();
+            bits[..8].copy_from_slice(&high);
+            bits[8..].copy_from_slice(&low);
+        }
+        let text: String = bits
+            .iter()
+            .map(|b| char::from(EPOCH_ALPHABET[usize::from(b & 31)]))
+            .collect();
+        Epoch(text.into())
+    }
+
+    /// An epoch by name (one a client sent back, or one read from storage).
+    pub fn from_name(name: &str) -> Epoch {
+        Epoch(name.into())
+    }
+
+    /// The epoch's name, as it goes on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({})", self.0)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A chat line on its way into history: what the protocol carries, except
+/// its seq, which the backend assigns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draft<'a> {
+    /// Who said it (the connection's id).
+    pub id: u64,
+    /// What was said.
+    pub text: &'a str,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// How a backend turns a draft and its seq into the frame to broadcast. The
+/// chat protocol provides it ([`crate::chat::seal`]), so that the history
+/// knows no JSON and the protocol no storage.
+pub type Seal = fn(Seq, &Draft<'_>) -> Bytes;
+
+/// A line in history: its seq and its frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The line's place in its room.
+    pub seq: Seq,
+    /// The complete WebSocket frame everyone got; shared, never copied.
+    pub frame: Bytes,
+}
+
+impl Line {
+    /// The line's exact JSON: the frame's payload.
+    pub fn json(&self) -> &str {
+        ws::text_frame_payload(&self.frame)
+    }
+
+    /// What the line costs a history, for its memory limits: the frame plus
+    /// the slot and bookkeeping that hold it ([`LINE_OVERHEAD`]).
+    pub fn cost(&self) -> usize {
+        self.frame.len() + LINE_OVERHEAD
+    }
+}
+
+/// What a line costs besides its frame: its slot in the ring (a seq and a
+/// `Bytes`, 40 bytes) and the shared buffer's own header and allocator
+/// rounding, about as much again. Counted so that `--history-memory` bounds
+/// what the process really holds, even for tiny lines.
+pub const LINE_OVERHEAD: usize = 80;
+
+/// A line the backend has confirmed, and the room it belongs to.
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    /// The room's name.
+    pub room: Arc<str>,
+    /// The line, with its seq.
+    pub line: Line,
+}
+
+/// Where a room's history stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The name of this run of the room's history.
+    pub epoch: Epoch,
+    /// The oldest line still held; `head + 1` if none is.
+    pub first: Seq,
+    /// The last seq assigned, 0 if none yet.
+    pub head: Seq,
+}
+
+/// Lines read from a history ([`History::read_from`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Seqs asked for that the history no longer holds, first and last:
+    /// the reader must be told of them. They come before `lines`.
+    pub gap: Option<(Seq, Seq)>,
+    /// Consecutive lines from the first one asked for (or the first held).
+    pub lines: Vec<Line>,
+    /// The room's head when read: a reader past it has caught up.
+    pub head: Seq,
+}
+
+/// A room's history: what the chat room appends to and the server reads
+/// from. One value holds the history of every room, because memory limits
+/// and (later) connections to storage are shared by all of them.
+pub trait History {
+    /// Where `room`'s history stands; a room not seen before begins here,
+    /// with a fresh epoch.
+    fn position(&mut self, room: &str) -> Position;
+
+    /// Hands a line over to be appended to `room`. Its seq comes back from
+    /// [`take_confirmed`](History::take_confirmed) once the backend has it;
+    /// lines of one room are confirmed in the order they were appended.
+    fn append(&mut self, room: &str, draft: Draft<'_>);
+
+    /// Moves the lines confirmed since the last call into `into`.
+    fn take_confirmed(&mut self, into: &mut Vec<Confirmed>);
+
+    /// `room`'s lines from `from` on, oldest first: as many consecutive
+    /// lines as fit in `max_bytes` of frames, but at least one if any is
+    /// held, so a line larger than the budget still goes out. Lines no longer
+    /// held are named in [`Chunk::gap`]. Nothing, if `from` is past the head.
+    fn read_from(&self, room: &str, from: Seq, max_bytes: usize) -> Chunk;
+}
+
+/// A history seen from one room: what the server needs to feed a member.
+#[derive(Clone, Copy)]
+pub struct RoomHistory<'a> {
+    /// The backend.
+    pub history: &'a dyn History,
+    /// The member's room in it.
+    pub room: &'a str,
+}
+
+impl RoomHistory<'_> {
+    /// The room's lines from `from` on (see [`History::read_from`]).
+    pub fn read_from(&self, from: Seq, max_bytes: usize) -> Chunk {
+        self.history.read_from(self.room, from, max_bytes)
+    }
+}
+
+impl fmt::Debug for RoomHistory<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomHistory")
+            .field("room", &self.room)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How much a [`MemoryHistory`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Per room, the newest this many lines (`--history-lines`).
+    pub lines: usize,
+    /// Per room, at most this many bytes of them (`--history-bytes`),
+    /// counted as [`Line::cost`].
+    pub bytes: usize,
+    /// Over all rooms (`--history-memory`): beyond it, the least recently
+    /// active rooms' history is dropped, then the oldest lines of the room
+    /// being written to.
+    pub memory: usize,
+}
+
+/// One room's history in memory: a ring of its newest lines.
+#[derive(Debug)]
+struct Ring {
+    /// The room's name, shared with every line confirmed for it.
+    name: Arc<str>,
+    epoch: Epoch,
+    /// The last seq assigned. Kept when lines are dropped: seqs never go back.
+    head: Seq,
+    /// The newest lines, oldest first; the last one's seq is `head`.
+    lines: VecDeque<Line>,
+    /// What `lines` cost ([`Line::cost`]).
+    bytes: usize,
+    /// When the room last got a line, on [`MemoryHistory`]'s activity clock.
+    active: u64,
+}
+
+impl Ring {
+    /// The seq of the oldest line held (`head + 1` if none is).
+    fn first(&self) -> Seq {
+        self.head + 1 - self.lines.len() as Seq
+    }
+
+    /// Drops the oldest line; returns what it cost.
+    fn drop_oldest(&mut self) -> usize {
+        let cost = self.lines.pop_front().map_or(0, |line| line.cost());
+        self.bytes -= cost;
+        cost
+    }
+}
+
+/// Every room's newest lines, in memory: the default backend, and the cache
+/// in front of the slower ones to come.
+pub struct MemoryHistory {
+    limits: Limits,
+    seal: Seal,
+    rooms: HashMap<Arc<str>, Ring>,
+    /// Rooms that hold lines, by when they last got one: the front is the
+    /// least recently active, the first whose history goes when memory is
+    /// short.
+    by_activity: BTreeMap<u64, Arc<str>>,
+    /// Ticks once per line appended: the activity clock.
+    clock: u64,
+    /// What every room's lines cost together.
+    held: usize,
+    /// Appended lines waiting for [`History::take_confirmed`].
+    confirmed: Vec<Confirmed>,
+}
+
+impl fmt::Debug for MemoryHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryHistory")
+            .field("limits", &self.limits)
+            .field("rooms", &self.rooms.len())
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryHistory {
+    /// An empty history keeping up to `limits`, whose frames `seal` makes.
+    pub fn new(limits: Limits, seal: Seal) -> Self {
+        MemoryHistory {
+            limits,
+            seal,
+            rooms: HashMap::new(),
+            by_activity: BTreeMap::new(),
+            clock: 0,
+            held: 0,
+            confirmed: Vec::new(),
+        }
+    }
+
+    /// What every room's lines cost together ([`Line::cost`]).
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// `room`'s ring; a room not seen before begins with a fresh epoch.
+    fn ring(&mut self, room: &str) -> &mut Ring {
+        if !self.rooms.contains_key(room) {
+            let epoch = Epoch::random();
+            debug!("room {room}: history begins, epoch {epoch}");
+            let name: Arc<str> = room.into();
+            self.rooms.insert(
+                Arc::clone(&name),
+                Ring {
+                    name,
+                    epoch,
+                    head: 0,
+                    lines: VecDeque::new(),
+                    bytes: 0,
+                    active: 0,
+                },
+            );
+        }
+        self.rooms
+            .get_mut(room)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// Drops whole histories of the least recently active rooms, then the
+    /// oldest lines of `room` (the one just written to), until everything
+    /// fits in `--history-memory`.
+    fn fit_memory(&mut self, room: &str) {
+        while self.held > self.limits.memory {
+            let Some((&tick, oldest)) = self.by_activity.first_key_value() else {
+                return;
+            };
+            let Some(ring) = self.rooms.get_mut(oldest) else {
+                self.by_activity.remove(&tick);
+                continue;
+            };
+            if &**oldest == room {
+                // The room being written to is the only one left with
+                // lines: it gives up its oldest.
+                self.held -= ring.drop_oldest();
+                if ring.lines.is_empty() {
+                    ring.lines = VecDeque::new();
+                    self.by_activity.remove(&tick);
+                }
+            } else {
+                debug!(
+                    "room {oldest}: history dropped ({} lines) to stay within --history-memory",
+                    ring.lines.len()
+                );
+                self.held -= ring.bytes;
+                ring.bytes = 0;
+                ring.lines = VecDeque::new();
+                self.by_activity.remove(&tick);
+            }
+        }
+    }
+}
+
+impl History for MemoryHistory {
+    fn position(&mut self, room: &str) -> Position {
+        let ring = self.ring(room);
+        Position {
+            epoch: ring.epoch.clone(),
+            first: ring.first(),
+            head: ring.head,
+        }
+    }
+
+    fn append(&mut self, room: &str, draft: Draft<'_>) {
+        let (limits, seal) = (self.limits, self.seal);
+        self.clock += 1;
+        let clock = self.clock;
+        let held_before = self.held;
+        let ring = self.ring(room);
+        let name = Arc::clone(&ring.name);
+        ring.head += 1;
+        let line = Line {
+            seq: ring.head,
+            frame: seal(ring.head, &draft),
+        };
+        let cost = line.cost();
+        ring.lines.push_back(line.clone());
+        ring.bytes += cost;
+        let mut held = held_before + cost;
+        while ring.lines.len() > limits.lines || ring.bytes > limits.bytes {
+            held -= ring.drop_oldest();
+        }
+        let was_active = std::mem::replace(&mut ring.active, clock);
+        let holds_lines = !ring.lines.is_empty();
+        self.held = held;
+        self.by_activity.remove(&was_active);
+        if holds_lines {
+            self.by_activity.insert(clock, Arc::clone(&name));
+        }
+        self.fit_memory(room);
+        self.confirmed.push(Confirmed { room: name, line });
+    }
+
+    fn take_confirmed(&mut self, into: &mut Vec<Confirmed>) {
+        into.append(&mut self.confirmed);
+    }
+
+    fn read_from(&self, room: &str, from: Seq, max_bytes: usize) -> Chunk {
+        let Some(ring) = self.rooms.get(room) else {
+            return Chunk::default();
+        };
+        let from = from.max(1);
+        let mut chunk = Chunk {
+            head: ring.head,
+            ..Chunk::default()
+        };
+        if from > ring.head {
+            return chunk;
+        }
+        let first = ring.first();
+        if from < first {
+            chunk.gap = Some((from, first - 1));
+        }
+        let start = usize::try_from(from.max(first) - first).unwrap_or(usize::MAX);
+        let mut bytes = 0;
+        for line in ring.lines.range(start.min(ring.lines.len())..) {
+            if !chunk.lines.is_empty() && bytes + line.frame.len() > max_bytes {
+                break;
+            }
+            bytes += line.frame.len();
+            chunk.lines.push(line.clone());
+        }
+        chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seal for tests: the frame's payload is `seq:text`, the seq in
+    /// four digits so that lines of one text cost the same.
+    fn plain(seq: Seq, draft: &Draft<'_>) -> Bytes {
+        ws::encode_text_frame(&format!("{seq:04}:{}", draft.text))
+    }
+
+    fn history(lines: usize, bytes: usize, memory: usize) -> MemoryHistory {
+        MemoryHistory::new(
+            Limits {
+                lines,
+                bytes,
+                memory,
+            },
+            plain,
+        )
+    }
+
+    fn say(history: &mut MemoryHistory, room: &str, text: &str) -> Seq {
+        history.append(room, Draft { id: 1, text, ts: 0 });
+        let mut confirmed = Vec::new();
+        history.take_confirmed(&mut confirmed);
+        assert_eq!(confirmed.len(), 1);
+        assert_eq!(&*confirmed[0].room, room);
+        confirmed[0].line.seq
+    }
+
+    fn seqs(chunk: &Chunk) -> Vec<Seq> {
+        chunk.lines.iter().map(|l| l.seq).collect()
+    }
+
+    #[test]
+    fn seqs_start_at_one_and_are_dense_per_room() {
+        let mut h = history(100, usize::MAX, usize::MAX);
+        assert_eq!(h.position("a").head, 0);
+        assert_eq!(say(&mut h, "a", "x"), 1);
+        assert_eq!(say(&mut h, "a", "y"), 2);
+        assert_eq!(say(&mut h, "b", "z"), 1, "each room counts alone");
+        let chunk = h.read_from("a", 1, usize::MAX);
+        assert_eq!(seqs(&chunk), [1, 2]);
+        assert_eq!(chunk.lines[1].json(), "0002:y");
+        assert_eq!((chunk.gap, chunk.head), (None, 2));
+    }
+
+    #[test]
+    fn epochs_are_random_and_stay_with_their_room() {
+        let mut h = history(100, usize::MAX, usize::MAX);
+        let a = h.position("a").epoch;
+        assert_eq!(a.as_str().len(), EPOCH_CHARS);
+        assert!(
+            a.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_eq!(h.position("a").epoch, a, "the same room, the same epoch");
+        assert_ne!(h.position("b").epoch, a);
+        let others: std::collections::HashSet<_> = (0..1000).map(|_| Epoch::random()).collect();
+        assert_eq!(others.len(), 1000, "no two alike");
+    }
+
+    #[test]
+    fn the_newest_lines_are_kept_and_older_ones_reported_as_a_gap() {
+        let mut h = history(10, usize::MAX, usize::MAX);
+        for i in 1..=30 {
+            say(&mut h, "r", &i.to_string());
+        }
+        let position = h.position("r");
+        assert_eq!((position.first, position.head), (21, 30));
+        let chunk = h.read_from("r", 6, usize::MAX);
+        assert_eq!(chunk.gap, Some((6, 20)));
+        assert_eq!(seqs(&chunk), (21..=30).collect::<Vec<_>>());
+        assert_eq!(
+            h.read_from("r", 31, usize::MAX),
+            Chunk {
+                head: 30,
+                ..Chunk::default()
+            }
+        );
+    }
+
+    #[test]
+    fn reads_fit_the_byte_budget_but_always_carry_one_line() {
+        let mut h = history(100, usize::MAX, usize::MAX);
+        for _ in 0..5 {
+            say(&mut h, "r", "0123456789"); // frames of 2 + 15 bytes
+        }
+        assert_eq!(seqs(&h.read_from("r", 2, 34)), [2, 3]);
+        assert_eq!(seqs(&h.read_from("r", 2, 33)), [2]);
+        assert_eq!(seqs(&h.read_from("r", 2, 0)), [2], "one line, even over");
+    }
+
+    #[test]
+    fn the_byte_limit_per_room_drops_the_oldest_lines() {
+        let line_cost = ws::encode_text_frame("0001:0123456789").len() + LINE_OVERHEAD;
+        let mut h = history(100, 3 * line_cost, usize::MAX);
+        for _ in 0..5 {
+            say(&mut h, "r", "0123456789");
+        }
+        assert_eq!(h.position("r").first, 3);
+        assert_eq!(h.held_bytes(), 3 * line_cost);
+    }
+
+    #[test]
+    fn over_the_memory_budget_the_least_recently_active_room_goes_first() {
+        let cost = ws::encode_text_frame("0001:x").len() + LINE_OVERHEAD;
+        let mut h = history(100, usize::MAX, 4 * cost);
+        say(&mut h, "old", "x");
+        say(&mut h, "old", "x");
+        say(&mut h, "mid", "x");
+        say(&mut h, "new", "x");
+        assert_eq!(h.held_bytes(), 4 * cost);
+        say(&mut h, "new", "x"); // one too many: "old" loses all it had
+        assert_eq!(h.position("old").first, 3, "nothing held");
+        assert_eq!(h.position("old").head, 2, "but seqs never go back");
+        assert_eq!(h.read_from("old", 1, usize::MAX).gap, Some((1, 2)));
+        assert_eq!(seqs(&h.read_from("mid", 1, usize::MAX)), [1]);
+        assert_eq!(h.held_bytes(), 3 * cost);
+        // Alone over the budget, the room written to gives up its oldest.
+        for _ in 0..10 {
+            say(&mut h, "new", "x");
+        }
+        assert!(h.held_bytes() <= 4 * cost);
+        assert_eq!(seqs(&h.read_from("mid", 1, usize::MAX)), Vec::<Seq>::new());
+        assert_eq!(h.position("new").first, 12 - 4 + 1);
+    }
+}
