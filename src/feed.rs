@@ -449,4 +449,262 @@ mod tests {
         let bytes: usize = socket.got.iter().map(|t| t.len() + 2).sum();
         assert!((1000..1100).contains(&bytes), "{bytes}");
     }
+
+    /// The property test's world: a room with a small history, clients with
+    /// sockets that read at the pace the test decides, dropping and coming
+    /// back with their last seq, as the server drives them.
+    mod interleavings {
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::chat::{ChatRoom, seal};
+        use crate::handler::WebSocketHandler;
+        use crate::history::{Draft, History, Limits, MemoryHistory};
+        use crate::ws;
+
+        const CLIENTS: usize = 3;
+        /// A cap of a few dozen lines, so that clients fall behind often.
+        const CAP: usize = 2048;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Someone says this many lines.
+            Say(u8),
+            /// Another room says this many: it competes for history memory.
+            SayElsewhere(u8),
+            /// A client's socket takes this many bytes now.
+            Read(usize, u16),
+            /// A client stops reading / reads whatever comes.
+            Stall(usize),
+            Unstall(usize),
+            /// The end of a loop turn: every client is flushed and fed.
+            Turn,
+            /// A client's connection drops (its queue is lost) ...
+            Drop(usize),
+            /// ... and it comes back with the last seq it saw.
+            Resume(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let client = 0..CLIENTS;
+            prop_oneof![
+                4 => (1u8..40).prop_map(Op::Say),
+                1 => (1u8..40).prop_map(Op::SayElsewhere),
+                3 => (client.clone(), 0u16..4000).prop_map(|(c, n)| Op::Read(c, n)),
+                1 => client.clone().prop_map(Op::Stall),
+                1 => client.clone().prop_map(Op::Unstall),
+                3 => Just(Op::Turn),
+                1 => client.clone().prop_map(Op::Drop),
+                1 => client.prop_map(Op::Resume),
+            ]
+        }
+
+        /// What a client saw, in order.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Seen {
+            Line(Seq),
+            Gap(Seq, Seq),
+            CaughtUp(Seq),
+        }
+
+        /// A client's socket: frames queued by the server, the bytes it may
+        /// take, and what it has read.
+        #[derive(Default)]
+        struct Socket {
+            queue: VecDeque<Bytes>,
+            pending: usize,
+            room: usize,
+            stalled: bool,
+            seen: Vec<Seen>,
+        }
+
+        impl Member for Socket {
+            fn pending(&self) -> usize {
+                self.pending
+            }
+            fn queue_line(&mut self, frame: Bytes) {
+                self.pending += frame.len();
+                self.queue.push_back(frame);
+            }
+            fn queue_notice(&mut self, frame: Bytes) {
+                self.queue_line(frame);
+            }
+            fn flush(&mut self) -> bool {
+                while let Some(frame) = self.queue.front() {
+                    if !self.stalled {
+                        self.room = usize::MAX;
+                    }
+                    if frame.len() > self.room {
+                        break;
+                    }
+                    self.room -= frame.len();
+                    self.pending -= frame.len();
+                    let json: serde_json::Value =
+                        serde_json::from_str(ws::text_frame_payload(frame)).unwrap();
+                    let number = |key: &str| json[key].as_u64().unwrap();
+                    self.seen.push(match json["event"].as_str() {
+                        None => Seen::Line(number("seq")),
+                        Some("gap") => Seen::Gap(number("from"), number("to")),
+                        Some("caught_up") => Seen::CaughtUp(number("head")),
+                        Some(other) => panic!("{other}"),
+                    });
+                    self.queue.pop_front();
+                }
+                true
+            }
+        }
+
+        struct Client {
+            socket: Socket,
+            feed: Feed,
+            connected: bool,
+        }
+
+        impl Client {
+            /// The last seq this client has seen or been told is gone.
+            fn last(&self) -> Seq {
+                self.socket
+                    .seen
+                    .iter()
+                    .rev()
+                    .find_map(|seen| match *seen {
+                        Seen::Line(seq) => Some(seq),
+                        Seen::Gap(_, to) => Some(to),
+                        Seen::CaughtUp(_) => None,
+                    })
+                    .unwrap_or(0)
+            }
+        }
+
+        fn say(history: &mut MemoryHistory, room: &str, clients: &mut [Client], lines: u8) {
+            for _ in 0..lines {
+                history.append(
+                    room,
+                    Draft {
+                        id: 1,
+                        text: "a line",
+                        ts: 0,
+                    },
+                );
+                let mut confirmed = Vec::new();
+                history.take_confirmed(&mut confirmed);
+                for line in confirmed.into_iter().filter(|c| &*c.room == "r") {
+                    let frame = line.line.frame;
+                    for client in clients.iter_mut().filter(|c| c.connected) {
+                        let pending = client.socket.pending();
+                        if client
+                            .feed
+                            .offer(Some(line.line.seq), frame.len(), pending, CAP)
+                        {
+                            client.socket.queue_line(frame.clone());
+                        }
+                    }
+                }
+            }
+        }
+
+        fn turn(history: &MemoryHistory, clients: &mut [Client]) {
+            let room = ChatRoom::new();
+            let notice = |n| room.feed_notice(n);
+            for client in clients.iter_mut().filter(|c| c.connected) {
+                client.socket.flush();
+                let history = RoomHistory { history, room: "r" };
+                catch_up(
+                    &mut client.feed,
+                    history,
+                    &mut client.socket,
+                    &notice,
+                    Pace::for_cap(CAP),
+                );
+            }
+        }
+
+        /// Every line once, in order; every missing stretch announced, at
+        /// its place; `caught_up` naming the line just before it.
+        fn check(seen: &[Seen]) -> Seq {
+            let mut next = 1;
+            for item in seen {
+                match *item {
+                    Seen::Line(seq) => {
+                        assert_eq!(seq, next, "a line twice or a hole: {seen:?}");
+                        next += 1;
+                    }
+                    Seen::Gap(from, to) => {
+                        assert_eq!(from, next, "a gap not where it begins: {seen:?}");
+                        assert!(to >= from);
+                        next = to + 1;
+                    }
+                    Seen::CaughtUp(head) => assert_eq!(head, next - 1, "{seen:?}"),
+                }
+            }
+            next - 1
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn every_client_sees_a_prefix_closed_gap_announced_duplicate_free_sequence(
+                ops in prop::collection::vec(op(), 0..120),
+                lines in 5usize..60,
+            ) {
+                let limits = Limits { lines, bytes: usize::MAX, memory: 6000 };
+                let mut history = MemoryHistory::new(limits, seal);
+                history.position("r");
+                let mut clients: Vec<Client> = (0..CLIENTS)
+                    .map(|_| Client {
+                        socket: Socket::default(),
+                        feed: Feed::Live { last: 0 },
+                        connected: true,
+                    })
+                    .collect();
+                for op in ops {
+                    match op {
+                        Op::Say(n) => say(&mut history, "r", &mut clients, n),
+                        Op::SayElsewhere(n) => say(&mut history, "other", &mut clients, n),
+                        Op::Read(c, n) => {
+                            clients[c].socket.room = usize::from(n);
+                            clients[c].socket.flush();
+                        }
+                        Op::Stall(c) => clients[c].socket.stalled = true,
+                        Op::Unstall(c) => clients[c].socket.stalled = false,
+                        Op::Turn => turn(&history, &mut clients),
+                        Op::Drop(c) => {
+                            let client = &mut clients[c];
+                            client.connected = false;
+                            client.socket.queue.clear();
+                            client.socket.pending = 0;
+                        }
+                        Op::Resume(c) if !clients[c].connected => {
+                            let client = &mut clients[c];
+                            client.connected = true;
+                            client.feed = Feed::from_seq(client.last() + 1, true);
+                        }
+                        Op::Resume(_) => {}
+                    }
+                }
+                // Everyone back and reading: each ends at the head, every
+                // line it missed either seen or announced as gone.
+                for client in &mut clients {
+                    client.socket.stalled = false;
+                    if !client.connected {
+                        client.connected = true;
+                        client.feed = Feed::from_seq(client.last() + 1, true);
+                    }
+                }
+                for _ in 0..1000 {
+                    turn(&history, &mut clients);
+                    if clients.iter().all(|c| !c.feed.is_catching_up() && c.socket.queue.is_empty()) {
+                        break;
+                    }
+                }
+                let head = history.position("r").head;
+                for client in &clients {
+                    prop_assert_eq!(check(&client.socket.seen), head);
+                    prop_assert_eq!(client.feed, Feed::Live { last: head });
+                }
+            }
+        }
+    }
 }
