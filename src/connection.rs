@@ -28,6 +28,7 @@
 //! other connections; the connection owns its socket and its output queue.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, trace};
@@ -105,8 +106,8 @@ pub struct Settings {
     pub site: Site,
     /// tungstenite's limits for each WebSocket.
     pub websocket: WebSocketConfig,
-    /// How long each stage may take.
-    pub timeouts: Timeouts,
+    /// How long each stage may take; shared by every connection.
+    pub timeouts: Arc<Timeouts>,
 }
 
 /// The deadlines a connection keeps (see [`Connection::deadline`]).
@@ -140,8 +141,9 @@ enum Deadline {
     /// meanwhile: a client that takes bytes is reading, and alive, and
     /// cannot answer a ping it has not read yet; it gets another timeout.
     Pong {
-        /// Unsent bytes queued before the ping.
-        ahead: usize,
+        /// Unsent bytes queued before the ping (u32, saturating: it is
+        /// compared with 0 only, and keeps every connection's deadline small).
+        ahead: u32,
         /// Some of them were written since the deadline was set.
         progressed: bool,
     },
@@ -187,15 +189,9 @@ pub enum Step {
 enum State {
     /// Reading request heads. `buf` holds bytes read but not yet answered.
     Http { buf: Vec<u8> },
-    /// A valid handshake, waiting for the handler's verdict.
-    Upgrading {
-        /// The 101, sent if the handshake is admitted.
-        switch: http::Response,
-        /// The request's path and query.
-        target: String,
-        /// Bytes after the head: the client's first frames.
-        early: Vec<u8>,
-    },
+    /// A valid handshake, waiting for the handler's verdict. Boxed: it
+    /// lasts an instant, and every connection pays for the largest state.
+    Upgrading(Box<Upgrade>),
     /// A WebSocket. The context holds tungstenite's read buffer and state;
     /// the stream is lent to it as an [`Adapter`] for each read.
     Open(Box<WebSocketContext>),
@@ -203,6 +199,16 @@ enum State {
     Closing,
     /// Finished; waiting to be freed.
     Done,
+}
+
+/// A handshake waiting to be admitted ([`State::Upgrading`]).
+struct Upgrade {
+    /// The 101, sent if the handshake is admitted.
+    switch: http::Response,
+    /// The request's path and query.
+    target: String,
+    /// Bytes after the head: the client's first frames.
+    early: Vec<u8>,
 }
 
 /// One client connection.
@@ -226,15 +232,17 @@ pub struct Connection<S> {
     peer_eof: bool,
     /// The write side is shut down: our FIN is sent.
     write_shut: bool,
-    /// The durations the deadlines are made of.
-    timeouts: Timeouts,
+    /// The durations the deadlines are made of: the server's, shared (a
+    /// copy would cost every idle connection 80 bytes).
+    timeouts: Arc<Timeouts>,
     /// When the current stage's time is up ([`Connection::deadline`]).
     deadline: Option<(Instant, Deadline)>,
 }
 
 impl<S: Socket> Connection<S> {
     /// A freshly accepted connection, waiting for its first request.
-    pub fn new(id: ConnId, socket: S, timeouts: Timeouts) -> Self {
+    pub fn new(id: ConnId, socket: S, timeouts: Arc<Timeouts>) -> Self {
+        let head_by = Instant::now() + timeouts.header;
         Connection {
             id,
             socket,
@@ -246,7 +254,7 @@ impl<S: Socket> Connection<S> {
             peer_eof: false,
             write_shut: false,
             timeouts,
-            deadline: Some((Instant::now() + timeouts.header, Deadline::Head)),
+            deadline: Some((head_by, Deadline::Head)),
         }
     }
 
@@ -291,7 +299,7 @@ impl<S: Socket> Connection<S> {
             }
             Deadline::Ping => {
                 trace!("conn {}: ping", self.id);
-                let ahead = self.out.pending();
+                let ahead = u32::try_from(self.out.pending()).unwrap_or(u32::MAX);
                 self.out.push(ws::encode_ping_frame());
                 let pong = Deadline::Pong {
                     ahead,
@@ -420,7 +428,7 @@ impl<S: Socket> Connection<S> {
     /// admitted ([`Step::Upgrade`]).
     pub fn upgrade_target(&self) -> Option<&str> {
         match &self.state {
-            State::Upgrading { target, .. } => Some(target),
+            State::Upgrading(upgrade) => Some(&upgrade.target),
             _ => None,
         }
     }
@@ -436,14 +444,14 @@ impl<S: Socket> Connection<S> {
         budget: &mut usize,
         report: &mut dyn FnMut(Report<'_>),
     ) -> Step {
-        let State::Upgrading {
+        let State::Upgrading(upgrade) = std::mem::replace(&mut self.state, State::Closing) else {
+            return Step::Stop;
+        };
+        let Upgrade {
             switch,
             target,
             early,
-        } = std::mem::replace(&mut self.state, State::Closing)
-        else {
-            return Step::Stop;
-        };
+        } = *upgrade;
         match verdict {
             Ok(()) => {
                 debug!("conn {}: WebSocket open", self.id);
@@ -495,7 +503,7 @@ impl<S: Socket> Connection<S> {
         match self.state {
             State::Http { .. } => self.read_http(settings, budget, report),
             // The server decides before reading on.
-            State::Upgrading { .. } => Step::Upgrade,
+            State::Upgrading(_) => Step::Upgrade,
             State::Open(_) => self.read_websocket(budget, report),
             State::Closing => {
                 self.discard_input(budget);
@@ -523,8 +531,9 @@ impl<S: Socket> Connection<S> {
                 // though its pong is still far off (see `Deadline::Pong`).
                 if let Some((at, Deadline::Pong { ahead, .. })) = self.deadline {
                     if n > 0 && ahead > 0 {
+                        let written = u32::try_from(n).unwrap_or(u32::MAX);
                         let pong = Deadline::Pong {
-                            ahead: ahead.saturating_sub(n),
+                            ahead: ahead.saturating_sub(written),
                             progressed: true,
                         };
                         self.deadline = Some((at, pong));
@@ -564,7 +573,7 @@ impl<S: Socket> Connection<S> {
                 self.out.push(ws::encode_close_frame(code, reason));
                 self.begin_closing();
             }
-            State::Http { .. } | State::Upgrading { .. } => self.begin_closing(),
+            State::Http { .. } | State::Upgrading(_) => self.begin_closing(),
             State::Closing | State::Done => {}
         }
     }
@@ -643,11 +652,11 @@ impl<S: Socket> Connection<S> {
                     Reply::Upgrade(switch, target) => {
                         // Bytes after the head are the client's first frames.
                         let early = buf.split_off(consumed);
-                        self.state = State::Upgrading {
+                        self.state = State::Upgrading(Box::new(Upgrade {
                             switch,
                             target,
                             early,
-                        };
+                        }));
                         return Step::Upgrade;
                     }
                 }
@@ -887,7 +896,7 @@ mod tests {
                 allowed_origins: Vec::new(),
             },
             websocket: ws::websocket_config(1024, 256),
-            timeouts: TIMEOUTS,
+            timeouts: Arc::new(TIMEOUTS),
         }
     }
 
@@ -914,7 +923,7 @@ mod tests {
             .borrow_mut()
             .incoming
             .push_back(Some(input.to_vec()));
-        let conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         (socket, conn)
     }
 
@@ -961,7 +970,7 @@ mod tests {
             peer.incoming
                 .push_back(Some(b"TP/1.1\r\nHost: h\r\n\r\n".to_vec()));
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         assert!(ready(&mut conn, true).is_empty());
         flush(&mut conn);
         assert!(
@@ -986,7 +995,7 @@ mod tests {
             .borrow_mut()
             .incoming
             .push_back(Some(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         ready(&mut conn, true);
         socket.0.borrow_mut().write_room = 10;
         flush(&mut conn);
@@ -1006,7 +1015,7 @@ mod tests {
         let mut packet = UPGRADE.to_vec();
         packet.extend(masked_text(b"early"));
         socket.0.borrow_mut().incoming.push_back(Some(packet));
-        let mut conn = Connection::new(ConnId(1), socket, TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket, Arc::new(TIMEOUTS));
         assert_eq!(ready(&mut conn, true), [OPENED, "Message(\"early\")"]);
         assert!(conn.is_open());
     }
@@ -1024,7 +1033,7 @@ mod tests {
             peer.incoming.push_back(None);
             peer.incoming.push_back(Some(masked_text(b"more garbage")));
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         assert_eq!(ready(&mut conn, true), [OPENED, "Left"]);
         assert!(conn.is_closing());
         flush(&mut conn);
@@ -1050,7 +1059,7 @@ mod tests {
             peer.incoming.push_back(Some(packet));
             peer.eof = true;
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         assert_eq!(ready(&mut conn, true), [OPENED, "Left"]);
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
@@ -1075,7 +1084,7 @@ mod tests {
             }
             peer.incoming.push_back(Some(all));
         }
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         let is_message = |r: &String| r.starts_with("Message");
         let mut messages = ready(&mut conn, true)
             .iter()
@@ -1251,7 +1260,7 @@ mod tests {
         let mut input = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".repeat(3);
         input.extend_from_slice(UPGRADE);
         socket.0.borrow_mut().incoming.push_back(Some(input));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         assert!(ready(&mut conn, true).contains(&OPENED.to_string()));
         conn.queue(ws::encode_text_frame("never sent"));
         flush(&mut conn); // the socket takes nothing yet
@@ -1278,7 +1287,7 @@ mod tests {
             .borrow_mut()
             .incoming
             .push_back(Some(UPGRADE.to_vec()));
-        let mut conn = Connection::new(ConnId(1), socket.clone(), TIMEOUTS);
+        let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
         ready(&mut conn, true);
         socket.0.borrow_mut().write_room = usize::MAX;
         flush(&mut conn); // the 101

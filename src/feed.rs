@@ -104,6 +104,20 @@ impl Feed {
         }
     }
 
+    /// Where a member starts that is to get lines from `from` on, in a room
+    /// whose last line is `head`: live at once if there is nothing to catch
+    /// up on (so that a broadcast later in the same turn, another
+    /// newcomer's join, reaches it), with the notice to queue if it asked
+    /// to be told; else catching up.
+    pub fn start(from: Seq, announce: bool, head: Seq) -> (Feed, Option<FeedNotice>) {
+        if from > head {
+            let told = announce.then_some(FeedNotice::CaughtUp { head });
+            (Feed::Live { last: head }, told)
+        } else {
+            (Feed::from_seq(from, announce), None)
+        }
+    }
+
     /// Whether it is waiting to be fed from history.
     pub fn is_catching_up(&self) -> bool {
         matches!(self, Feed::CatchingUp { .. })
@@ -273,6 +287,19 @@ mod tests {
             "catching up: history feeds it"
         );
         assert!(!feed.offer(None, 10, 0, 100), "and notices pass it by");
+    }
+
+    #[test]
+    fn a_member_with_nothing_to_catch_up_on_starts_live() {
+        assert_eq!(Feed::start(6, false, 5), (Feed::Live { last: 5 }, None));
+        assert_eq!(
+            Feed::start(6, true, 5),
+            (
+                Feed::Live { last: 5 },
+                Some(FeedNotice::CaughtUp { head: 5 })
+            )
+        );
+        assert_eq!(Feed::start(5, true, 5), (Feed::from_seq(5, true), None));
     }
 
     #[test]

@@ -217,6 +217,12 @@ impl RoomHistory<'_> {
     pub fn read_from(&self, from: Seq, max_bytes: usize) -> Chunk {
         self.history.read_from(self.room, from, max_bytes)
     }
+
+    /// The room's last seq (0 if none yet).
+    pub fn head(&self) -> Seq {
+        // Past any head, a read returns nothing but the head.
+        self.read_from(Seq::MAX, 0).head
+    }
 }
 
 impl fmt::Debug for RoomHistory<'_> {

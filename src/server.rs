@@ -126,13 +126,13 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
                 allowed_origins: config.allowed_origins.clone(),
             },
             websocket: ws::websocket_config(config.max_message_bytes, config.read_buffer_bytes),
-            timeouts: Timeouts {
+            timeouts: Arc::new(Timeouts {
                 header: config.header_timeout,
                 keep_alive: config.keep_alive_timeout,
                 ping_interval: config.ping_interval,
                 ping_timeout: config.ping_timeout,
                 close: config.close_timeout,
-            },
+            }),
         };
         let state = ServerState {
             listener: Some(listener),
@@ -444,7 +444,7 @@ impl<H: WebSocketHandler> ServerState<H> {
         }
         let id = ConnId(self.next_id);
         self.next_id += 1;
-        let mut conn = Connection::new(id, socket, self.settings.timeouts);
+        let mut conn = Connection::new(id, socket, Arc::clone(&self.settings.timeouts));
         let ip = peer.ip();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         if open >= self.max_connections {
@@ -568,9 +568,17 @@ impl<H: WebSocketHandler> ServerState<H> {
                                     .conn
                                     .close(code, reason, &mut |r| app.report(key, id, r));
                             }
-                            // Settled at the end of the turn: fed from there.
+                            // Live at once if there is nothing to catch up
+                            // on; else fed from history when it is settled
+                            // at the end of the turn.
                             Payload::Follow { from, announce } => {
-                                entry.feed = Feed::from_seq(from, announce);
+                                let handler = &self.app.handler;
+                                let head = handler.room_history(id).map_or(0, |h| h.head());
+                                let (feed, notice) = Feed::start(from, announce, head);
+                                entry.feed = feed;
+                                if let Some(frame) = notice.and_then(|n| handler.feed_notice(n)) {
+                                    entry.conn.queue(frame);
+                                }
                             }
                         }
                         mark_dirty(&mut self.dirty, key, entry);
@@ -934,6 +942,31 @@ mod tests {
             state.on_connection_ready(key, true);
         }
         key
+    }
+
+    #[test]
+    fn a_newcomer_hears_of_the_next_newcomer_in_the_same_turn() {
+        use std::io::Read;
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
+        let (mut ioloop, mut state) = (server.ioloop, server.state);
+        let (a, mut a_client, peer) = socket_pair();
+        open_websocket(&mut state, &mut ioloop, a, &mut a_client, peer);
+        // B arrives before A has been settled: A, with nothing to catch up
+        // on, must already be live, or B's "has joined" passes it by.
+        let (b, mut b_client, peer) = socket_pair();
+        let b_key = open_websocket(&mut state, &mut ioloop, b, &mut b_client, peer);
+        let b_id = state.connections[b_key].conn.id();
+        state.end_of_turn(&mut ioloop);
+        a_client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let joined = format!("{b_id} has joined");
+        while !String::from_utf8_lossy(&got).contains(&joined) {
+            let mut buf = [0u8; 4096];
+            let n = a_client.read(&mut buf).expect("A never heard of B");
+            got.extend_from_slice(&buf[..n]);
+        }
     }
 
     /// The seed's room without a history: joins and leaves only, so all

@@ -447,13 +447,13 @@ fuzz_target!(|data: &[u8]| {
         255 => usize::MAX,
         b => 4 * b as usize,
     };
-    let timeouts = Timeouts {
+    let timeouts = std::sync::Arc::new(Timeouts {
         header: Duration::from_secs(10),
         keep_alive: Duration::from_secs(30),
         ping_interval: Some(Duration::from_secs(20)),
         ping_timeout: Duration::from_secs(20),
         close: Duration::from_secs(5),
-    };
+    });
     let settings = Settings {
         site: Site {
             assets: Assets::from_files([
@@ -464,7 +464,7 @@ fuzz_target!(|data: &[u8]| {
             allowed_origins: vec!["https://chat.example".into()],
         },
         websocket: ws::websocket_config(max_message, read_buffer),
-        timeouts,
+        timeouts: std::sync::Arc::clone(&timeouts),
     };
     let peer = Rc::new(RefCell::new(Peer {
         input: input.to_vec(),
@@ -483,7 +483,7 @@ fuzz_target!(|data: &[u8]| {
         write_shut: false,
     }));
     let mut d = Driver {
-        conn: Connection::new(ConnId(1), MockSocket(peer.clone()), timeouts),
+        conn: Connection::new(ConnId(1), MockSocket(peer.clone()), std::sync::Arc::clone(&timeouts)),
         peer: peer.clone(),
         handler: Handler {
             close_after: h[1] as usize,
