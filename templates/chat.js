@@ -8,6 +8,11 @@
 // - When the connection drops, the page says so and reconnects by itself,
 //   waiting longer after each failure (exponential backoff with jitter,
 //   capped), so a restarted server is not stampeded by every open tab.
+// - It resumes where it left off: the server numbers the room's lines
+//   (seq) within a run of its history (epoch), and the page reconnects
+//   with the last seq it showed, so the lines sent while it was away
+//   arrive once, in order. A newcomer's replay of earlier lines goes under
+//   a divider.
 "use strict";
 
 (function () {
@@ -23,12 +28,59 @@
   var retryHint = document.getElementById("retry");     // not announced: the countdown
 
   var socket = null;
-  var myId = null;            // told by the welcome; marks our own lines
   var failures = 0;           // failed or short-lived connections in a row
+
+  // Who we are. The server gives each connection a new id, so after a
+  // reconnect our earlier lines carry an earlier id: remember them all.
+  // Ids are only unique within a run of the server, so a new epoch (a
+  // restart) forgets the old ones: someone else may have them now.
+  var myId = null;            // this connection's, once welcomed
+  var myIds = {};             // every id this tab has had in this epoch
+
+  // Where we are in the room's history. In memory only: a reload starts
+  // afresh, and gets the newcomer's replay.
+  var epoch = null;           // the run of the history our seqs belong to
+  var lastSeq = 0;            // the last line shown; anything at or below it is a repeat
+  var joinedAt = 0;           // the head when we last came as a newcomer
+
+  // This connection's part in the history: did it resume, and the head
+  // its welcome gave (a newcomer's lines up to it are replayed, not live).
+  var resuming = false;
+  var welcomeHead = 0;
+  var dividerShown = false;
+
+  // The position to resume from. A newcomer's replay is context, not
+  // lines it missed: if the connection drops before the replay is done
+  // (or the server replays nothing, --replay 0), resuming from the head it
+  // joined at keeps the server from sending the whole history instead.
+  function resumeFrom() {
+    return Math.max(lastSeq, joinedAt);
+  }
 
   function socketUrl() {
     var scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + location.host + "/soc";
+    var url = scheme + "//" + location.host + "/soc";
+    if (epoch !== null) {
+      url += "?since=" + resumeFrom() + "&epoch=" + encodeURIComponent(epoch);
+    }
+    return url;
+  }
+
+  // A new run of the history (the server restarted, or lost it): seqs and
+  // ids from before mean nothing now.
+  function startEpoch(name) {
+    epoch = name;
+    lastSeq = 0;
+    joinedAt = 0;
+    myIds = {};
+    if (myId !== null) myIds[myId] = true;
+  }
+
+  // After a welcome without a resume, or after a reset, the server sends
+  // what a newcomer gets: the last lines up to the welcome's head, then
+  // live ones.
+  function asNewcomer() {
+    joinedAt = welcomeHead;
   }
 
   // The status is a live region: change its text only when the state
@@ -60,6 +112,18 @@
     if (follow) log.scrollTop = log.scrollHeight;
   }
 
+  function addNotice(text) {
+    addRow("", [{ className: "sys", colSpan: 2, text: text }]);
+  }
+
+  // The replay is set apart by a row of its own, so that nobody takes
+  // lines from before they came for lines said to them. It is text in
+  // the log, so a screen reader reads it out before the replayed lines.
+  function addDivider() {
+    addRow("divider", [{ className: "divider", colSpan: 2, text: "Earlier messages" }]);
+    dividerShown = true;
+  }
+
   var show = {
     sys: function (data) {
       // Only the welcome carries an id: the one the server gave us. A
@@ -67,11 +131,44 @@
       if (typeof data.id === "number") {
         myId = data.id;
         failures = 0;
+        welcomeHead = typeof data.head === "number" ? data.head : 0;
+        if (typeof data.epoch === "string" && data.epoch !== epoch) {
+          // Our first welcome, or another run than the one we resumed
+          // from (the server restarted): our position means nothing
+          // here, and what follows is a newcomer's replay.
+          startEpoch(data.epoch);
+          resuming = false;
+        }
+        myIds[myId] = true;
+        if (!resuming) asNewcomer();
       }
-      addRow("", [{ className: "sys", colSpan: 2, text: String(data.message) }]);
+      if (data.event === "caught_up") {
+        // Not shown: the reader sees the replay end anyway. It says the
+        // server has given us every line up to its head.
+        if (typeof data.head === "number") lastSeq = Math.max(lastSeq, data.head);
+        return;
+      }
+      if (data.event === "reset") {
+        // Our position meant nothing to the server (even in an epoch of
+        // the same name): start afresh, and take what follows as a
+        // newcomer does. The notice itself is shown, as a gap's is.
+        startEpoch(epoch);
+        resuming = false;
+        asNewcomer();
+      }
+      addNotice(String(data.message));
     },
     user: function (data) {
-      var mine = myId !== null && data.id === myId;
+      var seq = typeof data.seq === "number" ? data.seq : null;
+      if (seq !== null) {
+        // We resume from past the last line shown, so the server should
+        // never send it again; should one come twice anyway, its seq
+        // says so, and a line is never shown twice.
+        if (seq <= lastSeq) return;
+        lastSeq = seq;
+        if (!resuming && seq <= welcomeHead && !dividerShown) addDivider();
+      }
+      var mine = myIds[data.id] === true;
       addRow(mine ? "mine" : "", [
         { className: "text", text: String(data.message) },
         { className: "who", text: mine ? "you (" + data.id + ")" : String(data.id) }
@@ -85,6 +182,8 @@
     } else {
       setStatus("connecting", "connecting…");
     }
+    resuming = epoch !== null;
+    dividerShown = false;
     socket = new WebSocket(socketUrl());
     socket.onopen = function () {
       setStatus("open", "connected");
@@ -96,11 +195,9 @@
       if (data && Object.prototype.hasOwnProperty.call(show, data.type)) show[data.type](data);
     };
     socket.onclose = function () {
-      // A line in the log marks the break: ids start afresh after a
-      // server restart, and earlier lines belong to the old session.
-      if (myId !== null) {
-        addRow("", [{ className: "sys", colSpan: 2, text: "connection lost" }]);
-      }
+      // A line in the log marks the break; the lines missed meanwhile
+      // come after it once we are back.
+      if (myId !== null) addNotice("connection lost");
       socket = null;
       myId = null;
       retryLater();

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;
+mod relay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use common::*;
 use driver::{Chromium, Page};
 use eddy::{ConnId, Outbox, Request, WebSocketHandler};
+use relay::Relay;
 
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}/")
@@ -33,6 +35,14 @@ fn say(page: &Page, text: &str) {
     page.press("Enter");
 }
 
+/// As [`say`], but without clicking the input first: the page focuses it
+/// from the start and keeps it focused after a send, and a click costs
+/// about a second of headless_chrome's waiting for the element to settle.
+fn say_with_keys(page: &Page, text: &str) {
+    page.type_keys(text);
+    page.press("Enter");
+}
+
 /// The id a page shows for its own lines: "you (N)".
 fn own_id(row: &str) -> u64 {
     let who = row
@@ -41,6 +51,24 @@ fn own_id(row: &str) -> u64 {
         .unwrap_or_else(|| panic!("not an own line: {row}"));
     who.trim_end_matches(')').parse().unwrap()
 }
+
+/// The rows after the last one that contains `text`.
+fn rows_after(page: &Page, text: &str) -> Vec<String> {
+    let rows = page.rows();
+    let at = rows
+        .iter()
+        .rposition(|r| r.contains(text))
+        .unwrap_or_else(|| panic!("no row with {text:?}: {rows:?}"));
+    rows[at + 1..].to_vec()
+}
+
+/// How many rows contain `text`.
+fn count_rows(page: &Page, text: &str) -> usize {
+    page.rows().iter().filter(|r| r.contains(text)).count()
+}
+
+/// The sys notice the page shows when its resume meets a new history.
+const RESET_ROW: &str = "|sys:The room's history began again: earlier lines are gone.";
 
 /// Where the suite's screenshots go: under `target/`.
 fn screenshot_path(name: &str) -> PathBuf {
@@ -240,6 +268,8 @@ fn the_page_shows_a_lost_server_and_reconnects_by_itself() {
     let page = chromium.open_with(&url(addr), WATCH_BACKOFF);
     page.wait_for_status("open");
     page.wait_for_row("Welcome to WebSocket");
+    say_with_keys(&page, "in the first run");
+    let old_id = own_id(&page.wait_for_row("in the first run"));
     server.shutdown();
     page.wait_for_status("closed");
     page.wait_for_row("connection lost");
@@ -275,14 +305,219 @@ fn the_page_shows_a_lost_server_and_reconnects_by_itself() {
     page.wait_until(
         "Array.from(document.querySelectorAll('#message tr')).filter(r => r.textContent.includes('Welcome to WebSocket')).length === 2",
     );
+    // The page asked to resume, but this server's history is a new run:
+    // it is told so, and says so.
+    page.wait_for_row("history began again");
+    assert_eq!(
+        rows_after(&page, "connection lost"),
+        ["|sys:Welcome to WebSocket", RESET_ROW]
+    );
 
-    // And chatting works again, both ways.
-    let mut client = join(addr);
+    // And chatting works again, both ways. Ids start afresh with the new
+    // server (the page's reconnect was its first connection), so the id
+    // the page had before goes to one of the clients that join now; that
+    // client's line is not taken for the page's own.
+    let mut client = loop {
+        let (client, id) = join_with_id(addr);
+        if id >= old_id {
+            assert_eq!(id, old_id, "ids are dense: one of them had it");
+            break client;
+        }
+    };
     send(&mut client, "you are back");
-    page.wait_for_row("you are back");
+    let theirs = page.wait_for_row("you are back");
+    assert!(!theirs.starts_with("mine|"), "{theirs}");
     say(&page, "so I am");
+    assert!(page.wait_for_row("so I am").starts_with("mine|"));
     assert_eq!(recv_user_line(&mut client)["message"], "you are back");
     assert_eq!(recv_user_line(&mut client)["message"], "so I am");
+}
+
+#[test]
+fn a_tab_cut_off_while_the_server_runs_shows_the_lines_it_missed_once_in_order() {
+    let Some(chromium) = Chromium::launch("resume") else {
+        return;
+    };
+    let server = TestServer::start();
+    // Tab A goes through a relay, so that its connection alone can be cut.
+    let relay = Relay::start(server.addr);
+    let a = open_chat(&chromium, relay.addr);
+    let b = open_chat(&chromium, server.addr);
+    a.wait_for_row("has joined");
+    say_with_keys(&b, "before the cut, from B");
+    a.wait_for_row("before the cut, from B");
+    say_with_keys(&a, "before the cut, from A");
+    let first_id = own_id(&a.wait_for_row("before the cut, from A"));
+    b.wait_for_row("before the cut, from A");
+
+    // The link dies with A's next line on its way back: the server has it,
+    // B sees it, A's copy is lost. Then A's connection is cut, and its
+    // reconnect waits in the relay.
+    relay.hold();
+    say_with_keys(&a, "in flight when the link died");
+    b.wait_for_row("in flight when the link died");
+    relay.cut();
+    a.wait_for_status("closed");
+    a.wait_for_row("connection lost");
+    b.wait_for_row(&format!("{first_id} has left"));
+
+    // B goes on talking while A is away.
+    let missed = ["missed 1", "missed 2", "missed 3"];
+    for line in missed {
+        say_with_keys(&b, line);
+    }
+    let b_id = own_id(&b.wait_for_row("missed 3"));
+    relay.release();
+    a.wait_for_status("open");
+    a.wait_for_row("missed 3");
+
+    // After the break: the welcome, then what A missed, each once, in
+    // order, its own lost line still marked as its own (under the id it
+    // had), and no replay of what it had already shown.
+    let mut expected = vec![
+        "|sys:Welcome to WebSocket".to_owned(),
+        format!("mine|text:in flight when the link died|who:you ({first_id})"),
+    ];
+    expected.extend(missed.map(|line| format!("|text:{line}|who:{b_id}")));
+    assert_eq!(rows_after(&a, "connection lost"), expected);
+    for line in ["before the cut, from B", "before the cut, from A"] {
+        assert_eq!(count_rows(&a, line), 1, "{line}: {:?}", a.rows());
+    }
+    let before = a.wait_for_row("before the cut, from A");
+    assert!(before.starts_with("mine|"), "{before}");
+
+    // A line it sends now, under its new id, is its own too.
+    say_with_keys(&a, "back, from A");
+    let back = a.wait_for_row("back, from A");
+    assert!(back.starts_with("mine|"), "{back}");
+    assert_ne!(own_id(&back), first_id, "a new connection, a new id");
+    b.wait_for_row("back, from A");
+    assert_eq!(a.errors(), serde_json::json!([]));
+}
+
+#[test]
+fn a_newcomer_sees_earlier_lines_under_a_divider_then_live_ones() {
+    let Some(chromium) = Chromium::launch("replay") else {
+        return;
+    };
+    let server = TestServer::start();
+    // In an empty room: nothing is replayed, so no divider.
+    let first = open_chat(&chromium, server.addr);
+    let (mut client, client_id) = join_with_id(server.addr);
+    let earlier = ["earlier 1", "earlier 2", "earlier 3"];
+    for line in earlier {
+        send(&mut client, line);
+    }
+    first.wait_for_row("earlier 3");
+
+    let newcomer = open_chat(&chromium, server.addr);
+    newcomer.wait_for_row("earlier 3");
+    send(&mut client, "live, after the newcomer came");
+    for page in [&first, &newcomer] {
+        page.wait_for_row("live, after the newcomer came");
+    }
+    let mut expected = vec![
+        "|sys:Welcome to WebSocket".to_owned(),
+        "divider|divider:Earlier messages".to_owned(),
+    ];
+    expected.extend(earlier.map(|line| format!("|text:{line}|who:{client_id}")));
+    expected.push(format!(
+        "|text:live, after the newcomer came|who:{client_id}"
+    ));
+    assert_eq!(newcomer.rows(), expected);
+    assert_eq!(
+        count_rows(&first, "Earlier messages"),
+        0,
+        "{:?}",
+        first.rows()
+    );
+    // The end of the replay ("caught_up") is for the page, not the reader.
+    for page in [&first, &newcomer] {
+        assert_eq!(count_rows(page, "up to date"), 0, "{:?}", page.rows());
+    }
+
+    // The divider is in the log, read out with it, and looks like neither a
+    // notice nor a line.
+    let divider = newcomer.eval(
+        "(() => { const d = document.querySelector('#message td.divider');
+                  const s = getComputedStyle(d), n = getComputedStyle(document.querySelector('td.sys'));
+                  const t = getComputedStyle(document.querySelector('td.text'));
+                  return [d.closest('[aria-live]') !== null, d.colSpan, s.fontStyle,
+                          s.color !== t.color, s.borderBottomWidth !== t.borderBottomWidth]; })()",
+    );
+    assert_eq!(divider, serde_json::json!([true, 2, "normal", true, true]));
+    for page in [&first, &newcomer] {
+        assert_eq!(page.errors(), serde_json::json!([]));
+    }
+}
+
+#[test]
+fn a_tab_away_longer_than_the_history_reaches_is_told_of_the_gap() {
+    let Some(chromium) = Chromium::launch("gap") else {
+        return;
+    };
+    let server = TestServer::chat(eddy::Config {
+        history_lines: 3,
+        ..config()
+    });
+    let relay = Relay::start(server.addr);
+    let page = open_chat(&chromium, relay.addr);
+    let (mut client, client_id) = join_with_id(server.addr);
+    send(&mut client, "seen before the cut");
+    page.wait_for_row("seen before the cut");
+
+    relay.hold();
+    relay.cut();
+    page.wait_for_row("connection lost");
+    for n in 1..=10 {
+        send(&mut client, &format!("missed {n}"));
+    }
+    // The client's own copy of the last: the server has them all.
+    while recv_user_line(&mut client)["message"] != "missed 10" {}
+    relay.release();
+    page.wait_for_row("missed 10");
+
+    // Seqs 2 to 11 were sent; the history holds only 9 to 11.
+    let mut expected = vec![
+        "|sys:Welcome to WebSocket".to_owned(),
+        "|sys:7 earlier lines are no longer available".to_owned(),
+    ];
+    expected.extend((8..=10).map(|n| format!("|text:missed {n}|who:{client_id}")));
+    assert_eq!(rows_after(&page, "connection lost"), expected);
+    assert_eq!(page.errors(), serde_json::json!([]));
+}
+
+#[test]
+fn a_tab_replayed_nothing_resumes_from_where_it_joined_not_from_the_start() {
+    let Some(chromium) = Chromium::launch("no_replay") else {
+        return;
+    };
+    // --replay 0: a newcomer gets no earlier lines, and no caught_up.
+    let server = TestServer::chat(eddy::Config {
+        replay: 0,
+        ..config()
+    });
+    let (mut client, client_id) = join_with_id(server.addr);
+    send(&mut client, "before the tab came");
+    recv_user_line(&mut client);
+    let relay = Relay::start(server.addr);
+    let page = open_chat(&chromium, relay.addr);
+
+    relay.hold();
+    relay.cut();
+    page.wait_for_row("connection lost");
+    send(&mut client, "while the tab was away");
+    while recv_user_line(&mut client)["message"] != "while the tab was away" {}
+    relay.release();
+    page.wait_for_row("while the tab was away");
+    assert_eq!(
+        rows_after(&page, "connection lost"),
+        [
+            "|sys:Welcome to WebSocket".to_owned(),
+            format!("|text:while the tab was away|who:{client_id}")
+        ]
+    );
+    assert_eq!(count_rows(&page, "before the tab came"), 0);
 }
 
 #[test]
