@@ -5,13 +5,29 @@
 //! A run has two phases. **Connect**: every client opens, upgrades, and the
 //! run waits until every welcome and every join line has arrived (with the
 //! seed's protocol that is N(N−1)/2 join lines). **Send**: S of the clients
-//! send M lines each, of 64 bytes, carrying the sender, a sequence number
-//! and the time of sending; every client checks each line it receives
-//! (per sender, in order, none missing) and records its latency.
+//! send M lines each (64 bytes unless the plan says otherwise), carrying the
+//! sender, the line's number and the time of sending; every client checks
+//! each line it receives (per sender, in order, none missing, none twice)
+//! and records its latency.
+//!
+//! Where the server numbers its lines (Eddy's `"seq"`, the room's sequence,
+//! dense and the same for every client), each client also checks that the
+//! numbers it sees go up by exactly one. A `gap` notice owns up to lines
+//! `from..=to` lost: they are tallied, and the next number must follow `to`.
+//! A `reset` notice (a new epoch) starts the check afresh. The peers number
+//! nothing, and only the first check applies to them.
 //!
 //! Closed loop: a sender sends its next line when its previous one has come
 //! back to it. Open loop (`rate`): the senders together send `rate` lines a
 //! second on a fixed schedule, whatever comes back.
+//!
+//! Slow readers (`slow_percent`): that share of the non-senders read through
+//! a token bucket of `slow_bytes_per_s` once the send phase begins (while
+//! connecting they read at full speed, so the connect phase is the same as
+//! with every client fast). The send phase then has two ends: when every
+//! fast client has had every line (the figures of the run), and, later,
+//! when every slow reader has (how long after the last line was sent is
+//! reported). Both must happen within `send_limit`.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,12 +39,40 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-/// Bytes of every chat line sent.
+/// Bytes of every chat line sent, unless the plan says otherwise.
 pub const LINE_BYTES: usize = 64;
+
+/// How many times slower than a fast client a slow reader reads.
+pub const SLOW_FACTOR: f64 = 10.0;
 
 /// How many handshakes a thread keeps in flight at once (the listen backlog
 /// is finite; a storm of SYNs would only measure retransmission timers).
 const HANDSHAKES_IN_FLIGHT: usize = 128;
+
+/// A slow reader's socket receive buffer (`SO_RCVBUF`; Linux doubles it).
+/// Behind a slow link a reader's backlog waits at the server; on loopback,
+/// with the kernel's autotuning, megabytes of it would wait in this
+/// process's receive buffer instead, out of the server's sight. A small
+/// fixed buffer puts the backlog back where a slow link would.
+const SLOW_RECEIVE_BUFFER: usize = 16 * 1024;
+
+/// A slow reader's TCP segment size (`TCP_MAXSEG`), an Ethernet path's.
+/// The server's kernel sizes a socket's send buffer from its congestion
+/// window, counted in segments; at loopback's 64 KiB segments that buffer
+/// grows to megabytes, so a slow reader's backlog would sit in the
+/// server's kernel, out of the server's sight, where behind a real link it
+/// would be the server's to hold.
+const SLOW_MSS: libc::c_int = 1460;
+
+/// The depth of a slow reader's token bucket, as time at its rate: it may
+/// read this much at once after a pause, no more, so it sips as a slow
+/// link delivers instead of gulping a backlog.
+const SLOW_BURST: Duration = Duration::from_millis(50);
+
+/// Index of fast clients' figures in the per-pace arrays.
+const FAST: usize = 0;
+/// Index of slow readers' figures in the per-pace arrays.
+const SLOW: usize = 1;
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -37,6 +81,9 @@ pub struct Plan {
     pub clients: usize,
     pub senders: usize,
     pub lines_per_sender: usize,
+    /// Bytes of every chat line sent ([`LINE_BYTES`] unless a scenario
+    /// needs bigger ones).
+    pub line_bytes: usize,
     /// Open loop at this many lines a second (all senders together);
     /// `None`: closed loop.
     pub rate: Option<f64>,
@@ -50,6 +97,39 @@ pub struct Plan {
     /// When to give up on a phase.
     pub connect_limit: Duration,
     pub send_limit: Duration,
+    /// Percent of the non-sender clients that are slow readers (0: none).
+    pub slow_percent: usize,
+    /// What a slow reader reads, in bytes a second, during the send phase.
+    pub slow_bytes_per_s: f64,
+}
+
+impl Plan {
+    /// Whether client `index` is a slow reader: `slow_percent` of the
+    /// non-senders, spread evenly over them (and so over the threads).
+    pub fn is_slow(&self, index: usize) -> bool {
+        let Some(k) = index.checked_sub(self.senders) else {
+            return false;
+        };
+        (k + 1) * self.slow_percent / 100 > k * self.slow_percent / 100
+    }
+
+    /// How many clients are slow readers.
+    pub fn slow_clients(&self) -> usize {
+        self.clients.saturating_sub(self.senders) * self.slow_percent / 100
+    }
+
+    /// How many clients of each pace there are.
+    fn clients_of(&self, pace: usize) -> usize {
+        match pace {
+            SLOW => self.slow_clients(),
+            _ => self.clients - self.slow_clients(),
+        }
+    }
+
+    /// The lines every client must have.
+    fn lines_per_client(&self) -> usize {
+        self.senders * self.lines_per_sender
+    }
 }
 
 /// What one run measured.
@@ -58,17 +138,56 @@ pub struct Outcome {
     /// Time for every client to connect and hear every join; `None` if the
     /// connect phase ran out of time.
     pub connect: Option<Duration>,
-    /// Time from the first line sent to the last delivery (or the limit).
+    /// Time from the first line sent until every fast client had every line
+    /// (or the limit).
     pub send: Duration,
+    /// Distinct lines the fast clients had (every client, if none is slow).
     pub deliveries: u64,
-    pub expected: u64,
+    /// Distinct lines the slow readers had.
+    pub slow_deliveries: u64,
+    /// Lines missing, by pace (fast, slow), at the clients that were
+    /// connected when sending began: a client the server cut off later
+    /// keeps counting what it never had. Lines announced in `gap` notices
+    /// are among these (they are missing too), not added again.
+    pub lost: [u64; 2],
+    /// Lines the server owned up to in `gap` notices.
+    pub gap_lines: u64,
+    /// Lines that came before an earlier line of their sender's, or after a
+    /// later one (a line had twice is counted in `twice` instead).
     pub out_of_order: u64,
-    /// Latencies in microseconds, sorted.
+    /// Lines a client had already had.
+    pub twice: u64,
+    /// Lines that carried the server's `"seq"` (0: the server numbers
+    /// none, as the peers).
+    pub seq_lines: u64,
+    /// Numbers skipped (a `"seq"` more than one past the last, no `gap`
+    /// notice between).
+    pub seq_jumps: u64,
+    /// Numbers that did not go up (a repeat or a step back).
+    pub seq_backs: u64,
+    /// `reset` notices (the server's history began a new epoch).
+    pub resets: u64,
+    /// `caught_up` notices (a client that had fallen behind is live again).
+    pub caught_up: u64,
+    /// Latencies in microseconds, sorted: fast clients'.
     pub latencies_us: Vec<u32>,
-    /// Whether the send phase ran out of time.
+    /// Latencies in microseconds, sorted: slow readers'.
+    pub slow_latencies_us: Vec<u32>,
+    /// Whether the fast clients ran out of time.
     pub send_timed_out: bool,
+    /// Time from the last line sent until every slow reader had every line;
+    /// `None` with no slow reader, when they ran out of time, or when one
+    /// of them lost lines.
+    pub slow_caught_up: Option<Duration>,
+    /// Whether the slow readers ran out of time.
+    pub slow_timed_out: bool,
     /// Clients that failed to connect or were closed by the server.
     pub failed_clients: u64,
+    /// Of those, slow readers.
+    pub slow_failed: u64,
+    /// What a fast client read during the send phase, in bytes a second:
+    /// what sets a slow reader's pace in a scenario with slow readers.
+    pub client_bytes_per_s: Option<f64>,
     /// The load generator's own CPU time during each phase.
     pub connect_cpu: Duration,
     pub send_cpu: Duration,
@@ -80,18 +199,70 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Lines missing, fast and slow clients together.
     pub fn lost(&self) -> u64 {
-        self.expected.saturating_sub(self.deliveries)
+        self.lost[FAST] + self.lost[SLOW]
+    }
+
+    /// Lines missing at slow readers.
+    pub fn slow_lost(&self) -> u64 {
+        self.lost[SLOW]
     }
 
     pub fn deliveries_per_second(&self) -> f64 {
         self.deliveries as f64 / self.send.as_secs_f64().max(1e-9)
     }
 
-    /// The latency at quantile `q` (0.0..=1.0), in microseconds.
+    /// The fast clients' latency at quantile `q` (0.0..=1.0), in
+    /// microseconds.
     pub fn latency_us(&self, q: f64) -> Option<u32> {
-        let n = self.latencies_us.len();
-        (n > 0).then(|| self.latencies_us[((n - 1) as f64 * q).round() as usize])
+        quantile(&self.latencies_us, q)
+    }
+
+    /// The slow readers' latency at quantile `q`, in microseconds.
+    pub fn slow_latency_us(&self, q: f64) -> Option<u32> {
+        quantile(&self.slow_latencies_us, q)
+    }
+}
+
+fn quantile(sorted: &[u32], q: f64) -> Option<u32> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((n - 1) as f64 * q).round() as usize])
+}
+
+/// What a client thread counts on its own, handed over when it ends.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Latencies in microseconds, by pace.
+    latencies_us: [Vec<u32>; 2],
+    /// Lines missing, by pace.
+    lost: [u64; 2],
+    gap_lines: u64,
+    out_of_order: u64,
+    twice: u64,
+    seq_lines: u64,
+    seq_jumps: u64,
+    seq_backs: u64,
+    resets: u64,
+    caught_up: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        let [fast, slow] = other.latencies_us;
+        self.latencies_us[FAST].extend(fast);
+        self.latencies_us[SLOW].extend(slow);
+        for pace in [FAST, SLOW] {
+            self.lost[pace] += other.lost[pace];
+        }
+        self.gap_lines += other.gap_lines;
+        self.out_of_order += other.out_of_order;
+        self.twice += other.twice;
+        self.seq_lines += other.seq_lines;
+        self.seq_jumps += other.seq_jumps;
+        self.seq_backs += other.seq_backs;
+        self.resets += other.resets;
+        self.caught_up += other.caught_up;
     }
 }
 
@@ -101,29 +272,52 @@ struct Shared {
     base: Instant,
     welcomed: AtomicU64,
     joins: AtomicU64,
-    failed: AtomicU64,
+    /// Clients that failed, by pace.
+    failed: [AtomicU64; 2],
+    /// Clients that have had every line, by pace. One the server closes
+    /// afterwards moves to `failed`, so that no client counts twice.
+    complete: [AtomicU64; 2],
     connected_at: OnceLock<Instant>,
     /// Set by the coordinator: the send phase has begun.
     sending: AtomicBool,
     send_started: OnceLock<Instant>,
-    deliveries: AtomicU64,
-    delivered_at: OnceLock<Instant>,
+    /// Lines sent by all senders; the last one sets `all_sent_at`, from
+    /// which the slow readers' catching up is timed.
+    lines_sent: AtomicU64,
+    all_sent_at: OnceLock<Instant>,
+    /// Distinct lines had, by pace.
+    deliveries: [AtomicU64; 2],
+    /// Bytes the fast clients read during the send phase.
+    fast_bytes: AtomicU64,
+    /// When every client of a pace had had every line or failed.
+    done_at: [OnceLock<Instant>; 2],
     /// Set by the coordinator: stop, whatever the state.
     stop: AtomicBool,
-    latencies: Mutex<Vec<u32>>,
-    out_of_order: AtomicU64,
+    tally: Mutex<Tally>,
 }
 
 impl Shared {
+    fn failed(&self) -> u64 {
+        self.failed.iter().map(|f| f.load(Ordering::Relaxed)).sum()
+    }
+
     fn connect_done(&self) -> bool {
-        self.welcomed.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
-            >= self.plan.clients as u64
+        self.welcomed.load(Ordering::Relaxed) + self.failed() >= self.plan.clients as u64
             && self.joins.load(Ordering::Relaxed) >= self.plan.joins_expected
     }
 
-    fn expected(&self) -> u64 {
-        let alive = self.plan.clients as u64 - self.failed.load(Ordering::Relaxed);
-        alive * (self.plan.senders * self.plan.lines_per_sender) as u64
+    /// Marks each pace done once every client of it has had every line or
+    /// failed.
+    fn check_done(&self) {
+        for pace in [FAST, SLOW] {
+            if self.done_at[pace].get().is_none()
+                && self.complete[pace].load(Ordering::Relaxed)
+                    + self.failed[pace].load(Ordering::Relaxed)
+                    >= self.plan.clients_of(pace) as u64
+            {
+                let _ = self.done_at[pace].set(Instant::now());
+            }
+        }
     }
 }
 
@@ -136,15 +330,18 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u6
         base: Instant::now(),
         welcomed: AtomicU64::new(0),
         joins: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
+        failed: Default::default(),
+        complete: Default::default(),
         connected_at: OnceLock::new(),
         sending: AtomicBool::new(false),
         send_started: OnceLock::new(),
-        deliveries: AtomicU64::new(0),
-        delivered_at: OnceLock::new(),
+        lines_sent: AtomicU64::new(0),
+        all_sent_at: OnceLock::new(),
+        deliveries: Default::default(),
+        fast_bytes: AtomicU64::new(0),
+        done_at: Default::default(),
         stop: AtomicBool::new(false),
-        latencies: Mutex::new(Vec::new()),
-        out_of_order: AtomicU64::new(0),
+        tally: Mutex::new(Tally::default()),
     });
     let cpu_start = own_cpu();
     let threads: Vec<_> = (0..plan.threads)
@@ -156,9 +353,7 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u6
 
     let mut outcome = Outcome::default();
     let connect_deadline = shared.base + plan.connect_limit;
-    while shared.connected_at.get().is_none() && Instant::now() < connect_deadline {
-        thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(&shared.connected_at, connect_deadline);
     outcome.connect_cpu = own_cpu().saturating_sub(cpu_start);
     outcome.connect = shared.connected_at.get().map(|at| *at - shared.base);
     if outcome.connect.is_some() {
@@ -168,31 +363,66 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u6
         let _ = shared.send_started.set(started);
         shared.sending.store(true, Ordering::SeqCst);
         let deadline = started + plan.send_limit;
-        while shared.delivered_at.get().is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-        outcome.send_timed_out = shared.delivered_at.get().is_none();
-        let ended = shared
-            .delivered_at
+        wait_for(&shared.done_at[FAST], deadline);
+        outcome.send_timed_out = shared.done_at[FAST].get().is_none();
+        let ended = shared.done_at[FAST]
             .get()
             .copied()
             .unwrap_or_else(Instant::now);
         outcome.send = ended - started;
         outcome.send_cpu = own_cpu().saturating_sub(cpu_send);
+        if plan.slow_clients() > 0 {
+            wait_for(&shared.done_at[SLOW], deadline);
+            outcome.slow_timed_out = shared.done_at[SLOW].get().is_none();
+            outcome.slow_caught_up = shared.done_at[SLOW]
+                .get()
+                .zip(shared.all_sent_at.get())
+                .map(|(done, sent)| done.saturating_duration_since(*sent));
+        }
         outcome.after_probe = Some(after());
     }
     shared.stop.store(true, Ordering::SeqCst);
     for handle in threads {
         let _ = handle.join();
     }
-    outcome.deliveries = shared.deliveries.load(Ordering::SeqCst);
-    outcome.expected = shared.expected();
-    outcome.out_of_order = shared.out_of_order.load(Ordering::SeqCst);
-    outcome.failed_clients = shared.failed.load(Ordering::SeqCst);
-    let mut latencies = std::mem::take(&mut *shared.latencies.lock().unwrap());
-    latencies.sort_unstable();
-    outcome.latencies_us = latencies;
+    outcome.deliveries = shared.deliveries[FAST].load(Ordering::SeqCst);
+    outcome.slow_deliveries = shared.deliveries[SLOW].load(Ordering::SeqCst);
+    outcome.failed_clients = shared.failed();
+    outcome.slow_failed = shared.failed[SLOW].load(Ordering::SeqCst);
+    let fast_alive = plan.clients_of(FAST) as u64 - shared.failed[FAST].load(Ordering::SeqCst);
+    outcome.client_bytes_per_s = (outcome.connect.is_some() && fast_alive > 0).then(|| {
+        shared.fast_bytes.load(Ordering::SeqCst) as f64
+            / fast_alive as f64
+            / outcome.send.as_secs_f64().max(1e-9)
+    });
+    let mut tally = std::mem::take(&mut *shared.tally.lock().unwrap());
+    for latencies in &mut tally.latencies_us {
+        latencies.sort_unstable();
+    }
+    let [fast, slow] = tally.latencies_us;
+    outcome.latencies_us = fast;
+    outcome.slow_latencies_us = slow;
+    outcome.lost = tally.lost;
+    if outcome.lost[SLOW] > 0 {
+        // "Done" then includes readers cut off: not what the figure means.
+        outcome.slow_caught_up = None;
+    }
+    outcome.gap_lines = tally.gap_lines;
+    outcome.out_of_order = tally.out_of_order;
+    outcome.twice = tally.twice;
+    outcome.seq_lines = tally.seq_lines;
+    outcome.seq_jumps = tally.seq_jumps;
+    outcome.seq_backs = tally.seq_backs;
+    outcome.resets = tally.resets;
+    outcome.caught_up = tally.caught_up;
     outcome
+}
+
+/// Waits until `moment` is set or `deadline` passes.
+fn wait_for(moment: &OnceLock<Instant>, deadline: Instant) {
+    while moment.get().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// This process's CPU time (user + system), from /proc/self/stat.
@@ -210,19 +440,118 @@ enum Stage {
     Done,
 }
 
+/// A token bucket of bytes: how much a slow reader may read now.
+struct Bucket {
+    /// Bytes a second; at least one, so that a reader always gets on.
+    per_second: f64,
+    /// The most it may hold ([`SLOW_BURST`] at its rate, at least a byte).
+    depth: f64,
+    /// Bytes it may read now (negative never: it reads at most this).
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(per_second: f64) -> Self {
+        let per_second = per_second.max(1.0);
+        let depth = (per_second * SLOW_BURST.as_secs_f64()).max(1.0);
+        Bucket {
+            per_second,
+            depth,
+            tokens: depth,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Whole bytes that may be read now: 0 until the bucket is half full,
+    /// so that a reader that waits reads in sips of half its depth, not in
+    /// a syscall for every few bytes the loop's 200 µs turns earn it.
+    fn allowance(&mut self) -> usize {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.depth);
+        self.refilled = now;
+        if self.tokens >= self.depth / 2.0 {
+            self.tokens as usize
+        } else {
+            0
+        }
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
+}
+
 struct Client {
     /// Index among all clients; senders are 0..S.
     index: usize,
+    /// [`FAST`] or [`SLOW`].
+    pace: usize,
     stream: Option<TcpStream>,
     stage: Stage,
+    /// Whether it failed before the send phase began: then no line was
+    /// ever due to it, and none counts as lost.
+    failed_before_sending: bool,
     input: Vec<u8>,
     output: Vec<u8>,
-    /// Per sender: the next sequence number expected.
-    next_seq: Vec<u32>,
+    /// Per sender: the next line number expected.
+    next_line: Vec<usize>,
+    /// One bit per line of the run (sender × M + number): had it already?
+    /// Exact, so a line had twice is told from one that came late.
+    had: Vec<u64>,
+    /// How many distinct lines it has had.
+    distinct: usize,
+    /// The server's `"seq"` of the last line (or the end of the last gap);
+    /// `None` until the first, or after a `reset` notice.
+    room_seq: Option<u64>,
+    /// A slow reader's bucket, filled from the first read of the send
+    /// phase.
+    bucket: Option<Bucket>,
+    /// Whether it is in its thread's `throttled` list.
+    throttled: bool,
     /// A sender's next line to send, and (closed loop) whether the last one
     /// came back.
-    sent: u32,
+    sent: usize,
     awaiting_echo: bool,
+}
+
+impl Client {
+    fn complete(&self, lines: usize) -> bool {
+        self.distinct >= lines
+    }
+}
+
+/// What a text message from the server is.
+#[derive(Debug, PartialEq)]
+enum Incoming {
+    Welcome,
+    Join,
+    /// A chat line: ours, if it carries our marker, and the server's
+    /// number for it, if the server numbers lines.
+    Line {
+        ours: Option<Ours>,
+        seq: Option<u64>,
+    },
+    /// Lines `from..=to` are lost to this client.
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    CaughtUp,
+    Reset,
+    /// Anything else (a leave, a notice we do not know).
+    Other,
+}
+
+/// What the load generator wrote into one of its lines.
+#[derive(Debug, PartialEq)]
+struct Ours {
+    sender: usize,
+    number: usize,
+    /// Nanoseconds since the run's base instant.
+    sent_at: u64,
 }
 
 struct ClientLoop {
@@ -231,9 +560,17 @@ struct ClientLoop {
     clients: Vec<Client>,
     /// Indices (into `clients`) of this thread's senders.
     senders: Vec<usize>,
+    /// Slow readers that stopped reading with bytes perhaps still waiting
+    /// (their bucket ran dry): no new edge will come for those bytes, so
+    /// the loop reads them again itself as the bucket refills.
+    throttled: Vec<usize>,
     in_flight: usize,
     next_waiting: usize,
-    latencies: Vec<u32>,
+    /// Distinct lines had since they were last added to `shared`, by pace.
+    delivered: [u64; 2],
+    /// Bytes fast clients read since last added to `shared`.
+    fast_bytes: u64,
+    tally: Tally,
     scratch: Vec<u8>,
     mask: u32,
 }
@@ -245,11 +582,18 @@ impl ClientLoop {
             .step_by(plan.threads)
             .map(|index| Client {
                 index,
+                pace: if plan.is_slow(index) { SLOW } else { FAST },
                 stream: None,
                 stage: Stage::Waiting,
+                failed_before_sending: false,
                 input: Vec::new(),
                 output: Vec::new(),
-                next_seq: vec![0; plan.senders],
+                next_line: vec![0; plan.senders],
+                had: vec![0; plan.lines_per_client().div_ceil(64)],
+                distinct: 0,
+                room_seq: None,
+                bucket: None,
+                throttled: false,
                 sent: 0,
                 awaiting_echo: false,
             })
@@ -264,9 +608,12 @@ impl ClientLoop {
             poll: Poll::new().expect("a poller for the load generator"),
             clients,
             senders,
+            throttled: Vec::new(),
             in_flight: 0,
             next_waiting: 0,
-            latencies: Vec::new(),
+            delivered: [0; 2],
+            fast_bytes: 0,
+            tally: Tally::default(),
             scratch: vec![0; 256 * 1024],
             mask: 0x9e37_79b9 ^ thread as u32,
             shared,
@@ -275,16 +622,17 @@ impl ClientLoop {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut deliveries = 0u64;
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
                 break;
             }
             self.start_handshakes();
-            if self.shared.sending.load(Ordering::Relaxed) {
+            let sending = self.shared.sending.load(Ordering::Relaxed);
+            if sending {
                 self.send_due();
+                self.read_throttled();
             }
-            let timeout = if self.shared.sending.load(Ordering::Relaxed) {
+            let timeout = if sending {
                 Duration::from_micros(200)
             } else {
                 Duration::from_millis(5)
@@ -301,29 +649,42 @@ impl ClientLoop {
                     self.flush(i);
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    deliveries += self.read(i);
+                    self.read(i);
                 }
             }
-            if deliveries > 0 {
-                let total = self
-                    .shared
-                    .deliveries
-                    .fetch_add(deliveries, Ordering::Relaxed)
-                    + deliveries;
-                deliveries = 0;
-                if total >= self.shared.expected() {
-                    let _ = self.shared.delivered_at.set(Instant::now());
-                }
+            self.publish();
+            if sending {
+                self.shared.check_done();
             }
             if self.shared.connected_at.get().is_none() && self.shared.connect_done() {
                 let _ = self.shared.connected_at.set(Instant::now());
             }
         }
+        let lines = self.shared.plan.lines_per_client();
+        for client in self.clients.iter().filter(|c| !c.failed_before_sending) {
+            self.tally.lost[client.pace] += (lines - client.distinct.min(lines)) as u64;
+        }
         self.shared
-            .latencies
+            .tally
             .lock()
             .unwrap()
-            .extend_from_slice(&self.latencies);
+            .merge(std::mem::take(&mut self.tally));
+    }
+
+    /// Adds what this thread counted since last time to `shared`.
+    fn publish(&mut self) {
+        for pace in [FAST, SLOW] {
+            if self.delivered[pace] > 0 {
+                self.shared.deliveries[pace].fetch_add(self.delivered[pace], Ordering::Relaxed);
+                self.delivered[pace] = 0;
+            }
+        }
+        if self.fast_bytes > 0 {
+            self.shared
+                .fast_bytes
+                .fetch_add(self.fast_bytes, Ordering::Relaxed);
+            self.fast_bytes = 0;
+        }
     }
 
     fn start_handshakes(&mut self) {
@@ -352,6 +713,12 @@ impl ClientLoop {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
+        if client.pace == SLOW {
+            // Before connecting: the window scale and the segment size are
+            // agreed in the handshake.
+            socket.set_recv_buffer_size(SLOW_RECEIVE_BUFFER)?;
+            set_mss(&socket, SLOW_MSS)?;
+        }
         socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
         match socket.connect(&plan.addr.into()) {
             Ok(()) => {}
@@ -378,6 +745,7 @@ impl ClientLoop {
     }
 
     fn fail(&mut self, i: usize) {
+        let lines = self.shared.plan.lines_per_client();
         let client = &mut self.clients[i];
         if client.stage == Stage::Done {
             return;
@@ -387,7 +755,13 @@ impl ClientLoop {
         }
         client.stage = Stage::Done;
         client.stream = None;
-        self.shared.failed.fetch_add(1, Ordering::Relaxed);
+        client.failed_before_sending = !self.shared.sending.load(Ordering::Relaxed);
+        // Out of `complete` before into `failed`: the sum may lag for a
+        // moment, never run ahead and end the phase early.
+        if client.complete(lines) && lines > 0 {
+            self.shared.complete[client.pace].fetch_sub(1, Ordering::Relaxed);
+        }
+        self.shared.failed[client.pace].fetch_add(1, Ordering::Relaxed);
     }
 
     fn flush(&mut self, i: usize) {
@@ -411,33 +785,68 @@ impl ClientLoop {
         }
     }
 
-    /// Reads what client `i` has; returns the chat lines it delivered.
-    fn read(&mut self, i: usize) -> u64 {
-        let mut delivered = 0;
+    /// Reads again the slow readers whose buckets ran dry, as far as their
+    /// buckets now allow.
+    fn read_throttled(&mut self) {
+        for i in std::mem::take(&mut self.throttled) {
+            self.clients[i].throttled = false;
+            self.read(i);
+        }
+    }
+
+    /// Reads what client `i` has (a slow reader in the send phase: what its
+    /// bucket allows, and then it waits in `throttled`).
+    fn read(&mut self, i: usize) {
         loop {
-            let Some(stream) = self.clients[i].stream.as_mut() else {
-                return delivered;
+            let sending = self.shared.sending.load(Ordering::Relaxed);
+            let client = &mut self.clients[i];
+            let Some(stream) = client.stream.as_mut() else {
+                return;
             };
-            match stream.read(&mut self.scratch) {
+            let room = if client.pace == SLOW && sending {
+                let rate = self.shared.plan.slow_bytes_per_s;
+                let allowance = client
+                    .bucket
+                    .get_or_insert_with(|| Bucket::new(rate))
+                    .allowance();
+                if allowance == 0 {
+                    // Stop short of WouldBlock: the bytes left get no new
+                    // edge, so the loop comes back for them.
+                    if !client.throttled {
+                        client.throttled = true;
+                        self.throttled.push(i);
+                    }
+                    return;
+                }
+                allowance.min(self.scratch.len())
+            } else {
+                self.scratch.len()
+            };
+            match stream.read(&mut self.scratch[..room]) {
                 Ok(0) => {
                     if self.clients[i].stage != Stage::Done
                         && !self.shared.stop.load(Ordering::Relaxed)
                     {
                         self.fail(i);
                     }
-                    return delivered;
+                    return;
                 }
                 Ok(n) => {
                     let now = self.shared.base.elapsed().as_nanos() as u64;
-                    let client = &mut self.clients[i];
+                    if let Some(bucket) = client.bucket.as_mut() {
+                        bucket.spend(n);
+                    }
+                    if sending && client.pace == FAST {
+                        self.fast_bytes += n as u64;
+                    }
                     client.input.extend_from_slice(&self.scratch[..n]);
-                    delivered += self.parse(i, now);
+                    self.parse(i, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return delivered,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.fail(i);
-                    return delivered;
+                    return;
                 }
             }
         }
@@ -445,13 +854,12 @@ impl ClientLoop {
 
     /// Consumes whole frames (or the handshake response) from client `i`'s
     /// input.
-    fn parse(&mut self, i: usize, now: u64) -> u64 {
-        let mut delivered = 0;
+    fn parse(&mut self, i: usize, now: u64) {
         let mut at = 0;
         if self.clients[i].stage == Stage::Handshake {
             let input = &self.clients[i].input;
             let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
-                return 0;
+                return;
             };
             if !input.starts_with(b"HTTP/1.1 101") {
                 eprintln!(
@@ -460,7 +868,7 @@ impl ClientLoop {
                     String::from_utf8_lossy(&input[..end.min(80)])
                 );
                 self.fail(i);
-                return 0;
+                return;
             }
             self.clients[i].stage = Stage::Open;
             self.in_flight -= 1;
@@ -477,64 +885,109 @@ impl ClientLoop {
             let payload_at = at + header;
             at = payload_at + len;
             match opcode {
-                0x1 => delivered += self.message(i, payload_at, len, now),
+                0x1 => {
+                    let incoming = classify(&self.clients[i].input[payload_at..at]);
+                    self.message(i, incoming, now);
+                }
                 0x9 => {
-                    let payload = self.clients[i].input[payload_at..payload_at + len].to_vec();
+                    let payload = self.clients[i].input[payload_at..at].to_vec();
                     self.send_frame(i, 0xA, &payload);
                 }
                 0x8 => {
                     if !self.shared.stop.load(Ordering::Relaxed) {
                         self.fail(i);
                     }
-                    return delivered;
+                    return;
                 }
                 _ => {}
             }
         }
         self.clients[i].input.drain(..at);
-        delivered
     }
 
-    /// One text message: a welcome, a join, or a chat line.
-    fn message(&mut self, i: usize, at: usize, len: usize, now: u64) -> u64 {
-        let text = &self.clients[i].input[at..at + len];
-        let Some(line) = find(text, b"~L~").map(|p| &text[p + 3..]) else {
-            if find(text, b"has joined").is_some() {
-                self.shared.joins.fetch_add(1, Ordering::Relaxed);
-            } else if find(text, b"Welcome to WebSocket").is_some() {
+    /// Acts on one text message for client `i`.
+    fn message(&mut self, i: usize, incoming: Incoming, now: u64) {
+        match incoming {
+            Incoming::Welcome => {
                 self.shared.welcomed.fetch_add(1, Ordering::Relaxed);
             }
-            return 0;
-        };
-        // "~L~SSSSS QQQQQQQQQ TTTTTTTTTTTTTTTTTTTT"
-        let (Some(sender), Some(seq), Some(sent)) = (
-            number(line.get(0..5)),
-            number(line.get(6..15)),
-            number(line.get(16..36)),
-        ) else {
-            return 0;
-        };
-        let (sender, seq) = (sender as usize, seq as u32);
-        self.latencies
-            .push((now.saturating_sub(sent) / 1000).min(u64::from(u32::MAX)) as u32);
-        let client = &mut self.clients[i];
-        if let Some(next) = client.next_seq.get_mut(sender) {
-            if seq != *next {
-                self.shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+            Incoming::Join => {
+                self.shared.joins.fetch_add(1, Ordering::Relaxed);
             }
-            *next = seq.max(*next) + u32::from(seq >= *next);
+            Incoming::Line { ours, seq } => {
+                if let Some(seq) = seq {
+                    self.tally.seq_lines += 1;
+                    self.follow_seq(i, seq, seq);
+                }
+                if let Some(ours) = ours {
+                    self.line(i, ours, now);
+                }
+            }
+            Incoming::Gap { from, to } => {
+                self.tally.gap_lines += (to + 1).saturating_sub(from);
+                // As if lines from..=to had come: the next must follow `to`.
+                self.follow_seq(i, from, to.max(from));
+            }
+            Incoming::CaughtUp => self.tally.caught_up += 1,
+            Incoming::Reset => {
+                self.tally.resets += 1;
+                self.clients[i].room_seq = None;
+            }
+            Incoming::Other => {}
         }
-        if sender == client.index && seq + 1 == client.sent {
+    }
+
+    /// Checks that server numbers `first..=last` follow client `i`'s last
+    /// one, and moves it on to `last`.
+    fn follow_seq(&mut self, i: usize, first: u64, last: u64) {
+        let client = &mut self.clients[i];
+        match client.room_seq {
+            Some(prev) if first <= prev => self.tally.seq_backs += 1,
+            Some(prev) if first > prev + 1 => self.tally.seq_jumps += 1,
+            _ => {}
+        }
+        client.room_seq = Some(client.room_seq.map_or(last, |prev| prev.max(last)));
+    }
+
+    /// One of our lines reached client `i`.
+    fn line(&mut self, i: usize, ours: Ours, now: u64) {
+        let plan = &self.shared.plan;
+        if ours.sender >= plan.senders || ours.number >= plan.lines_per_sender {
+            return; // not a line of this run
+        }
+        let lines = plan.lines_per_client();
+        let client = &mut self.clients[i];
+        let bit = ours.sender * plan.lines_per_sender + ours.number;
+        let again = client.had[bit / 64] & (1 << (bit % 64)) != 0;
+        if again {
+            self.tally.twice += 1;
+        } else {
+            client.had[bit / 64] |= 1 << (bit % 64);
+            client.distinct += 1;
+            self.delivered[client.pace] += 1;
+            self.tally.latencies_us[client.pace]
+                .push((now.saturating_sub(ours.sent_at) / 1000).min(u64::from(u32::MAX)) as u32);
+            if client.complete(lines) {
+                self.shared.complete[client.pace].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let next = &mut client.next_line[ours.sender];
+        if ours.number != *next && !again {
+            self.tally.out_of_order += 1;
+        }
+        if ours.number >= *next {
+            *next = ours.number + 1;
+        }
+        if ours.sender == client.index && ours.number + 1 == client.sent {
             client.awaiting_echo = false;
         }
-        1
     }
 
     /// Sends what the senders of this thread have due.
     fn send_due(&mut self) {
         let shared = Arc::clone(&self.shared);
         let plan = &shared.plan;
-        let lines = plan.lines_per_sender as u32;
+        let lines = plan.lines_per_sender;
         let started = *shared.send_started.get().expect("set before sending");
         for s in 0..self.senders.len() {
             let i = self.senders[s];
@@ -546,7 +999,7 @@ impl ClientLoop {
                 None => !client.awaiting_echo,
                 Some(rate) => {
                     // Sender k's line n is due at (n × S + k) / rate.
-                    let slot = f64::from(client.sent) * plan.senders as f64 + client.index as f64;
+                    let slot = client.sent as f64 * plan.senders as f64 + client.index as f64;
                     started.elapsed().as_secs_f64() >= slot / rate
                 }
             };
@@ -557,12 +1010,16 @@ impl ClientLoop {
             let mut line = format!("~L~{:05} {:09} {:020} ", client.index, client.sent, sent_at);
             line.extend(std::iter::repeat_n(
                 'x',
-                LINE_BYTES.saturating_sub(line.len()),
+                plan.line_bytes.saturating_sub(line.len()),
             ));
             let client = &mut self.clients[i];
             client.sent += 1;
             client.awaiting_echo = true;
             self.send_frame(i, 0x1, line.as_bytes());
+            let all = shared.lines_sent.fetch_add(1, Ordering::Relaxed) + 1;
+            if all >= (plan.senders * lines) as u64 {
+                let _ = shared.all_sent_at.set(Instant::now());
+            }
         }
     }
 
@@ -590,6 +1047,97 @@ impl ClientLoop {
         out.extend(payload.iter().enumerate().map(|(k, b)| b ^ mask[k % 4]));
         self.flush(i);
     }
+}
+
+/// Sets `TCP_MAXSEG` (socket2 offers it only with its `all` feature).
+fn set_mss(socket: &socket2::Socket, mss: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an open socket, and a pointer to a c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What a text message is. Keys are looked up by name, wherever they are
+/// and with or without spaces (Tornado's `json.dumps` writes `"id": 7`),
+/// so keys a server adds do not disturb the checks.
+fn classify(text: &[u8]) -> Incoming {
+    if let Some(event) = json_str(text, "event") {
+        return match event {
+            b"gap" => match (json_u64(text, "from"), json_u64(text, "to")) {
+                (Some(from), Some(to)) => Incoming::Gap { from, to },
+                _ => Incoming::Other,
+            },
+            b"caught_up" => Incoming::CaughtUp,
+            b"reset" => Incoming::Reset,
+            _ => Incoming::Other,
+        };
+    }
+    let marker = find(text, b"~L~");
+    if marker.is_some() || json_str(text, "type") == Some(b"user") {
+        return Incoming::Line {
+            ours: marker.and_then(|p| ours(&text[p + 3..])),
+            seq: json_u64(text, "seq"),
+        };
+    }
+    if find(text, b"has joined").is_some() {
+        Incoming::Join
+    } else if find(text, b"Welcome to WebSocket").is_some() {
+        Incoming::Welcome
+    } else {
+        Incoming::Other
+    }
+}
+
+/// Our fields after the marker: "SSSSS NNNNNNNNN TTTTTTTTTTTTTTTTTTTT".
+fn ours(line: &[u8]) -> Option<Ours> {
+    Some(Ours {
+        sender: number(line.get(0..5))? as usize,
+        number: number(line.get(6..15))? as usize,
+        sent_at: number(line.get(16..36))?,
+    })
+}
+
+/// Where the value of key `key` starts: after `"key"`, optional spaces, a
+/// colon and optional spaces. A string value that reads `"key"` is followed
+/// by a comma or brace, not a colon, so it is passed over; inside a string,
+/// a quote is escaped, so no key can be faked there.
+fn json_value<'a>(text: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let quoted = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(at) = find(&text[from..], quoted.as_bytes()) {
+        let rest = text[from + at + quoted.len()..].trim_ascii_start();
+        if let Some(value) = rest.strip_prefix(b":") {
+            return Some(value.trim_ascii_start());
+        }
+        from += at + 1;
+    }
+    None
+}
+
+/// A whole number value of `key`.
+fn json_u64(text: &[u8], key: &str) -> Option<u64> {
+    let value = json_value(text, key)?;
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    number(value.get(..digits))
+}
+
+/// A string value of `key`, as it stands (escapes are not undone: the
+/// values looked for are plain words).
+fn json_str<'a>(text: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let value = json_value(text, key)?.strip_prefix(b"\"")?;
+    Some(&value[..value.iter().position(|&b| b == b'"')?])
 }
 
 /// A server frame's opcode, header length and payload length, if the

@@ -1,12 +1,12 @@
 //! `cargo bench`: Eddy against its peers, same load, same machine, one run.
 //!
 //! For each scenario (N clients, S senders, M lines each) and each server
-//! (Eddy; the seed's Tornado server; a tokio-tungstenite chat in the shape
-//! of that crate's own example), the bench starts the server, runs the load
-//! generator ([`loadgen`]) against it, reads the server's CPU time and
-//! memory from /proc, and stops it. Each scenario is run `runs` times and
-//! the medians are reported, with ratios to Eddy, as a Markdown table and an
-//! SVG plot in `target/eddy-bench/`.
+//! (Eddy; optionally an older build of Eddy; the seed's Tornado server; a
+//! tokio-tungstenite chat in the shape of that crate's own example), the
+//! bench starts the server, runs the load generator ([`loadgen`]) against
+//! it, reads the server's CPU time and memory from /proc, and stops it. Each
+//! scenario is run `runs` times and the medians are reported, with ratios
+//! to Eddy, as a Markdown table and an SVG plot in `target/eddy-bench/`.
 //!
 //! On a machine with two or more CPUs the server under test is pinned to
 //! CPU 0 (the tokio peer excepted: its runtime gets every CPU, as its users
@@ -14,15 +14,46 @@
 //! use is reported, and where it is near one full CPU the server's figures
 //! are marked as lower bounds.
 //!
+//! Besides the plain fan-out, two kinds of scenario:
+//!
+//! - **Slow readers**: 10 % of the non-senders read ten times slower than
+//!   the rest. "Ten times slower" is measured, not guessed: the same
+//!   scenario is run first with every client fast (the set's own run of it,
+//!   or one added before it), and a slow reader then reads through a token
+//!   bucket of a tenth of the bytes per second a client read there, on the
+//!   same server. Every line is still checked at every slow reader, the run
+//!   waits (within the scenario's limit) until each has had every line, and
+//!   fast and slow clients' latencies are reported apart. The target: fast
+//!   clients' p99 within 2× of the all-fast run's, and no line lost.
+//! - **History memory** (Eddy only; the others show n/a): Eddy with its
+//!   history capped at 32 MiB (`--history-memory`, `--history-bytes`), and
+//!   one sender's 70,000 lines of 1 KiB, over twice that, to a few clients;
+//!   the server's RSS before the lines and after them, beside the cap.
+//!
 //! Sets: `EDDY_BENCH=quick` (the default: minutes), `full` (adds 10,000
 //! clients and 19,000 held connections; about an hour, mostly Tornado), or
 //! `smoke` (tiny, for CI: proves the bench still runs; its numbers mean
 //! nothing), or `custom` (one scenario from `EDDY_BENCH_CLIENTS`,
 //! `EDDY_BENCH_SENDERS`, `EDDY_BENCH_LINES`, `EDDY_BENCH_LIMIT` seconds,
 //! `EDDY_BENCH_DEFAULTS=1` for each server's default settings,
-//! `EDDY_BENCH_RATE=LINES_PER_SEC` for an open loop).
+//! `EDDY_BENCH_RATE=LINES_PER_SEC` for an open loop, `EDDY_BENCH_SLOW=10`
+//! for that percent of slow readers (its all-fast run comes first), or
+//! `EDDY_BENCH_HISTORY=1` for the history memory scenario, 10 clients × 1
+//! sender × 70,000 lines unless the counts are given).
 //! `EDDY_BENCH_RUNS` overrides the runs per scenario;
-//! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers.
+//! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`,
+//! `eddy-before`, `tornado`, `tokio`).
+//!
+//! `EDDY_BENCH_BASELINE=PATH` adds `eddy-before`: the Eddy binary at PATH
+//! (relative to the package root), built from an older commit, run with
+//! Eddy's flags less those it does not know, pinned as Eddy is, and shown
+//! as a server of its own with its ratio to Eddy. Unset, it is left out.
+//! To build one from commit b7526fc, from the package root:
+//!
+//! ```sh
+//! git worktree add target/baseline b7526fc && cargo build --release --manifest-path target/baseline/Cargo.toml
+//! EDDY_BENCH_BASELINE=target/baseline/target/release/eddy cargo bench --bench fanout
+//! ```
 
 mod loadgen;
 mod plot;
@@ -34,6 +65,23 @@ use std::time::Duration;
 
 use loadgen::{Outcome, Plan};
 use servers::{Kind, Recipe};
+
+/// The history memory scenario's cap on Eddy's history, in bytes: 32 MiB,
+/// passed as both `--history-memory` and `--history-bytes`.
+const HISTORY_BUDGET: usize = 32 * 1024 * 1024;
+
+/// The history memory scenario's line size: about 1 KB, so that the cap is
+/// passed in seconds, with few lines to check.
+const HISTORY_LINE_BYTES: usize = 1024;
+
+/// The history memory scenario's lines: 70,000 lines of 1 KiB are 2.1 times
+/// [`HISTORY_BUDGET`] in message bytes alone (more with the JSON around
+/// each), so the history must evict, and over the whole budget twice.
+const HISTORY_LINES: usize = 70_000;
+
+/// The most fast clients' p99 may grow, as a multiple of the all-fast
+/// run's, in a scenario with slow readers (the target).
+const SLOW_P99_TARGET: f64 = 2.0;
 
 /// One load shape.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +97,17 @@ struct Scenario {
     /// Open loop at this many lines a second, all senders together;
     /// `None`: closed loop.
     rate: Option<f64>,
+    /// Bytes of every line sent.
+    line_bytes: usize,
+    /// Percent of the non-senders that read [`loadgen::SLOW_FACTOR`] times
+    /// slower than the rest (0: none).
+    slow_percent: usize,
+    /// Eddy only: its history capped at this many bytes, to show that the
+    /// cap holds; the others are not run (n/a).
+    history_budget: Option<usize>,
+    /// Tornado is not run (n/a): the scenario is far beyond what it
+    /// delivers within the time limit, and would only cost minutes.
+    without_tornado: bool,
 }
 
 impl Scenario {
@@ -61,6 +120,28 @@ impl Scenario {
             send_limit: Duration::from_secs(limit_s),
             defaults: false,
             rate: None,
+            line_bytes: loadgen::LINE_BYTES,
+            slow_percent: 0,
+            history_budget: None,
+            without_tornado: false,
+        }
+    }
+
+    /// The same without Tornado (see [`Scenario::without_tornado`]).
+    const fn without_tornado(self) -> Self {
+        Scenario {
+            without_tornado: true,
+            ..self
+        }
+    }
+
+    /// The history memory scenario: lines of [`HISTORY_LINE_BYTES`] to a
+    /// history capped at [`HISTORY_BUDGET`].
+    const fn history_memory(clients: usize, senders: usize, lines: usize, limit_s: u64) -> Self {
+        Scenario {
+            line_bytes: HISTORY_LINE_BYTES,
+            history_budget: Some(HISTORY_BUDGET),
+            ..Scenario::new(clients, senders, lines, limit_s)
         }
     }
 
@@ -72,18 +153,80 @@ impl Scenario {
         }
     }
 
+    /// The same with `percent` of the non-senders slow readers.
+    const fn with_slow(self, percent: usize) -> Self {
+        Scenario {
+            slow_percent: percent,
+            ..self
+        }
+    }
+
+    /// The same with every client fast: the reference of a scenario with
+    /// slow readers (its servers, as the scenario's).
+    const fn all_fast(self) -> Self {
+        self.with_slow(0)
+    }
+
+    /// Whether only Eddy runs it.
+    const fn eddy_only(&self) -> bool {
+        self.history_budget.is_some()
+    }
+
+    fn slow_clients(&self) -> usize {
+        self.clients.saturating_sub(self.senders) * self.slow_percent / 100
+    }
+
+    /// Flags of this scenario's own for Eddy (and the baseline).
+    fn eddy_flags(&self) -> Vec<String> {
+        match self.history_budget {
+            Some(budget) => vec![
+                "--history-memory".into(),
+                budget.to_string(),
+                "--history-bytes".into(),
+                budget.to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     fn name(&self) -> String {
         format!(
-            "{} clients × {} sender{}{}{}",
+            "{} clients × {} sender{} × {} line{}{}{}{}{}",
             thousands(self.clients),
             self.senders,
             if self.senders == 1 { "" } else { "s" },
+            thousands(self.lines_per_sender),
+            if self.lines_per_sender == 1 { "" } else { "s" },
+            if self.line_bytes == loadgen::LINE_BYTES {
+                String::new()
+            } else {
+                format!(" of {} B", thousands(self.line_bytes))
+            },
             if self.defaults { " (defaults)" } else { "" },
             self.rate
                 .map(|r| format!(", open loop at {r} lines/s"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if self.slow_percent > 0 {
+                format!(", {} % slow readers", self.slow_percent)
+            } else {
+                String::new()
+            },
         )
     }
+}
+
+/// `scenarios`, each one with slow readers preceded by its all-fast
+/// reference unless the set already runs that before it.
+fn with_references(scenarios: Vec<Scenario>) -> Vec<Scenario> {
+    let mut out: Vec<Scenario> = Vec::new();
+    for scenario in scenarios {
+        let reference = scenario.all_fast();
+        if scenario.slow_percent > 0 && !out.iter().any(|s| s.name() == reference.name()) {
+            out.push(reference);
+        }
+        out.push(scenario);
+    }
+    out
 }
 
 /// What one server did in one scenario: the medians of its runs.
@@ -93,6 +236,9 @@ struct Row {
     result: Result<Summary, String>,
 }
 
+/// Medians of the runs' figures, or the worst run's for what must be zero.
+/// Latencies and deliveries are the fast clients' (every client's, where
+/// none is slow).
 #[derive(Debug, Clone, Default)]
 struct Summary {
     connect_s: Option<f64>,
@@ -101,9 +247,18 @@ struct Summary {
     p90_ms: Option<f64>,
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
-    /// `None` if no run got to send.
+    /// Every client's, slow readers included; `None` if no run got to send.
     lost: Option<u64>,
+    /// Lines announced lost in `gap` notices (part of `lost`).
+    gap_lines: u64,
     out_of_order: u64,
+    twice: u64,
+    /// Lines that carried the server's `"seq"`: 0 if it numbers none.
+    seq_lines: u64,
+    seq_jumps: u64,
+    seq_backs: u64,
+    /// History `reset` notices.
+    resets: u64,
     failed_clients: u64,
     server_cpu_s_per_million: Option<f64>,
     idle_kib_per_conn: Option<f64>,
@@ -111,6 +266,57 @@ struct Summary {
     loadgen_cpu: Option<f64>,
     /// "connect" or "send" if a phase ran out of time in any run.
     timed_out: Option<&'static str>,
+    /// What a fast client read during the send phase, bytes a second: in
+    /// an all-fast run, what sets a slow reader's pace.
+    client_bytes_per_s: Option<f64>,
+    /// Slow readers: how many, their pace (bytes a second), latencies,
+    /// how long after the last line was sent they had every line, lines
+    /// they lost, how many failed, whether any run ran out of time.
+    slow_clients: usize,
+    slow_bytes_per_s: Option<f64>,
+    slow_p50_ms: Option<f64>,
+    slow_p99_ms: Option<f64>,
+    slow_max_ms: Option<f64>,
+    slow_caught_up_s: Option<f64>,
+    slow_lost: Option<u64>,
+    slow_failed: u64,
+    slow_timed_out: bool,
+    /// `caught_up` notices (Eddy's sign that a client that fell behind is
+    /// live again).
+    caught_up: u64,
+    /// The server's RSS in KiB with every client connected, before the
+    /// lines; after them; and its peak.
+    rss_idle_kib: Option<f64>,
+    rss_after_kib: Option<f64>,
+    peak_kib: Option<f64>,
+    /// Flags (with values) this build does not know and was run without.
+    dropped_flags: Vec<String>,
+}
+
+impl Summary {
+    /// What went wrong that must not with Eddy: lines lost, out of order or
+    /// twice, a broken `"seq"`, a phase out of time.
+    fn faults(&self) -> Vec<String> {
+        let mut faults = Vec::new();
+        for (count, what) in [
+            (self.lost.unwrap_or(0), "lost"),
+            (self.out_of_order, "out of order"),
+            (self.twice, "twice"),
+            (self.seq_jumps, "seq jumps"),
+            (self.seq_backs, "seq steps back"),
+        ] {
+            if count > 0 {
+                faults.push(format!("{count} {what}"));
+            }
+        }
+        if let Some(phase) = self.timed_out {
+            faults.push(format!("{phase} ran out of time"));
+        }
+        if self.slow_timed_out {
+            faults.push("slow readers ran out of time".into());
+        }
+        faults
+    }
 }
 
 fn main() {
@@ -125,6 +331,11 @@ fn main() {
                     rate: Some(200.0),
                     ..Scenario::new(10, 2, 20, 60)
                 },
+                // One slow reader, 40 lines (~4 KB) to read: its backlog
+                // stays far below --max-pending-bytes (1 MiB), past which
+                // an Eddy without a history cuts a reader off, so every
+                // Eddy, old or new, must deliver it all, in order.
+                Scenario::new(20, 2, 20, 60).with_slow(10),
             ],
             1,
         ),
@@ -134,7 +345,14 @@ fn main() {
                 Scenario::new(100, 10, 200, 120),
                 Scenario::new(1000, 1, 100, 120),
                 Scenario::new(1000, 10, 100, 120),
+                // 1,000 lines per sender: 10,000 lines, ~1.4 MB to each
+                // client, so that a slow reader's backlog passes the 1 MiB
+                // --max-pending-bytes and history has to feed it.
+                Scenario::new(1000, 10, 1000, 120)
+                    .with_slow(10)
+                    .without_tornado(),
                 Scenario::new(10_000, 10, 1, 60).with_defaults(),
+                Scenario::history_memory(10, 1, HISTORY_LINES, 120),
             ],
             3,
         ),
@@ -145,17 +363,27 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(default)
             };
-            let scenario = Scenario::new(
-                var("EDDY_BENCH_CLIENTS", 1000),
-                var("EDDY_BENCH_SENDERS", 10),
-                var("EDDY_BENCH_LINES", 100),
-                var("EDDY_BENCH_LIMIT", 600) as u64,
-            );
+            let history = std::env::var("EDDY_BENCH_HISTORY").is_ok_and(|h| h == "1");
+            let scenario = if history {
+                Scenario::history_memory(
+                    var("EDDY_BENCH_CLIENTS", 10),
+                    var("EDDY_BENCH_SENDERS", 1),
+                    var("EDDY_BENCH_LINES", HISTORY_LINES),
+                    var("EDDY_BENCH_LIMIT", 600) as u64,
+                )
+            } else {
+                Scenario::new(
+                    var("EDDY_BENCH_CLIENTS", 1000),
+                    var("EDDY_BENCH_SENDERS", 10),
+                    var("EDDY_BENCH_LINES", 100),
+                    var("EDDY_BENCH_LIMIT", 600) as u64,
+                )
+            };
             let scenario = Scenario {
                 rate: std::env::var("EDDY_BENCH_RATE")
                     .ok()
                     .and_then(|r| r.parse().ok()),
-                ..scenario
+                ..scenario.with_slow(var("EDDY_BENCH_SLOW", 0).min(100))
             };
             let defaults = std::env::var("EDDY_BENCH_DEFAULTS").is_ok_and(|d| d == "1");
             (
@@ -173,10 +401,14 @@ fn main() {
                 Scenario::new(100, 10, 200, 300),
                 Scenario::new(1000, 1, 100, 300),
                 Scenario::new(1000, 10, 100, 300),
+                Scenario::new(1000, 10, 1000, 300)
+                    .with_slow(10)
+                    .without_tornado(),
                 Scenario::new(10_000, 1, 10, 900),
                 Scenario::new(10_000, 10, 10, 900),
                 Scenario::new(10_000, 10, 1, 900).with_defaults(),
                 Scenario::new(19_000, 10, 1, 900).with_defaults(),
+                Scenario::history_memory(10, 1, HISTORY_LINES, 300),
             ],
             3,
         ),
@@ -185,12 +417,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let scenarios = with_references(scenarios);
     let runs = std::env::var("EDDY_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(default_runs);
-    let wanted =
-        std::env::var("EDDY_BENCH_SERVERS").unwrap_or_else(|_| "eddy,tornado,tokio".into());
+    let wanted = std::env::var("EDDY_BENCH_SERVERS")
+        .unwrap_or_else(|_| "eddy,eddy-before,tornado,tokio".into());
 
     match eddy::limits::raise_fd_limit() {
         Ok((_, soft, hard)) => eprintln!("open-file limit {soft} (hard {hard})"),
@@ -203,44 +436,70 @@ fn main() {
         .unwrap_or(2);
 
     let mut recipes: Vec<(Kind, Result<Recipe, String>)> = Vec::new();
-    for (name, prepare) in [
-        ("eddy", servers::eddy as fn() -> Result<Recipe, String>),
-        ("tornado", servers::tornado),
-        ("tokio", servers::tokio),
+    for (name, kind, prepare) in [
+        (
+            "eddy",
+            Kind::Eddy,
+            (|| Some(servers::eddy())) as fn() -> Option<Result<Recipe, String>>,
+        ),
+        ("eddy-before", Kind::Baseline, servers::baseline),
+        ("tornado", Kind::Tornado, || Some(servers::tornado())),
+        ("tokio", Kind::Tokio, || Some(servers::tokio())),
     ] {
-        let kind = match name {
-            "eddy" => Kind::Eddy,
-            "tornado" => Kind::Tornado,
-            _ => Kind::Tokio,
-        };
-        if wanted.split(',').any(|w| w.trim() == name) {
-            eprintln!("preparing {}", kind.name());
-            let recipe = prepare();
-            if let Err(why) = &recipe {
-                eprintln!("  skipped: {why}");
-            }
-            recipes.push((kind, recipe));
+        if !wanted.split(',').any(|w| w.trim() == name) {
+            continue;
         }
+        // `None`: not asked for (the baseline without its path).
+        let Some(recipe) = prepare() else {
+            continue;
+        };
+        eprintln!("preparing {}", kind.name());
+        if let Err(why) = &recipe {
+            eprintln!("  skipped: {why}");
+        }
+        recipes.push((kind, recipe));
     }
 
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for scenario in &scenarios {
         for (kind, recipe) in &recipes {
             let result = match recipe {
-                Ok(recipe) => measure(recipe, *scenario, runs, threads),
                 Err(why) => Err(format!("skipped: {why}")),
+                Ok(_) if scenario.eddy_only() && *kind != Kind::Eddy => Err(NOT_APPLICABLE.into()),
+                Ok(_) if scenario.without_tornado && *kind == Kind::Tornado => Err(TOO_SLOW.into()),
+                Ok(recipe) => slow_pace(&rows, scenario, *kind)
+                    .and_then(|pace| measure(recipe, *scenario, runs, threads, pace)),
             };
             match &result {
                 Ok(s) => eprintln!(
-                    "{} / {}: {} deliveries/s, connect {}, p99 {} ms{}",
+                    "{} / {}: {} deliveries/s, connect {}, p99 {} ms{}{}{}",
                     scenario.name(),
                     kind.name(),
                     opt(s.deliveries_per_s, 0),
                     opt(s.connect_s, 2),
                     opt(s.p99_ms, 2),
-                    s.timed_out
-                        .map(|p| format!(" ({p} ran out of time)"))
-                        .unwrap_or_default()
+                    if scenario.slow_percent > 0 {
+                        format!(
+                            ", slow readers' p99 {} ms, every line {} s after the last send",
+                            opt(s.slow_p99_ms, 2),
+                            opt(s.slow_caught_up_s, 2)
+                        )
+                    } else {
+                        String::new()
+                    },
+                    if scenario.eddy_only() {
+                        format!(
+                            ", RSS {} MiB before the lines, {} MiB after",
+                            opt(s.rss_idle_kib.map(mib), 1),
+                            opt(s.rss_after_kib.map(mib), 1)
+                        )
+                    } else {
+                        String::new()
+                    },
+                    match s.faults() {
+                        faults if faults.is_empty() => String::new(),
+                        faults => format!(" ({})", faults.join(", ")),
+                    }
                 ),
                 Err(why) => eprintln!("{} / {}: {why}", scenario.name(), kind.name()),
             }
@@ -258,14 +517,11 @@ fn main() {
     let _ = std::fs::write(dir.join("results.md"), &report);
     let _ = std::fs::write(dir.join("fanout.svg"), plot::svg(&plot_data(&rows)));
     eprintln!("wrote {0}/results.md and {0}/fanout.svg", dir.display());
-    let broken = rows.iter().any(|r| {
-        r.kind == Kind::Eddy
-            && r.result.as_ref().is_ok_and(|s| {
-                s.lost.unwrap_or(0) > 0 || s.out_of_order > 0 || s.timed_out.is_some()
-            })
-    });
+    let broken = rows
+        .iter()
+        .any(|r| r.kind == Kind::Eddy && r.result.as_ref().is_ok_and(|s| !s.faults().is_empty()));
     if broken {
-        eprintln!("Eddy lost, reordered or did not finish: see the table");
+        eprintln!("Eddy lost, reordered, repeated or did not finish: see the table");
         std::process::exit(1);
     }
     if rows
@@ -274,6 +530,31 @@ fn main() {
     {
         std::process::exit(1);
     }
+}
+
+/// The result of a server not run in a scenario for Eddy alone.
+const NOT_APPLICABLE: &str = "n/a (Eddy only)";
+
+/// What a server left out of a scenario beyond its reach shows.
+const TOO_SLOW: &str = "not run (minutes per run at its pace)";
+
+/// A slow reader's pace in `scenario` on `kind`, in bytes a second: a
+/// [`loadgen::SLOW_FACTOR`]th of what a client read in the all-fast
+/// reference run of the same scenario on the same server (measured, so
+/// "ten times slower" holds for each server, whatever its speed). 0 for a
+/// scenario without slow readers.
+fn slow_pace(rows: &[Row], scenario: &Scenario, kind: Kind) -> Result<f64, String> {
+    if scenario.slow_percent == 0 {
+        return Ok(0.0);
+    }
+    let reference = scenario.all_fast().name();
+    rows.iter()
+        .find(|r| r.kind == kind && r.scenario.name() == reference)
+        .and_then(|r| r.result.as_ref().ok())
+        .and_then(|s| s.client_bytes_per_s)
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| rate / loadgen::SLOW_FACTOR)
+        .ok_or_else(|| format!("no pace for the slow readers: \"{reference}\" measured none"))
 }
 
 /// One run's measurements.
@@ -286,35 +567,40 @@ struct Run {
     peak: u64,
 }
 
-/// Runs one server through one scenario `runs` times.
+/// Runs one server through one scenario `runs` times; slow readers (if
+/// any) read `slow_bytes_per_s`.
 fn measure(
     recipe: &Recipe,
     scenario: Scenario,
     runs: usize,
     threads: usize,
+    slow_bytes_per_s: f64,
 ) -> Result<Summary, String> {
     let mut outcomes = Vec::new();
+    let mut dropped = Vec::new();
     for _ in 0..runs {
-        if outcomes
-            .iter()
-            .any(|r: &Run| r.outcome.connect.is_none() || r.outcome.send_timed_out)
-        {
+        if outcomes.iter().any(|r: &Run| {
+            r.outcome.connect.is_none() || r.outcome.send_timed_out || r.outcome.slow_timed_out
+        }) {
             break; // out of time once: the other runs would be too
         }
-        let server = recipe.start(scenario.defaults)?;
+        let server = recipe.start(scenario.defaults, &scenario.eddy_flags())?;
         let pid = server.pid;
+        dropped.clone_from(&server.dropped);
         let rss_before = proc::status_kib(pid, "VmRSS").unwrap_or(0);
         let plan = Plan {
             addr: server.addr,
             clients: scenario.clients,
             senders: scenario.senders,
             lines_per_sender: scenario.lines_per_sender,
+            line_bytes: scenario.line_bytes,
             rate: scenario.rate,
             joins_expected: {
                 // Each newcomer is announced to those before it, while the
-                // room is within the server's announcing size.
+                // room is within the server's announcing size (the
+                // baseline's default is taken to be today's).
                 let announced = match recipe.kind {
-                    Kind::Eddy if scenario.defaults => scenario
+                    kind if kind.is_eddy() && scenario.defaults => scenario
                         .clients
                         .min(eddy::config::DEFAULT_ANNOUNCE_JOINS_UP_TO),
                     _ => scenario.clients,
@@ -325,6 +611,8 @@ fn measure(
             source_addrs: 8,
             connect_limit: scenario.connect_limit,
             send_limit: scenario.send_limit,
+            slow_percent: scenario.slow_percent,
+            slow_bytes_per_s,
         };
         let mut cpu_at_send = None;
         let outcome = loadgen::run(
@@ -346,11 +634,15 @@ fn measure(
             peak,
         });
     }
-    Ok(summarize(scenario, &outcomes))
+    let mut summary = summarize(scenario, &outcomes);
+    summary.slow_bytes_per_s = (scenario.slow_percent > 0).then_some(slow_bytes_per_s);
+    summary.dropped_flags = dropped;
+    Ok(summary)
 }
 
 fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
     let n = scenario.clients as f64;
+    let sent = |r: &&Run| r.outcome.connect.is_some();
     let per = |f: &dyn Fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
     let worst = |f: &dyn Fn(&Outcome) -> u64| runs.iter().map(|r| f(&r.outcome)).max().unwrap_or(0);
     let finished = |o: &Outcome| o.connect.is_some() && !o.send_timed_out;
@@ -366,17 +658,21 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
         p90_ms: per(&|r| r.outcome.latency_us(0.90).map(ms)),
         p99_ms: per(&|r| r.outcome.latency_us(0.99).map(ms)),
         max_ms: per(&|r| r.outcome.latency_us(1.0).map(ms)),
-        lost: runs
-            .iter()
-            .filter(|r| r.outcome.connect.is_some())
-            .map(|r| r.outcome.lost())
-            .max(),
+        lost: runs.iter().filter(sent).map(|r| r.outcome.lost()).max(),
+        gap_lines: worst(&|o| o.gap_lines),
         out_of_order: worst(&|o| o.out_of_order),
+        twice: worst(&|o| o.twice),
+        seq_lines: worst(&|o| o.seq_lines),
+        seq_jumps: worst(&|o| o.seq_jumps),
+        seq_backs: worst(&|o| o.seq_backs),
+        resets: worst(&|o| o.resets),
         failed_clients: worst(&|o| o.failed_clients),
         server_cpu_s_per_million: per(&|r| {
             let o = &r.outcome;
-            let cpu = r.server_cpu.filter(|_| finished(o) && o.deliveries > 0)?;
-            Some(cpu.as_secs_f64() * 1e6 / o.deliveries as f64)
+            // Its CPU time runs until the slow readers are done too.
+            let all = o.deliveries + o.slow_deliveries;
+            let cpu = r.server_cpu.filter(|_| finished(o) && all > 0)?;
+            Some(cpu.as_secs_f64() * 1e6 / all as f64)
         }),
         idle_kib_per_conn: per(&|r| {
             let idle = r.outcome.after_probe?;
@@ -389,7 +685,30 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
                 .then(|| o.send_cpu.as_secs_f64() / o.send.as_secs_f64())
         }),
         timed_out,
+        client_bytes_per_s: per(&|r| r.outcome.client_bytes_per_s),
+        slow_clients: scenario.slow_clients(),
+        slow_bytes_per_s: None,
+        slow_p50_ms: per(&|r| r.outcome.slow_latency_us(0.50).map(ms)),
+        slow_p99_ms: per(&|r| r.outcome.slow_latency_us(0.99).map(ms)),
+        slow_max_ms: per(&|r| r.outcome.slow_latency_us(1.0).map(ms)),
+        slow_caught_up_s: per(&|r| r.outcome.slow_caught_up.map(|d| d.as_secs_f64())),
+        slow_lost: runs
+            .iter()
+            .filter(sent)
+            .map(|r| r.outcome.slow_lost())
+            .max(),
+        slow_failed: worst(&|o| o.slow_failed),
+        slow_timed_out: runs.iter().any(|r| r.outcome.slow_timed_out),
+        caught_up: worst(&|o| o.caught_up),
+        rss_idle_kib: per(&|r| r.outcome.idle_probe.map(|k| k as f64)),
+        rss_after_kib: per(&|r| r.outcome.after_probe.map(|k| k as f64)),
+        peak_kib: per(&|r| Some(r.peak as f64)),
+        dropped_flags: Vec::new(),
     }
+}
+
+fn mib(kib: f64) -> f64 {
+    kib / 1024.0
 }
 
 fn ms(us: u32) -> f64 {
@@ -421,38 +740,80 @@ fn thousands(n: usize) -> String {
 }
 
 /// The Markdown report: how it was run, then one table row per scenario and
-/// server.
+/// server; then, where the set has them, a table for the slow readers and
+/// one for the history's memory.
 fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) -> String {
     let mut out = String::new();
     let machine = machine();
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let baseline = rows
+        .iter()
+        .any(|r| r.kind == Kind::Baseline && r.result.is_ok());
     let _ = writeln!(
         out,
         "`EDDY_BENCH={set} cargo bench`, {date} — {machine}; medians of {runs} run(s). Eddy \
          with `--rate-limit off --ping-interval off` and `--announce-joins-up-to all`: every \
          server announces every join, except in scenarios marked (defaults), where each runs \
          with its defaults (Eddy announces joins while the room has up to 1,000 members; the \
-         peers always). {} Load generator: {threads} threads.\n",
+         peers always).{} {} Load generator: {threads} threads.\n",
+        if baseline {
+            format!(
+                " eddy-before: the Eddy binary at `{}`, with the same flags less those it does \
+                 not know.",
+                std::env::var("EDDY_BENCH_BASELINE").unwrap_or_default()
+            )
+        } else {
+            String::new()
+        },
         if pinned {
-            "Eddy and Tornado pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
+            "Eddy (and eddy-before) and Tornado pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
         } else {
             "No pinning (one CPU)."
         }
     );
-    let _ = writeln!(
-        out,
-        "| scenario | server | connect s | deliveries/s | × Eddy | p50 ms | p90 ms | p99 ms | max ms | lost | out of order | server CPU s / M deliveries | idle KiB / conn | peak KiB / conn | load gen CPU |"
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-    );
+    fanout_table(&mut out, rows);
+    slow_table(&mut out, rows);
+    history_table(&mut out, rows);
+    let mut notes: Vec<String> = Vec::new();
     for row in rows {
-        let eddy = rows
-            .iter()
-            .find(|r| r.kind == Kind::Eddy && r.scenario.name() == row.scenario.name())
-            .and_then(|r| r.result.as_ref().ok())
-            .and_then(|s| s.deliveries_per_s);
+        let Ok(s) = &row.result else {
+            continue;
+        };
+        let at = format!("{} / {}", row.scenario.name(), row.kind.name());
+        if s.failed_clients > 0 {
+            notes.push(format!("{at}: {} failed clients", s.failed_clients));
+        }
+        if s.resets > 0 {
+            notes.push(format!("{at}: {} reset notices", s.resets));
+        }
+        if !s.dropped_flags.is_empty() {
+            notes.push(format!(
+                "{at}: run without `{}` (not in its --help)",
+                s.dropped_flags.join("`, `")
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\n{}", notes.join("; "));
+    }
+    out
+}
+
+/// The main table: every scenario but the Eddy-only ones, every server.
+fn fanout_table(out: &mut String, rows: &[Row]) {
+    if rows.iter().all(|r| r.scenario.eddy_only()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| scenario | server | connect s | deliveries/s | × Eddy | p50 ms | p90 ms | p99 ms | max ms | lost | out of order | twice | seq | server CPU s / M deliveries | idle KiB / conn | peak KiB / conn | load gen CPU |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    for row in rows.iter().filter(|r| !r.scenario.eddy_only()) {
+        let eddy = eddy_summary(rows, &row.scenario).and_then(|s| s.deliveries_per_s);
         match &row.result {
             Ok(s) => {
                 let bound = s.loadgen_cpu.is_some_and(|c| c > 0.9);
@@ -463,7 +824,7 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
                     .unwrap_or_else(|| "–".into());
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     row.scenario.name(),
                     row.kind.name(),
                     match (s.timed_out, s.connect_s) {
@@ -484,8 +845,10 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
                     opt(s.p90_ms, 2),
                     opt(s.p99_ms, 2),
                     opt(s.max_ms, 1),
-                    s.lost.map_or("–".into(), |l| l.to_string()),
+                    lost_cell(s),
                     s.out_of_order,
+                    s.twice,
+                    seq_cell(s),
                     opt(s.server_cpu_s_per_million, 2),
                     opt(s.idle_kib_per_conn, 1),
                     opt(s.peak_kib_per_conn, 1),
@@ -496,9 +859,10 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
             Err(why) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {why} |||||||||||||",
+                    "| {} | {} | {why} {}",
                     row.scenario.name(),
-                    row.kind.name()
+                    row.kind.name(),
+                    "|".repeat(15)
                 );
             }
         }
@@ -506,30 +870,207 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
     let _ = writeln!(
         out,
         "\n≥: the load generator used over 90 % of its CPU, so the server may be faster than shown. \
-         Lost and out-of-order deliveries are the worst run's. A failed client is one the server \
-         refused or closed."
+         Lost, out-of-order and twice-had lines are the worst run's. A failed client is one the \
+         server refused or closed; lines it missed after sending began count as lost. seq: the \
+         server's line numbers, checked at every client to go up by one (ok; or jumps, numbers \
+         skipped with no gap notice, and steps back, numbers repeated or reordered); – where the \
+         server numbers none. With slow readers, latencies and deliveries/s are the fast \
+         clients' (deliveries/s until each of them had every line); lost counts everyone's."
     );
-    let failed: Vec<String> = rows
-        .iter()
-        .filter_map(|r| {
-            r.result
-                .as_ref()
-                .ok()
-                .filter(|s| s.failed_clients > 0)
-                .map(|s| {
-                    format!(
-                        "{} / {}: {} failed clients",
-                        r.scenario.name(),
-                        r.kind.name(),
-                        s.failed_clients
-                    )
-                })
-        })
-        .collect();
-    if !failed.is_empty() {
-        let _ = writeln!(out, "\n{}", failed.join("; "));
+}
+
+/// Eddy's figures in `scenario`, if it ran.
+fn eddy_summary<'a>(rows: &'a [Row], scenario: &Scenario) -> Option<&'a Summary> {
+    summary_of(rows, Kind::Eddy, scenario)
+}
+
+/// `kind`'s figures in `scenario`, if it ran.
+fn summary_of<'a>(rows: &'a [Row], kind: Kind, scenario: &Scenario) -> Option<&'a Summary> {
+    rows.iter()
+        .find(|r| r.kind == kind && r.scenario.name() == scenario.name())
+        .and_then(|r| r.result.as_ref().ok())
+}
+
+/// Lines lost, and how many of them the server announced in gap notices.
+fn lost_cell(s: &Summary) -> String {
+    match (s.lost, s.gap_lines) {
+        (None, _) => "–".into(),
+        (Some(lost), 0) => lost.to_string(),
+        (Some(lost), gap) => format!("{lost} ({gap} in gap notices)"),
     }
-    out
+}
+
+fn seq_cell(s: &Summary) -> String {
+    match (s.seq_lines, s.seq_jumps, s.seq_backs) {
+        (0, _, _) => "–".into(),
+        (_, 0, 0) => "ok".into(),
+        (_, jumps, backs) => format!("{jumps} jumps, {backs} back"),
+    }
+}
+
+/// The slow readers' table: their pace, both latencies, the target.
+fn slow_table(out: &mut String, rows: &[Row]) {
+    let slow: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario.slow_percent > 0)
+        .collect();
+    if slow.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n**Slow readers.** A slow reader reads through a token bucket of a tenth of the bytes \
+         per second a client read in the same scenario with every client fast (the all-fast row \
+         above, same server), with a small receive buffer and Ethernet-sized TCP segments, so \
+         that its backlog waits at the server, as behind a slow link, not in the kernel's \
+         loopback buffers. At that pace a slow reader needs about ten times the all-fast send \
+         phase to read every line, so the time it took after the last send mostly shows that \
+         nothing was lost on the way. Target: fast clients' p99 within {SLOW_P99_TARGET}× of \
+         the all-fast run's, and no line lost by anyone.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | server | slow readers | their pace KiB/s | fast p99 ms | all-fast p99 ms | × all-fast | slow p50 ms | slow p99 ms | slow max ms | slow had all, s after last send | slow lost | slow failed | caught-up notices | target |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    );
+    for row in slow {
+        let s = match &row.result {
+            Ok(s) => s,
+            Err(why) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {why} {}",
+                    row.scenario.name(),
+                    row.kind.name(),
+                    "|".repeat(13)
+                );
+                continue;
+            }
+        };
+        let reference = summary_of(rows, row.kind, &row.scenario.all_fast()).and_then(|r| r.p99_ms);
+        let growth = s.p99_ms.zip(reference).map(|(p99, before)| p99 / before);
+        let mut missed = Vec::new();
+        match growth {
+            Some(g) if g <= SLOW_P99_TARGET => {}
+            Some(g) => missed.push(format!("p99 ×{g:.1}")),
+            None => missed.push("no p99 to compare".into()),
+        }
+        if s.lost.unwrap_or(0) > 0 {
+            missed.push(format!("{} lost", s.lost.unwrap_or(0)));
+        }
+        if s.timed_out.is_some() || s.slow_timed_out {
+            missed.push(format!(
+                "unfinished in {} s",
+                row.scenario.send_limit.as_secs()
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.scenario.name(),
+            row.kind.name(),
+            s.slow_clients,
+            opt(s.slow_bytes_per_s.map(|b| b / 1024.0), 1),
+            opt(s.p99_ms, 2),
+            opt(reference, 2),
+            opt(growth, 2),
+            opt(s.slow_p50_ms, 1),
+            opt(s.slow_p99_ms, 1),
+            opt(s.slow_max_ms, 1),
+            if s.slow_timed_out {
+                format!("over {} s", row.scenario.send_limit.as_secs())
+            } else {
+                opt(s.slow_caught_up_s, 2)
+            },
+            s.slow_lost.map_or("–".into(), |l| l.to_string()),
+            s.slow_failed,
+            s.caught_up,
+            if missed.is_empty() {
+                "met".into()
+            } else {
+                format!("missed: {}", missed.join(", "))
+            },
+        );
+    }
+}
+
+/// The history's memory: Eddy's RSS before and after more lines than its
+/// history may keep, beside the cap.
+fn history_table(out: &mut String, rows: &[Row]) {
+    let history: Vec<&Row> = rows.iter().filter(|r| r.scenario.eddy_only()).collect();
+    let Some(first) = history.first() else {
+        return;
+    };
+    let scenario = first.scenario;
+    let _ = writeln!(
+        out,
+        "\n**History memory.** Eddy with `--history-memory` and `--history-bytes` set to the \
+         budget; {} sender{} send{} {} lines of {} B ({:.0} MiB of text) to {} clients, closed \
+         loop. RSS from /proc: with every client connected, before the lines; after the last \
+         line reached every client; the peak. Eddy only.\n",
+        scenario.senders,
+        if scenario.senders == 1 { "" } else { "s" },
+        if scenario.senders == 1 { "s" } else { "" },
+        thousands(scenario.senders * scenario.lines_per_sender),
+        thousands(scenario.line_bytes),
+        mib((scenario.senders * scenario.lines_per_sender * scenario.line_bytes) as f64 / 1024.0),
+        thousands(scenario.clients),
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | server | history budget MiB | RSS before the lines MiB | RSS after MiB | growth MiB | peak RSS MiB | deliveries/s | lost |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    for row in history {
+        let budget = row
+            .scenario
+            .history_budget
+            .map_or("–".into(), |b| format!("{:.0}", mib(b as f64 / 1024.0)));
+        match &row.result {
+            Ok(s) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} |",
+                    row.scenario.name(),
+                    row.kind.name(),
+                    budget,
+                    if s.dropped_flags.is_empty() {
+                        ""
+                    } else {
+                        " (flags not known to this build: not applied)"
+                    },
+                    opt(s.rss_idle_kib.map(mib), 1),
+                    opt(s.rss_after_kib.map(mib), 1),
+                    opt(
+                        s.rss_idle_kib
+                            .zip(s.rss_after_kib)
+                            .map(|(before, after)| mib(after - before)),
+                        1
+                    ),
+                    opt(s.peak_kib.map(mib), 1),
+                    match s.timed_out {
+                        Some(phase) => format!("{phase} unfinished"),
+                        None => s
+                            .deliveries_per_s
+                            .map_or("–".into(), |d| thousands(d as usize)),
+                    },
+                    lost_cell(s),
+                );
+            }
+            Err(why) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {why} {}",
+                    row.scenario.name(),
+                    row.kind.name(),
+                    "|".repeat(7)
+                );
+            }
+        }
+    }
 }
 
 /// CPU model, CPUs and memory, for the report.
@@ -559,7 +1100,7 @@ fn proc_meminfo_gib() -> f64 {
 
 fn plot_data(rows: &[Row]) -> Vec<plot::Group> {
     let mut groups: Vec<plot::Group> = Vec::new();
-    for row in rows {
+    for row in rows.iter().filter(|r| !r.scenario.eddy_only()) {
         let name = row.scenario.name();
         if !groups.iter().any(|g| g.label == name) {
             groups.push(plot::Group {

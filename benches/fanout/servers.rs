@@ -1,7 +1,13 @@
-//! The servers under test: Eddy and its peers, each started as its own
-//! process on a free port, pinned where the plan says, and stopped with
-//! SIGTERM. A peer that cannot be prepared (no Python, no network for pip,
-//! a failed build) is reported as skipped with the reason.
+//! The servers under test: Eddy, an older build of Eddy if one is given
+//! (the baseline), and its peers, each started as its own process on a free
+//! port, pinned where the plan says, and stopped with SIGTERM. A server that
+//! cannot be prepared (no Python, no network for pip, a failed build, a
+//! baseline path that is not there) is reported as skipped with the reason.
+//!
+//! Eddy and the baseline get the same flags, less those a build does not
+//! know: each is asked for its `--help` once, and a flag it does not name
+//! there is dropped (with its value) and reported, so that an older build
+//! can run a scenario that sets a newer build's flags.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +21,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Eddy,
+    /// Eddy built from an older commit (`EDDY_BENCH_BASELINE`), to show
+    /// what a change did.
+    Baseline,
     Tornado,
     Tokio,
 }
@@ -23,6 +32,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Eddy => "eddy",
+            Kind::Baseline => "eddy-before",
             Kind::Tornado => "tornado",
             Kind::Tokio => "tokio-tungstenite",
         }
@@ -33,6 +43,11 @@ impl Kind {
     pub fn pinned(self) -> bool {
         self != Kind::Tokio
     }
+
+    /// Whether it is Eddy or a build of it: it takes Eddy's flags.
+    pub fn is_eddy(self) -> bool {
+        matches!(self, Kind::Eddy | Kind::Baseline)
+    }
 }
 
 /// How to start one kind of server, once prepared.
@@ -41,6 +56,9 @@ pub struct Recipe {
     pub kind: Kind,
     program: PathBuf,
     args: Vec<String>,
+    /// The program's `--help` (Eddy and the baseline; `None` for the
+    /// peers): a flag it does not name is not passed.
+    help: Option<String>,
 }
 
 /// The repository's root (benches run with the package root as cwd, but
@@ -59,9 +77,37 @@ pub fn work_dir() -> PathBuf {
 /// Eddy: the binary `cargo bench` built, every join announced (as the
 /// peers do), no rate limit, no heartbeat.
 pub fn eddy() -> Result<Recipe, String> {
+    eddy_build(Kind::Eddy, PathBuf::from(env!("CARGO_BIN_EXE_eddy")))
+}
+
+/// The baseline: the Eddy binary at `EDDY_BENCH_BASELINE` (relative to the
+/// package root), run as Eddy is; `None` if the variable is unset.
+pub fn baseline() -> Option<Result<Recipe, String>> {
+    let path = PathBuf::from(std::env::var_os("EDDY_BENCH_BASELINE")?);
+    let program = if path.is_relative() {
+        root().join(path)
+    } else {
+        path
+    };
+    Some(eddy_build(Kind::Baseline, program))
+}
+
+/// A build of Eddy with the bench's flags, plus `EDDY_BENCH_EDDY_ARGS`.
+fn eddy_build(kind: Kind, program: PathBuf) -> Result<Recipe, String> {
+    let output = Command::new(&program)
+        .arg("--help")
+        .output()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() || !names_flag(&help, "--addr") {
+        return Err(format!(
+            "{}: --help did not list --addr: not an Eddy build?",
+            program.display()
+        ));
+    }
     Ok(Recipe {
-        kind: Kind::Eddy,
-        program: PathBuf::from(env!("CARGO_BIN_EXE_eddy")),
+        kind,
+        program,
         args: ["--rate-limit", "off", "--ping-interval", "off"]
             .map(String::from)
             .into_iter()
@@ -72,7 +118,37 @@ pub fn eddy() -> Result<Recipe, String> {
                     .map(String::from),
             )
             .collect(),
+        help: Some(help),
     })
+}
+
+/// Whether `help` names `flag` (as a whole flag: `--history` is not named
+/// by `--history-bytes`).
+fn names_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        !help[at + flag.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
+/// `args` split into those `help` names and those it does not, each
+/// unknown flag with its value if it has one (`--flag value`, `--flag=value`).
+fn split_known(args: Vec<String>, help: &str) -> (Vec<String>, Vec<String>) {
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let flag = arg.split('=').next().unwrap_or_default();
+        if !arg.starts_with("--") || names_flag(help, flag) {
+            known.push(arg);
+            continue;
+        }
+        let value = if arg.contains('=') {
+            None
+        } else {
+            args.next_if(|value| !value.starts_with("--"))
+        };
+        unknown.push(value.map_or_else(|| arg.clone(), |v| format!("{arg} {v}")));
+    }
+    (known, unknown)
 }
 
 /// The seed's Tornado server in a venv with the pinned tornado.
@@ -96,6 +172,7 @@ pub fn tornado() -> Result<Recipe, String> {
         kind: Kind::Tornado,
         program: python,
         args: vec![peer.join("server.py").to_string_lossy().into_owned()],
+        help: None,
     })
 }
 
@@ -118,6 +195,7 @@ pub fn tokio() -> Result<Recipe, String> {
         kind: Kind::Tokio,
         program: target.join("release/tokio-chat"),
         args: Vec::new(),
+        help: None,
     })
 }
 
@@ -138,14 +216,17 @@ pub struct Running {
     child: Child,
     pub addr: SocketAddr,
     pub pid: u32,
+    /// Flags (with their values) this build does not know, not passed.
+    pub dropped: Vec<String>,
 }
 
 impl Recipe {
     /// Starts the server and waits (up to 30 s) for it to say where it
     /// listens.
     /// `defaults`: as the server runs by default; else (Eddy) announcing
-    /// every join, as the peers do.
-    pub fn start(&self, defaults: bool) -> Result<Running, String> {
+    /// every join, as the peers do. `eddy_flags`: more flags for Eddy and
+    /// the baseline (a scenario's own); the peers get none.
+    pub fn start(&self, defaults: bool, eddy_flags: &[String]) -> Result<Running, String> {
         let port = free_port()?;
         let mut command = if self.kind.pinned() && crate::proc::cpus() > 1 {
             let mut command = Command::new("taskset");
@@ -154,10 +235,18 @@ impl Recipe {
         } else {
             Command::new(&self.program)
         };
-        command.args(&self.args);
-        if self.kind == Kind::Eddy && !defaults {
-            command.args(["--announce-joins-up-to", "all"]);
+        let mut args = self.args.clone();
+        if self.kind.is_eddy() {
+            if !defaults {
+                args.extend(["--announce-joins-up-to", "all"].map(String::from));
+            }
+            args.extend_from_slice(eddy_flags);
         }
+        let (args, dropped) = match &self.help {
+            Some(help) => split_known(args, help),
+            None => (args, Vec::new()),
+        };
+        command.args(&args);
         match self.kind {
             Kind::Tornado => command.args(["--port", &port.to_string()]),
             _ => command.args(["--addr", &format!("127.0.0.1:{port}")]),
@@ -212,6 +301,7 @@ impl Recipe {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             pid,
+            dropped,
         })
     }
 }
