@@ -594,6 +594,10 @@ impl<H: WebSocketHandler> ServerState<H> {
                                 if was_live {
                                     // Fallen behind: settle it, to feed it
                                     // once its queue drains.
+                                    debug!(
+                                        "conn {}: fell behind with {pending} bytes unsent",
+                                        entry.conn.id()
+                                    );
                                     mark_dirty(&mut self.dirty, key, entry);
                                 }
                                 continue;
@@ -644,6 +648,9 @@ impl<H: WebSocketHandler> ServerState<H> {
             };
             if member.left {
                 app.report(key, id, Report::Left);
+            }
+            if progress == Progress::CaughtUp {
+                debug!("conn {id}: caught up, live again");
             }
             // A socket that still has room brings no event: go on next
             // turn, after the others have had theirs.
