@@ -85,7 +85,7 @@ Options:
                            close code 1009 [default: {max_message}]
   --max-pending-bytes N    Most output queued for a client: past it, it gets no live lines
                            and is fed the ones it missed from history once it reads again;
-                           other output (notices, pongs) past it closes it with 1008;
+                           other output (notices, pongs) past twice it closes it with 1008;
                            at least {PENDING_MESSAGES_MIN} x --max-message-bytes [default: {max_pending}]
   --max-connections N      Most connections at once; more are answered 503 and closed
                            [default: the open-file limit, raised to its hard limit, less {reserve}]

@@ -87,8 +87,9 @@ pub struct Config {
     /// falls behind and is fed the lines it missed from history once it
     /// reads again ([`crate::feed`]), so one slow reader never grows the
     /// server's memory and is never cut off for being slow. Output that
-    /// history cannot give again (notices, pongs) past it, after a flush,
-    /// cuts the client off (close 1008). At least
+    /// history cannot give again (pongs, notices) may take it up to twice
+    /// this; past that, after a flush, the client is cut off (close 1008).
+    /// (With a handler that keeps no history, past this.) At least
     /// [`PENDING_MESSAGES_MIN`] × `max_message_bytes`.
     pub max_pending_bytes: usize,
     /// Origins allowed to open a WebSocket besides the server's own host

@@ -408,22 +408,6 @@ impl<S: Socket> Connection<S> {
         }
     }
 
-    /// Queues a line of history (shared bytes): like [`Connection::queue`],
-    /// but not counted as [`unrecoverable`](Connection::unrecoverable),
-    /// since history can give it again.
-    pub fn queue_line(&mut self, frame: Bytes) {
-        debug_assert!(self.in_room, "queue on a connection that is not open");
-        if self.in_room {
-            self.out.push_recoverable(frame);
-        }
-    }
-
-    /// Bytes queued that no history could give again (notices, pongs,
-    /// responses): what the cut-off is for.
-    pub fn unrecoverable(&self) -> usize {
-        self.out.unrecoverable()
-    }
-
     /// The request target (path and query) of a handshake waiting to be
     /// admitted ([`Step::Upgrade`]).
     pub fn upgrade_target(&self) -> Option<&str> {

@@ -184,10 +184,8 @@ impl Pace {
 pub trait Member {
     /// Bytes queued and not yet written.
     fn pending(&self) -> usize;
-    /// Queues a line from history (one the history can give again).
-    fn queue_line(&mut self, frame: Bytes);
-    /// Queues a notice.
-    fn queue_notice(&mut self, frame: Bytes);
+    /// Queues a frame: a line from history, or a notice.
+    fn queue(&mut self, frame: Bytes);
     /// Writes what the socket takes now. Returns false if the connection
     /// failed and can take nothing more.
     fn flush(&mut self) -> bool;
@@ -236,14 +234,14 @@ pub fn catch_up(
         let chunk = history.read_from(next, pace.batch);
         if let Some((from, to)) = chunk.gap {
             if let Some(frame) = notice(FeedNotice::Gap { from, to }) {
-                member.queue_notice(frame);
+                member.queue(frame);
             }
         }
         let mut next = chunk.gap.map_or(next, |(_, to)| to + 1);
         for line in chunk.lines {
             spent += line.frame.len();
             next = line.seq + 1;
-            member.queue_line(line.frame);
+            member.queue(line.frame);
         }
         if next > chunk.head {
             // Caught up: live from here, in this same turn, so the next
@@ -251,7 +249,7 @@ pub fn catch_up(
             *feed = Feed::Live { last: chunk.head };
             if announce {
                 if let Some(frame) = notice(FeedNotice::CaughtUp { head: chunk.head }) {
-                    member.queue_notice(frame);
+                    member.queue(frame);
                 }
             }
             return if member.flush() {
@@ -329,12 +327,9 @@ mod tests {
         fn pending(&self) -> usize {
             self.pending
         }
-        fn queue_line(&mut self, frame: Bytes) {
+        fn queue(&mut self, frame: Bytes) {
             self.pending += frame.len();
             self.queue.push(frame);
-        }
-        fn queue_notice(&mut self, frame: Bytes) {
-            self.queue_line(frame);
         }
         fn flush(&mut self) -> bool {
             self.flushes += 1;
@@ -551,12 +546,9 @@ mod tests {
             fn pending(&self) -> usize {
                 self.pending
             }
-            fn queue_line(&mut self, frame: Bytes) {
+            fn queue(&mut self, frame: Bytes) {
                 self.pending += frame.len();
                 self.queue.push_back(frame);
-            }
-            fn queue_notice(&mut self, frame: Bytes) {
-                self.queue_line(frame);
             }
             fn flush(&mut self) -> bool {
                 while let Some(frame) = self.queue.front() {
@@ -625,7 +617,7 @@ mod tests {
                             .feed
                             .offer(Some(line.line.seq), frame.len(), pending, CAP)
                         {
-                            client.socket.queue_line(frame.clone());
+                            client.socket.queue(frame.clone());
                         }
                     }
                 }

@@ -6,9 +6,7 @@
 //! [`flush`](OutputQueue::flush)es the queue once per loop turn with vectored
 //! writes until it is empty or the socket says `WouldBlock`; what is left
 //! waits for a WRITABLE event. Because this queue is the only buffer, its
-//! length is the one number the backpressure cap has to watch. It also
-//! counts apart the bytes that history can give again (chat lines): a client
-//! is cut off only for output that nothing else could replace.
+//! length is the one number the backpressure cap has to watch.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -23,26 +21,16 @@ const MAX_IOVECS: usize = 64;
 /// The most chunk slots an empty queue keeps; a larger ring is freed.
 const IDLE_CHUNKS: usize = 8;
 
-/// One queued chunk: a whole HTTP response part or WebSocket frame.
-#[derive(Debug)]
-struct Chunk {
-    bytes: Bytes,
-    /// A line of history: were it lost, history could send it again.
-    recoverable: bool,
-}
-
 /// Bytes waiting to be written to one socket, oldest first.
 #[derive(Debug, Default)]
 pub struct OutputQueue {
-    /// The chunks, oldest first.
-    chunks: VecDeque<Chunk>,
+    /// The chunks, each a whole HTTP response part or WebSocket frame.
+    chunks: VecDeque<Bytes>,
     /// How much of the front chunk the socket has already taken. A partial
     /// write keeps its place here; nothing is ever sent twice.
     front_offset: usize,
     /// Unsent bytes in total (what the backpressure cap is compared with).
     pending: usize,
-    /// Unsent bytes of recoverable chunks (included in `pending`).
-    recoverable: usize,
     /// How many chunks at the front must go out whatever happens: HTTP
     /// responses and the 101, which come before any frame. Dropping one
     /// would leave the client parsing frames as HTTP.
@@ -57,22 +45,9 @@ impl OutputQueue {
 
     /// Appends shared bytes (a broadcast frame, the page body) without copying.
     pub fn push(&mut self, chunk: Bytes) {
-        self.push_chunk(chunk, false);
-    }
-
-    /// Appends a line of history: counted in [`pending`](Self::pending),
-    /// but not in [`unrecoverable`](Self::unrecoverable).
-    pub fn push_recoverable(&mut self, chunk: Bytes) {
-        self.push_chunk(chunk, true);
-    }
-
-    fn push_chunk(&mut self, bytes: Bytes, recoverable: bool) {
-        if !bytes.is_empty() {
-            self.pending += bytes.len();
-            if recoverable {
-                self.recoverable += bytes.len();
-            }
-            self.chunks.push_back(Chunk { bytes, recoverable });
+        if !chunk.is_empty() {
+            self.pending += chunk.len();
+            self.chunks.push_back(chunk);
         }
     }
     /// Appends a chunk that [`drop_unstarted`](Self::drop_unstarted) must
@@ -94,12 +69,6 @@ impl OutputQueue {
         self.pending
     }
 
-    /// Unsent bytes that history could not give again: responses, notices,
-    /// pongs, closes.
-    pub fn unrecoverable(&self) -> usize {
-        self.pending - self.recoverable
-    }
-
     /// Whether everything queued has been written.
     pub fn is_empty(&self) -> bool {
         self.pending == 0
@@ -111,24 +80,7 @@ impl OutputQueue {
     pub fn drop_unstarted(&mut self) {
         let keep = self.protected.max(usize::from(self.front_offset > 0));
         self.chunks.truncate(keep);
-        let unsent = |recoverable: bool| {
-            let mut bytes: usize = self
-                .chunks
-                .iter()
-                .filter(|c| c.recoverable == recoverable)
-                .map(|c| c.bytes.len())
-                .sum();
-            if self
-                .chunks
-                .front()
-                .is_some_and(|c| c.recoverable == recoverable)
-            {
-                bytes -= self.front_offset;
-            }
-            bytes
-        };
-        self.recoverable = unsent(true);
-        self.pending = self.recoverable + unsent(false);
+        self.pending = self.chunks.iter().map(Bytes::len).sum::<usize>() - self.front_offset;
     }
 
     /// Writes as much as `sink` takes, until the queue is empty or the sink
@@ -141,7 +93,7 @@ impl OutputQueue {
             let mut count = 0;
             for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
                 let start = if count == 0 { self.front_offset } else { 0 };
-                *slot = IoSlice::new(&chunk.bytes[start..]);
+                *slot = IoSlice::new(&chunk[start..]);
                 count += 1;
             }
             match sink.write_vectored(&slices[..count]) {
@@ -171,11 +123,7 @@ impl OutputQueue {
             let Some(front) = self.chunks.front() else {
                 break;
             };
-            let left_in_front = front.bytes.len() - self.front_offset;
-            let taken = n.min(left_in_front);
-            if front.recoverable {
-                self.recoverable -= taken;
-            }
+            let left_in_front = front.len() - self.front_offset;
             if n < left_in_front {
                 self.front_offset += n;
                 return;
@@ -309,30 +257,6 @@ mod tests {
         q.push(Bytes::from_static(b"late frame"));
         q.drop_unstarted();
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn lines_of_history_are_counted_apart_through_partial_writes() {
-        let mut q = OutputQueue::new();
-        q.push_recoverable(Bytes::from_static(b"line-one"));
-        q.push(Bytes::from_static(b"pong"));
-        q.push_recoverable(Bytes::from_static(b"line-two"));
-        assert_eq!((q.pending(), q.unrecoverable()), (20, 4));
-        let mut sink = Trickle {
-            taken: Vec::new(),
-            budget: 3,
-        };
-        q.flush(&mut sink).unwrap();
-        assert_eq!((q.pending(), q.unrecoverable()), (17, 4));
-        sink.budget = 7;
-        q.flush(&mut sink).unwrap();
-        assert_eq!((q.pending(), q.unrecoverable()), (10, 2));
-        q.drop_unstarted();
-        assert_eq!((q.pending(), q.unrecoverable()), (2, 2), "the started pong");
-        sink.budget = 100;
-        q.flush(&mut sink).unwrap();
-        assert_eq!(sink.taken, b"line-onepong");
-        assert_eq!((q.pending(), q.unrecoverable()), (0, 0));
     }
 
     #[test]

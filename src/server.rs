@@ -267,11 +267,7 @@ impl<S: Socket> Member for Fed<'_, S> {
         self.conn.pending()
     }
 
-    fn queue_line(&mut self, frame: tungstenite::Bytes) {
-        self.conn.queue_line(frame);
-    }
-
-    fn queue_notice(&mut self, frame: tungstenite::Bytes) {
+    fn queue(&mut self, frame: tungstenite::Bytes) {
         self.conn.queue(frame);
     }
 
@@ -602,12 +598,7 @@ impl<H: WebSocketHandler> ServerState<H> {
                                 }
                                 continue;
                             }
-                            match (seq, entry.feed) {
-                                (Some(_), Feed::Live { .. }) => {
-                                    entry.conn.queue_line(frame.clone())
-                                }
-                                _ => entry.conn.queue(frame.clone()),
-                            }
+                            entry.conn.queue(frame.clone());
                             mark_dirty(&mut self.dirty, key, entry);
                         }
                     }
@@ -660,9 +651,15 @@ impl<H: WebSocketHandler> ServerState<H> {
             }
         }
         let report = &mut |r: Report<'_>| app.report(key, id, r);
-        // Lines past the cap were never queued (the member fell behind);
-        // what is over it now is output history cannot give again.
-        if entry.conn.is_open() && entry.conn.unrecoverable() > cap {
+        // A member with a history gets lines only while its queue is under
+        // the cap (past it, it falls behind); the cap again is room for
+        // what history cannot give again (pongs, notices). Over both, no
+        // catching up can help: cut off. Without a history, over the cap.
+        let limit = match entry.feed {
+            Feed::Off => cap,
+            _ => cap.saturating_mul(2),
+        };
+        if entry.conn.is_open() && entry.conn.pending() > limit {
             entry.conn.cut_off(report);
             entry.conn.flush(report);
         }
@@ -974,6 +971,46 @@ mod tests {
             let n = a_client.read(&mut buf).expect("A never heard of B");
             got.extend_from_slice(&buf[..n]);
         }
+    }
+
+    #[test]
+    fn a_member_with_a_history_is_cut_off_only_past_twice_the_cap() {
+        let config = Config {
+            max_message_bytes: 1024,
+            max_pending_bytes: 8192,
+            ..Config::default()
+        };
+        let cap = config.max_pending_bytes;
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let (mut ioloop, mut state) = (server.ioloop, server.state);
+        let mut keys = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (socket, mut client, peer) = stuck_pair();
+            keys.push(open_websocket(
+                &mut state,
+                &mut ioloop,
+                socket,
+                &mut client,
+                peer,
+            ));
+            clients.push(client);
+        }
+        state.end_of_turn(&mut ioloop);
+        // Output no history could give again (as pongs would be): just over
+        // the cap, and just over twice the cap.
+        for (&key, target) in keys.iter().zip([cap + 1, 2 * cap + 1]) {
+            let conn = &mut state.connections[key].conn;
+            let missing = target - conn.pending();
+            conn.queue(tungstenite::Bytes::from(vec![0u8; missing]));
+            mark_dirty(&mut state.dirty, key, &mut state.connections[key]);
+        }
+        state.end_of_turn(&mut ioloop);
+        assert!(
+            state.connections[keys[0]].conn.is_open(),
+            "room for notices"
+        );
+        assert!(!state.connections[keys[1]].conn.is_open(), "cut off");
     }
 
     /// The seed's room without a history: joins and leaves only, so all
