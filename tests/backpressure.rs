@@ -13,17 +13,15 @@ use common::*;
 use eddy::Config;
 use serde_json::Value;
 
-/// A connection whose receive buffer is set small *before* connecting (the
-/// window is agreed at the handshake), so that a client that stops reading
-/// fills up after a few KiB instead of megabytes of kernel memory, and the
-/// server's own queue is what fills.
-fn small_window_tcp(addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+/// A raw WebSocket on a connection with a 16 KiB receive buffer, so that
+/// a client that stops reading fills up after a few KiB instead of
+/// megabytes of kernel memory, and the server's own queue is what fills.
+fn stalling_client(addr: SocketAddr) -> TcpStream {
+    let mut stream = small_window_tcp(addr, 16 * 1024);
+    stream
+        .write_all(upgrade_request(addr, "").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut stream, true).status, 101);
     stream
 }
 
@@ -51,11 +49,7 @@ fn a_client_that_stops_reading_gets_every_line_once_in_order_and_is_never_closed
         ..config()
     });
     let mut sender = join(server.addr);
-    let mut stalled = small_window_tcp(server.addr);
-    stalled
-        .write_all(upgrade_request(server.addr, "").as_bytes())
-        .unwrap();
-    assert_eq!(read_response(&mut stalled, true).status, 101);
+    let mut stalled = stalling_client(server.addr);
     recv_joined(&mut sender);
 
     // 3,000 lines of 1 KB while it reads nothing; the sender reads its own
@@ -110,11 +104,7 @@ fn a_poster_that_never_reads_is_not_cut_off_and_everyone_gets_its_lines() {
     let baseline = status_kib(binary.pid, "VmRSS");
     // The poster: a raw socket that writes 2,000 lines of 10 KB and never
     // reads a byte of the 20 MB it is sent back.
-    let mut poster = small_window_tcp(addr);
-    poster
-        .write_all(upgrade_request(addr, "").as_bytes())
-        .unwrap();
-    assert_eq!(read_response(&mut poster, true).status, 101);
+    let mut poster = stalling_client(addr);
     let padding = "p".repeat(10_000);
     for n in 0..LINES {
         let line = format!("{n:05} {padding}");
@@ -152,7 +142,8 @@ fn a_poster_that_never_reads_is_not_cut_off_and_everyone_gets_its_lines() {
 #[test]
 fn a_client_that_piles_up_pongs_it_never_reads_is_still_cut_off() {
     // Pongs are not history: nothing could give them again, so a client
-    // that sends pings and reads nothing is cut off at the cap (1008).
+    // that sends pings and reads nothing is cut off once its unread output
+    // passes twice the cap (the second cap is room for such output).
     let server = TestServer::chat(Config {
         max_message_bytes: 1024,
         max_pending_bytes: 8 * 1024,
@@ -160,11 +151,7 @@ fn a_client_that_piles_up_pongs_it_never_reads_is_still_cut_off() {
         ..config()
     });
     let mut watcher = join(server.addr);
-    let mut pinger = small_window_tcp(server.addr);
-    pinger
-        .write_all(upgrade_request(server.addr, "").as_bytes())
-        .unwrap();
-    assert_eq!(read_response(&mut pinger, true).status, 101);
+    let mut pinger = stalling_client(server.addr);
     let pinger_id = recv_joined(&mut watcher);
     // Pings of 100 bytes, from a thread, until it is cut off: at most
     // 20 MB of pongs, bounded; the kernel's buffers (which grow to a few

@@ -49,20 +49,6 @@ fn wait_for_fds(pid: u32, baseline: usize) {
     }
 }
 
-/// A connection whose receive buffer is set small *before* connecting (the
-/// window is agreed at the handshake), so that a client that never reads
-/// fills up after a few KiB instead of megabytes of kernel memory; 500 of
-/// those would otherwise drive the kernel into TCP memory pressure.
-fn small_window_tcp(addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-    stream
-}
-
 /// A raw client that reads every frame in a thread, and returns the
 /// sequence numbers of the chat lines it saw (each line starts with one),
 /// in order, once it has seen `lines` of them; also counts "has left"
@@ -142,7 +128,7 @@ fn five_hundred_clients_that_never_read_cost_bounded_memory_and_stall_nobody() {
     let readers: Vec<_> = (0..2).map(|_| reader(addr, LINES)).collect();
     let stuck: Vec<TcpStream> = (0..STUCK)
         .map(|_| {
-            let mut stream = small_window_tcp(addr);
+            let mut stream = small_window_tcp(addr, 4096);
             stream
                 .write_all(upgrade_request(addr, "").as_bytes())
                 .unwrap();

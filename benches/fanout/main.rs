@@ -559,6 +559,18 @@ fn main() {
 /// The result of a server not run in a scenario for Eddy alone.
 const NOT_APPLICABLE: &str = "n/a (Eddy only)";
 
+/// A table row for a server that has no figures in a scenario: why, then
+/// `empty` more cells.
+fn error_row(out: &mut String, row: &Row, why: &str, empty: usize) {
+    let _ = writeln!(
+        out,
+        "| {} | {} | {why} {}",
+        row.scenario.name(),
+        row.kind.name(),
+        "|".repeat(empty)
+    );
+}
+
 /// What a server left out of a scenario beyond its reach shows.
 const TOO_SLOW: &str = "not run (minutes per run at its pace)";
 
@@ -881,13 +893,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
                 );
             }
             Err(why) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {why} {}",
-                    row.scenario.name(),
-                    row.kind.name(),
-                    "|".repeat(15)
-                );
+                error_row(out, row, why, 15);
             }
         }
     }
@@ -964,13 +970,7 @@ fn slow_table(out: &mut String, rows: &[Row]) {
         let s = match &row.result {
             Ok(s) => s,
             Err(why) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {why} {}",
-                    row.scenario.name(),
-                    row.kind.name(),
-                    "|".repeat(13)
-                );
+                error_row(out, row, why, 13);
                 continue;
             }
         };
@@ -1085,13 +1085,7 @@ fn history_table(out: &mut String, rows: &[Row]) {
                 );
             }
             Err(why) => {
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {why} {}",
-                    row.scenario.name(),
-                    row.kind.name(),
-                    "|".repeat(7)
-                );
+                error_row(out, row, why, 7);
             }
         }
     }

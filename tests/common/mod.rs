@@ -124,6 +124,19 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A connection whose receive buffer is set to `bytes` *before* connecting
+/// (the window is agreed at the handshake), so that a client that never
+/// reads fills up after a few KiB instead of megabytes of kernel memory.
+pub fn small_window_tcp(addr: SocketAddr, bytes: usize) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
 /// Reads until the server closes the connection; returns everything.
 pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
