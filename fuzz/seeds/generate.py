@@ -111,6 +111,13 @@ CONNECTION = {
     "keep_alive_split": header(end=2, chunks=(5, 9, 2), rooms=(1, 255))
     + b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /nope HTTP/1.1\r\nHost: h\r\n\r\n",
     "garbage": header(chunks=(1, 2, 3)) + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\r\n" * 3,
+    # The target's handler refuses a target with a "!" in it, as the chat
+    # refuses a malformed resume: a 400 instead of the 101, frames after it
+    # never read as HTTP.
+    "handshake_refused": header(chunks=(11, 0, 0))
+    + upgrade(target="/soc?since=!&epoch=e")
+    + text("never read"),
+    "handshake_with_query": header() + upgrade(target="/soc?since=3&epoch=q3k9x2aa81") + text("resumed"),
 }
 
 
