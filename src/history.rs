@@ -47,7 +47,7 @@ pub type Seq = u64;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Epoch(Arc<str>);
 
-/// How many characters an epoch has: 16 of the 32 in [`EPOCH_ALPHABET`], so
+/// How many characters an epoch has: 16, each one of 32 (Crockford's base 32), so
 /// 80 random bits.
 pub const EPOCH_CHARS: usize = 16;
 
@@ -78,11 +78,6 @@ impl Epoch {
             .map(|b| char::from(EPOCH_ALPHABET[usize::from(b & 31)]))
             .collect();
         Epoch(text.into())
-    }
-
-    /// An epoch by name (one a client sent back, or one read from storage).
-    pub fn from_name(name: &str) -> Epoch {
-        Epoch(name.into())
     }
 
     /// The epoch's name, as it goes on the wire.

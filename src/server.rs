@@ -17,8 +17,9 @@
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes every
 //!    dirty connection once (vectored writes of all it got this turn), feeds
 //!    those catching up from history as far as their sockets take, cuts off
-//!    any client whose unread output that history cannot replace is over the
-//!    cap, asks mio for WRITABLE only where bytes remain, and frees finished
+//!    any client whose unread output is over twice the cap (lines stop at
+//!    the cap; the rest is what history cannot give again: pongs, notices),
+//!    asks mio for WRITABLE only where bytes remain, and frees finished
 //!    connections.
 //!
 //! Slots are freed only at the end of a turn, never while the events of a
