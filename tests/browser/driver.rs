@@ -196,7 +196,40 @@ impl Page {
     /// Waits until the JavaScript condition `predicate` is true, re-checking
     /// it on every change to the DOM; fails after [`WAIT_MS`].
     pub fn wait_until(&self, predicate: &str) {
-        let script = format!(
+        let result = self
+            .tab
+            .evaluate(&Self::waiting_script(predicate), true)
+            .unwrap_or_else(|e| {
+                panic!("waiting for `{predicate}` failed: {e}\n{}", self.describe())
+            });
+        if result.value != Some(Value::Bool(true)) {
+            panic!("timed out waiting for `{predicate}`\n{}", self.describe());
+        }
+    }
+
+    /// As [`Page::wait_until`], across a navigation the page starts itself
+    /// (a link, a form, `location.assign`): a wait in the old document ends
+    /// with an error when the document goes, and is then started again in the
+    /// new one. `predicate` must be false in the old document (check
+    /// `location.pathname`), or this returns before the navigation.
+    pub fn wait_until_navigated(&self, predicate: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
+        let script = Self::waiting_script(predicate);
+        loop {
+            match self.tab.evaluate(&script, true) {
+                Ok(result) if result.value == Some(Value::Bool(true)) => return,
+                Ok(_) => panic!("timed out waiting for `{predicate}`\n{}", self.describe()),
+                // The document was replaced while we waited: wait in the new one.
+                Err(_) if std::time::Instant::now() < deadline => continue,
+                Err(e) => panic!("waiting for `{predicate}` failed: {e}\n{}", self.describe()),
+            }
+        }
+    }
+
+    /// A promise that resolves to true once `predicate` holds, re-checked
+    /// on every change to the DOM, and rejects after [`WAIT_MS`].
+    fn waiting_script(predicate: &str) -> String {
+        format!(
             "new Promise((resolve, reject) => {{
                 const ok = () => {{ try {{ return !!({predicate}); }} catch (e) {{ return false; }} }};
                 if (ok()) return resolve(true);
@@ -205,13 +238,18 @@ impl Page {
                 observer.observe(document, {{ subtree: true, childList: true, characterData: true, attributes: true }});
                 const timer = setTimeout(() => done(() => reject(new Error('timed out'))), {WAIT_MS});
             }})"
-        );
-        let result = self.tab.evaluate(&script, true).unwrap_or_else(|e| {
-            panic!("waiting for `{predicate}` failed: {e}\n{}", self.describe())
-        });
-        if result.value != Some(Value::Bool(true)) {
-            panic!("timed out waiting for `{predicate}`\n{}", self.describe());
-        }
+        )
+    }
+
+    /// The text of the element matching `selector` ("" if there is none).
+    pub fn text(&self, selector: &str) -> String {
+        let quoted = serde_json::to_string(selector).unwrap();
+        self.eval(&format!(
+            "(document.querySelector({quoted}) || {{}}).textContent || ''"
+        ))
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
     }
 
     /// The chat rows, as `class|cell|cell` strings, for assertions and for
@@ -358,9 +396,18 @@ impl Page {
                 .and_then(|r| r.value)
                 .unwrap_or(Value::Null)
         };
+        let path = self
+            .tab
+            .evaluate("location.pathname", false)
+            .ok()
+            .and_then(|r| r.value)
+            .unwrap_or(Value::Null);
         format!(
-            "  status: {}\n  rows: {}",
+            "  at: {path}, room: {}, {}\n  status: {}\n  members: {}\n  rows: {}",
+            text_of("room"),
+            text_of("count"),
             text_of("status"),
+            text_of("members"),
             text_of("message")
         )
     }
