@@ -784,3 +784,307 @@ fn unknown_messages_are_ignored() {
     assert_eq!(page.rows().len(), 1, "{:?}", page.rows());
     assert_eq!(page.errors(), serde_json::json!([]));
 }
+
+// Rooms, names and presence ----------------------------------------------
+
+/// The page for a room: `room` as it goes in the path (percent-encoded).
+fn room_url(addr: SocketAddr, room: &str) -> String {
+    format!("http://{addr}/r/{room}")
+}
+
+/// Installed before the page's script: the URL of every socket the page
+/// opens, in `window.__sockets`. A proxy, so `WebSocket.OPEN` and the rest
+/// stay as they are.
+const WATCH_SOCKETS: &str = "window.__sockets = [];
+    window.WebSocket = new Proxy(window.WebSocket, {
+        construct(target, args) { window.__sockets.push(String(args[0])); return new target(...args); }
+    });";
+
+/// Opens `url` with [`WATCH_SOCKETS`] and waits until it is connected and
+/// welcomed.
+fn open_chat_at(chromium: &Chromium, url: &str) -> Page {
+    let page = chromium.open_with(url, WATCH_SOCKETS);
+    page.wait_for_status("open");
+    page.wait_for_row("Welcome to WebSocket");
+    page
+}
+
+/// The socket URLs the page has opened (with [`WATCH_SOCKETS`]).
+fn sockets(page: &Page) -> Vec<String> {
+    serde_json::from_value(page.eval("window.__sockets")).unwrap()
+}
+
+/// Waits until the page shows `room` as its room and `count` people here.
+fn wait_for_presence(page: &Page, room: &str, count: u64) {
+    let room = serde_json::to_string(room).unwrap();
+    page.wait_until(&format!(
+        "document.getElementById('room').textContent === {room}
+         && document.getElementById('count').textContent === '{count} here'"
+    ));
+}
+
+/// Waits until the member list shows exactly `labels`, in any order.
+fn wait_for_members(page: &Page, labels: &[&str]) {
+    let labels = serde_json::to_string(labels).unwrap();
+    page.wait_until(&format!(
+        "!document.getElementById('people').hidden
+         && JSON.stringify(Array.from(document.querySelectorAll('#members li')).map(li => li.textContent).sort())
+            === JSON.stringify({labels}.sort())"
+    ));
+}
+
+/// The page's own id, from its entry in the member list (titled `id N`).
+fn own_member_id(page: &Page) -> u64 {
+    page.wait_until("document.querySelector('#members li.mine') !== null");
+    let title = page.eval("document.querySelector('#members li.mine').title");
+    let title = title.as_str().unwrap();
+    title
+        .strip_prefix("id ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("not an id: {title}"))
+}
+
+/// Sets the page's name as a person would: the name field, then Enter.
+fn set_name(page: &Page, name: &str) {
+    page.click("#name");
+    page.eval("document.getElementById('name').select(); true");
+    page.type_keys(name);
+    page.press("Enter");
+}
+
+#[test]
+fn two_tabs_in_one_room_and_one_in_another_chat_without_cross_talk() {
+    let Some(chromium) = Chromium::launch("rooms") else {
+        return;
+    };
+    let server = TestServer::start();
+    let a1 = open_chat_at(&chromium, &room_url(server.addr, "Alpha"));
+    let a2 = open_chat_at(&chromium, &room_url(server.addr, "Alpha"));
+    // "Béta", percent-encoded in the link as a browser sends it.
+    let b = open_chat_at(&chromium, &room_url(server.addr, "B%C3%A9ta"));
+    // The room goes in the socket's query as typed; the server folds its
+    // case, and the page shows the name the welcome gives.
+    assert!(
+        sockets(&a1)[0].ends_with("/soc?room=Alpha"),
+        "{:?}",
+        sockets(&a1)
+    );
+    assert!(
+        sockets(&b)[0].ends_with("/soc?room=B%C3%A9ta"),
+        "{:?}",
+        sockets(&b)
+    );
+    for page in [&a1, &a2] {
+        wait_for_presence(page, "alpha", 2);
+    }
+    wait_for_presence(&b, "béta", 1);
+    assert_eq!(b.eval("document.title"), "béta · Eddy chat");
+
+    // Each line is sent after the one before it has arrived, and the server
+    // keeps each client's messages in order: had a line crossed to the other
+    // room, it would have arrived there before the next line seen there.
+    say_with_keys(&a1, "alpha one");
+    a2.wait_for_row("alpha one");
+    say_with_keys(&b, "beta one");
+    b.wait_for_row("beta one");
+    say_with_keys(&a2, "alpha two");
+    a1.wait_for_row("alpha two");
+    a2.wait_for_row("alpha two");
+    say_with_keys(&b, "beta two");
+    b.wait_for_row("beta two");
+    for page in [&a1, &a2] {
+        assert_eq!(count_rows(page, "beta"), 0, "{:?}", page.rows());
+    }
+    assert_eq!(count_rows(&b, "alpha"), 0, "{:?}", b.rows());
+    // Joins too stay in their room: a1 heard a2 come, and nobody else.
+    assert_eq!(count_rows(&a1, "has joined"), 1, "{:?}", a1.rows());
+    assert_eq!(count_rows(&a2, "has joined"), 0, "{:?}", a2.rows());
+    assert_eq!(count_rows(&b, "has joined"), 0, "{:?}", b.rows());
+
+    // B goes to the other room with the room form: a page of its own, where
+    // it gets alpha's lines (not beta's) as a newcomer.
+    b.click("#room-name");
+    b.type_keys("ALPHA");
+    b.press("Enter");
+    b.wait_until_navigated(
+        "location.pathname === '/r/ALPHA'
+         && document.getElementById('status').dataset.state === 'open'
+         && document.getElementById('count').textContent === '3 here'",
+    );
+    b.wait_for_row("alpha two");
+    assert_eq!(count_rows(&b, "beta"), 0, "{:?}", b.rows());
+    wait_for_presence(&b, "alpha", 3);
+    a1.wait_for_row("has joined");
+    wait_for_presence(&a1, "alpha", 3);
+    for page in [&a1, &a2, &b] {
+        assert_eq!(page.errors(), serde_json::json!([]));
+    }
+}
+
+#[test]
+fn a_link_to_no_possible_room_says_so_and_does_not_connect() {
+    let Some(chromium) = Chromium::launch("bad_room") else {
+        return;
+    };
+    let server = TestServer::start();
+    let page = chromium.open_with(&room_url(server.addr, "no%20spaces"), WATCH_SOCKETS);
+    page.wait_for_row("is not a room");
+    assert_eq!(page.text("#status"), "not connected");
+    assert_eq!(page.eval("document.getElementById('send').disabled"), true);
+    assert!(sockets(&page).is_empty(), "{:?}", sockets(&page));
+    // The room form checks a name before it leaves the page.
+    page.click("#room-name");
+    page.eval("document.getElementById('room-name').select(); true");
+    page.type_keys("a/b");
+    page.press("Enter");
+    page.wait_until("document.getElementById('room-note').textContent !== ''");
+    assert!(page.text("#room-note").contains("only letters, digits"));
+    assert_eq!(page.eval("location.pathname"), "/r/no%20spaces");
+    assert_eq!(page.errors(), serde_json::json!([]));
+}
+
+#[test]
+fn names_show_on_lines_and_the_member_list_follows_joins_nicks_and_leaves() {
+    let Some(chromium) = Chromium::launch("names") else {
+        return;
+    };
+    let server = TestServer::start();
+    let url = room_url(server.addr, "names");
+    let a = open_chat_at(&chromium, &url);
+    wait_for_presence(&a, "names", 1);
+    let a_id = own_member_id(&a);
+    wait_for_members(&a, &[&format!("you ({a_id})")]);
+
+    // A names itself with the name field, while connected: `/nick`.
+    set_name(&a, "Ada Lovelace");
+    a.wait_for_row(&format!("{a_id} is now known as Ada Lovelace"));
+    wait_for_members(&a, &["you (Ada Lovelace)"]);
+    assert_eq!(
+        a.eval("localStorage.getItem('eddy.name')"),
+        "Ada Lovelace",
+        "remembered"
+    );
+
+    // B, a tab of the same browser, remembers the same name and comes with
+    // it (form-encoded in the query). Now two people share it: the id goes
+    // beside it.
+    let b = open_chat_at(&chromium, &url);
+    let b_socket = &sockets(&b)[0];
+    assert!(
+        b_socket.ends_with("/soc?room=names&name=Ada+Lovelace"),
+        "{b_socket}"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('name').value"),
+        "Ada Lovelace"
+    );
+    a.wait_for_row("Ada Lovelace has joined");
+    wait_for_presence(&a, "names", 2);
+    let b_id = own_member_id(&b);
+    wait_for_members(
+        &a,
+        &["you (Ada Lovelace)", &format!("Ada Lovelace ({b_id})")],
+    );
+    wait_for_members(
+        &b,
+        &["you (Ada Lovelace)", &format!("Ada Lovelace ({a_id})")],
+    );
+    say(&a, "hello from A");
+    assert_eq!(
+        b.wait_for_row("hello from A"),
+        format!("|text:hello from A|who:Ada Lovelace ({a_id})")
+    );
+    assert_eq!(
+        a.wait_for_row("hello from A"),
+        "mine|text:hello from A|who:you (Ada Lovelace)"
+    );
+
+    // B renames itself with a command typed in the message box; its name
+    // field follows.
+    say(&b, "/nick Bea");
+    a.wait_for_row("Ada Lovelace is now known as Bea");
+    wait_for_members(&a, &["you (Ada Lovelace)", "Bea"]);
+    wait_for_members(&b, &["you (Bea)", &format!("Ada Lovelace ({a_id})")]);
+    assert_eq!(b.eval("document.getElementById('name').value"), "Bea");
+
+    // `/me` is an action; a plain line carries the name.
+    say_with_keys(&b, "/me waves");
+    say_with_keys(&b, "plain line");
+    a.wait_for_row("plain line");
+    assert_eq!(
+        rows_after(&a, "is now known as Bea"),
+        [
+            "|text action:* Bea waves|who:Bea",
+            "|text:plain line|who:Bea"
+        ]
+    );
+    let styles = a.eval(
+        "(() => { const cells = Array.from(document.querySelectorAll('#message td.text'));
+                  const action = cells.find(c => c.classList.contains('action'));
+                  const plain = cells.find(c => !c.classList.contains('action'));
+                  return [getComputedStyle(action).fontStyle, getComputedStyle(plain).fontStyle]; })()",
+    );
+    assert_eq!(styles, serde_json::json!(["italic", "normal"]));
+
+    // B leaves: the list and the count follow.
+    b.close();
+    a.wait_for_row("Bea has left");
+    wait_for_members(&a, &["you (Ada Lovelace)"]);
+    wait_for_presence(&a, "names", 1);
+    assert_ne!(a_id, b_id);
+    assert_eq!(a.errors(), serde_json::json!([]));
+}
+
+#[test]
+fn a_name_made_of_markup_shows_as_text() {
+    let Some(chromium) = Chromium::launch("markup_name") else {
+        return;
+    };
+    // Without a CSP, so that what keeps the names inert is seen to be the
+    // page's own escaping, not the policy.
+    let server = TestServer::chat(eddy::Config {
+        csp: None,
+        ..config()
+    });
+    let url = room_url(server.addr, "markup");
+    let first = "<img src=x onerror=__pwned=1>";
+    let second = "<b>x</b><svg onload=__pwned=2>";
+    let a = open_chat_at(&chromium, &url);
+    set_name(&a, first);
+    a.wait_for_row(&format!("is now known as {first}"));
+    let b = open_chat_at(&chromium, &url);
+    a.wait_for_row(&format!("{first} has joined"));
+    say(&b, &format!("/nick {second}"));
+    a.wait_for_row(&format!("{first} is now known as {second}"));
+    say_with_keys(&b, "hi");
+    say_with_keys(&b, "/me <i>acts</i>");
+    a.wait_for_row("acts");
+    for page in [&a, &b] {
+        page.wait_for_row(&format!("* {second} <i>acts</i>"));
+    }
+    assert_eq!(
+        rows_after(&a, &format!("is now known as {second}")),
+        [
+            format!("|text:hi|who:{second}"),
+            format!("|text action:* {second} <i>acts</i>|who:{second}")
+        ]
+    );
+    // B came as `first` too, so in B's eyes A's name is shared.
+    let a_id = own_member_id(&a);
+    wait_for_members(&a, &[&format!("you ({first})"), second]);
+    wait_for_members(
+        &b,
+        &[&format!("you ({second})"), &format!("{first} ({a_id})")],
+    );
+    for page in [&a, &b] {
+        assert_eq!(
+            page.eval("typeof window.__pwned"),
+            "undefined",
+            "something ran"
+        );
+        let injected =
+            page.eval("document.querySelectorAll('body img, body svg, body b, body i').length");
+        assert_eq!(injected, 0, "markup in a name became elements");
+        assert_eq!(page.errors(), serde_json::json!([]));
+    }
+}
