@@ -20,7 +20,9 @@
 //!
 //! ```no_run
 //! use eddy::{Config, Server};
-//! let server = Server::bind("127.0.0.1:0".parse().unwrap(), Config::default())?;
+//! let config = Config::default();
+//! let routes = eddy::chat::routes(&config);
+//! let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, routes)?;
 //! let addr = server.local_addr()?;
 //! let handle = server.handle();
 //! let thread = std::thread::spawn(move || server.run());
@@ -37,6 +39,7 @@ pub mod config;
 pub mod connection;
 pub mod echo;
 pub mod feed;
+pub mod groups;
 pub mod handler;
 pub mod history;
 pub mod http;
@@ -51,5 +54,5 @@ pub mod ws;
 pub use chat::ChatRoom;
 pub use config::Config;
 pub use echo::EchoHandler;
-pub use handler::{ConnId, Outbox, Recipients, Refusal, Request, WebSocketHandler};
+pub use handler::{ConnId, Outbox, Recipients, Refusal, Request, Routes, WebSocketHandler};
 pub use server::{Server, ServerHandle};
