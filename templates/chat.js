@@ -32,10 +32,14 @@
   var DEFAULT_ROOM = "lobby";
   var ROOM_PATH = "/r/";
   var ROOM_MAX_CHARS = 64;
-  var ROOM_CHARS = /^[\p{L}\p{N}._-]+$/u;            // letters and digits of any script
+  // Letters and digits of any script, as Rust's char::is_alphanumeric
+  // (Alphabetic or Numeric), which the server uses.
+  var ROOM_CHARS = /^[\p{Alphabetic}\p{N}._-]+$/u;
   var NAME_MAX_CHARS = 32;
   var NAME_FORBIDDEN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;  // control, format, line breaks
-  var NAME_VISIBLE = /[^\p{Z}\p{M}]/u;                 // something besides spaces and marks
+  // Something that shows: not white space, nor one of the letters and
+  // symbols that render blank (the server's list).
+  var NAME_VISIBLE = /[^\p{White_Space}\u034F\u115F\u1160\u2800\u3164\uFFA0]/u;
   var NAME_KEY = "eddy.name";                         // in localStorage
 
   var table = document.getElementById("message");
