@@ -70,6 +70,10 @@ fn count_rows(page: &Page, text: &str) -> usize {
 /// The sys notice the page shows when its resume meets a new history.
 const RESET_ROW: &str = "|sys:The room's history began again: earlier lines are gone.";
 
+/// The sys notice the page shows when its resume token is not honoured.
+const RESUME_REFUSED_ROW: &str =
+    "|sys:Your earlier session could not be resumed: you join as someone new.";
+
 /// Where the suite's screenshots go: under `target/`.
 fn screenshot_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -305,12 +309,12 @@ fn the_page_shows_a_lost_server_and_reconnects_by_itself() {
     page.wait_until(
         "Array.from(document.querySelectorAll('#message tr')).filter(r => r.textContent.includes('Welcome to WebSocket')).length === 2",
     );
-    // The page asked to resume, but this server's history is a new run:
-    // it is told so, and says so.
+    // The page asked to resume, but this server's history is a new run,
+    // and its resume token means nothing here: it is told both, and says so.
     page.wait_for_row("history began again");
     assert_eq!(
         rows_after(&page, "connection lost"),
-        ["|sys:Welcome to WebSocket", RESET_ROW]
+        ["|sys:Welcome to WebSocket", RESUME_REFUSED_ROW, RESET_ROW]
     );
 
     // And chatting works again, both ways. Ids start afresh with the new
@@ -341,7 +345,7 @@ fn a_tab_cut_off_while_the_server_runs_shows_the_lines_it_missed_once_in_order()
     let server = TestServer::start();
     // Tab A goes through a relay, so that its connection alone can be cut.
     let relay = Relay::start(server.addr);
-    let a = open_chat(&chromium, relay.addr);
+    let a = open_chat_at(&chromium, &url(relay.addr));
     let b = open_chat(&chromium, server.addr);
     a.wait_for_row("has joined");
     say_with_keys(&b, "before the cut, from B");
@@ -386,12 +390,27 @@ fn a_tab_cut_off_while_the_server_runs_shows_the_lines_it_missed_once_in_order()
     let before = a.wait_for_row("before the cut, from A");
     assert!(before.starts_with("mine|"), "{before}");
 
-    // A line it sends now, under its new id, is its own too.
+    // It came back with where it was and the welcome's resume token...
+    let again = &sockets(&a)[1];
+    let query = again
+        .strip_prefix(&format!("ws://{}/soc?since=", relay.addr))
+        .unwrap_or_else(|| panic!("{again}"));
+    assert!(
+        query.contains("&epoch=") && query.contains("&resume="),
+        "{again}"
+    );
+    // ...so it has the id it had: a line it sends now is its own, under
+    // that id, and both member lists have it again.
     say_with_keys(&a, "back, from A");
     let back = a.wait_for_row("back, from A");
     assert!(back.starts_with("mine|"), "{back}");
-    assert_ne!(own_id(&back), first_id, "a new connection, a new id");
-    b.wait_for_row("back, from A");
+    assert_eq!(own_id(&back), first_id, "the resume token gave the id back");
+    assert_eq!(
+        b.wait_for_row("back, from A"),
+        format!("|text:back, from A|who:{first_id}")
+    );
+    wait_for_members(&a, &[&format!("you ({first_id})"), &b_id.to_string()]);
+    wait_for_members(&b, &[&format!("you ({b_id})"), &first_id.to_string()]);
     assert_eq!(a.errors(), serde_json::json!([]));
 }
 
