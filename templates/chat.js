@@ -88,7 +88,10 @@
   // A name whose handshake failed: perhaps the server refused it (it says
   // why only to a `/nick`), perhaps the server was down. Until a `/nick`
   // with it succeeds, we connect without it and ask with `/nick` instead.
+  // A name the server has taken before is not suspected: its rules do not
+  // change, so that failure was the server's being away (a restart).
   var suspectName = null;
+  var acceptedNames = new Set();
 
   // Who is here: `count`, and while the room is small enough for the
   // server to list them, the members (id -> name or null), kept current
@@ -122,6 +125,9 @@
     if (length === 0) return "a room name needs at least one character";
     if (length > ROOM_MAX_CHARS) return "a room name has at most " + ROOM_MAX_CHARS + " characters";
     if (!ROOM_CHARS.test(name)) return "a room name has only letters, digits, “-”, “_” and “.”";
+    // Valid rooms, but no link can name them: browsers read /r/. and
+    // /r/.. (even percent-encoded) as the directory and its parent.
+    if (name === "." || name === "..") return "“.” and “..” cannot be linked to";
     return null;
   }
 
@@ -333,6 +339,7 @@
       // Our new name, whether from the name field or a `/nick` typed in
       // the message box: the field and the stored name follow it.
       myName = name;
+      acceptedNames.add(name);
       nickAsked = null;
       if (suspectName === name) suspectName = null;
       wantedName = name;
@@ -418,6 +425,7 @@
       showRoom();
     }
     myName = typeof data.name === "string" ? data.name : null;
+    if (myName !== null) acceptedNames.add(myName);
     noteName(myId, myName);
     takeSnapshot(data);
     // The name may have changed while we were away, or a resume gave back
@@ -508,7 +516,7 @@
     socket.onclose = function () {
       // A handshake refused (or a server down): if it carried a name, the
       // next attempt goes without, and asks for the name once welcomed.
-      if (!opened && name !== "") suspectName = name;
+      if (!opened && name !== "" && !acceptedNames.has(name)) suspectName = name;
       // A line in the log marks the break; the lines missed meanwhile
       // come after it once we are back.
       if (myId !== null) addNotice("connection lost");
