@@ -314,6 +314,21 @@ impl Page {
             .expect("click");
     }
 
+    /// Moves the focus to the element matching `selector`, as Tab or a
+    /// click would, and selects its text (so that typing replaces it). A
+    /// click costs about a second of headless_chrome's waiting for the
+    /// element to settle; this costs one call.
+    pub fn focus(&self, selector: &str) {
+        self.to_front();
+        let quoted = serde_json::to_string(selector).unwrap();
+        let focused = self.eval(&format!(
+            "(() => {{ const el = document.querySelector({quoted});
+                      el.focus(); if (el.select) el.select();
+                      return document.activeElement === el; }})()"
+        ));
+        assert_eq!(focused, Value::Bool(true), "{selector} took no focus");
+    }
+
     /// Brings the tab to the front, as a person switches to a tab before
     /// using it: a background tab does not render, so its elements never
     /// settle for a click.
