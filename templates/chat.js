@@ -41,6 +41,9 @@
   // symbols that render blank (the server's list).
   var NAME_VISIBLE = /[^\p{White_Space}\u034F\u115F\u1160\u2800\u3164\uFFA0]/u;
   var NAME_KEY = "eddy.name";                         // in localStorage
+  // The reason of the close (code 1000) that ends a connection whose
+  // resume token a newer one presented.
+  var REPLACED_REASON = "replaced by a newer connection";
 
   var table = document.getElementById("message");
   var log = document.getElementById("log");
@@ -513,13 +516,23 @@
       // Unknown types are ignored, so the server can grow.
       if (data && Object.prototype.hasOwnProperty.call(show, data.type)) show[data.type](data);
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       // A handshake refused (or a server down): if it carried a name, the
       // next attempt goes without, and asks for the name once welcomed.
       if (!opened && name !== "" && !acceptedNames.has(name)) suspectName = name;
-      // A line in the log marks the break; the lines missed meanwhile
-      // come after it once we are back.
-      if (myId !== null) addNotice("connection lost");
+      if (event.code === 1000 && event.reason === REPLACED_REASON) {
+        // Another connection presented our resume token and took our id.
+        // Taking it back would close that one, which would take it back
+        // again, for ever: we come back as someone new instead.
+        // The id is that connection's now: its lines are not ours.
+        resumeToken = null;
+        if (myId !== null) delete myIds[myId];
+        addNotice("This session was taken over by another connection: you come back as someone new.");
+      } else if (myId !== null) {
+        // A line in the log marks the break; the lines missed meanwhile
+        // come after it once we are back.
+        addNotice("connection lost");
+      }
       socket = null;
       myId = null;
       welcomed = false;
