@@ -812,11 +812,18 @@ fn room_url(addr: SocketAddr, room: &str) -> String {
 }
 
 /// Installed before the page's script: the URL of every socket the page
-/// opens, in `window.__sockets`. A proxy, so `WebSocket.OPEN` and the rest
-/// stay as they are.
+/// opens, in `window.__sockets`, and every message it receives, in
+/// `window.__received`. A proxy, so `WebSocket.OPEN` and the rest stay as
+/// they are.
 const WATCH_SOCKETS: &str = "window.__sockets = [];
+    window.__received = [];
     window.WebSocket = new Proxy(window.WebSocket, {
-        construct(target, args) { window.__sockets.push(String(args[0])); return new target(...args); }
+        construct(target, args) {
+            window.__sockets.push(String(args[0]));
+            const socket = new target(...args);
+            socket.addEventListener('message', e => window.__received.push(e.data));
+            return socket;
+        }
     });";
 
 /// Opens `url` with [`WATCH_SOCKETS`] and waits until it is connected and
@@ -1116,5 +1123,42 @@ fn a_name_made_of_markup_shows_as_text() {
     let injected = page
         .eval("document.querySelectorAll('body img, body svg, body b, body i, body script:not([src])').length");
     assert_eq!(injected, 0, "markup in a name became elements");
+    assert_eq!(page.errors(), serde_json::json!([]));
+}
+
+#[test]
+fn a_tab_whose_session_another_connection_took_comes_back_as_someone_new() {
+    let Some(chromium) = Chromium::launch("taken_over") else {
+        return;
+    };
+    let server = TestServer::start();
+    let page = open_chat_at(&chromium, &room_url(server.addr, "taken"));
+    let welcome: serde_json::Value =
+        serde_json::from_str(page.eval("window.__received[0]").as_str().unwrap()).unwrap();
+    let (id, token) = (&welcome["id"], welcome["resume"].as_str().unwrap());
+
+    // Another connection presents the page's token: it gets the page's id,
+    // and the server closes the page's connection.
+    let (mut client, _) = tungstenite::client(
+        format!("ws://{}/soc?room=taken&resume={token}", server.addr),
+        tcp(server.addr),
+    )
+    .expect("handshake");
+    assert_eq!(recv_json(&mut client)["id"], *id);
+    page.wait_for_row("taken over by another connection");
+
+    // The page comes back, as someone new: without the token, so it does not
+    // take the id back (and that connection is not closed in turn).
+    page.wait_until(
+        "Array.from(document.querySelectorAll('#message tr')).filter(r => r.textContent.includes('Welcome to WebSocket')).length === 2",
+    );
+    let again = &sockets(&page)[1];
+    assert!(!again.contains("resume="), "{again}");
+    send(&mut client, "the id is mine now");
+    assert_eq!(
+        page.wait_for_row("the id is mine now"),
+        format!("|text:the id is mine now|who:{id}"),
+        "not the page's own line"
+    );
     assert_eq!(page.errors(), serde_json::json!([]));
 }
