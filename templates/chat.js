@@ -239,14 +239,22 @@
     return others + me;
   }
 
+  // Whether `name` could pass for a label the page makes itself: our own
+  // "you (…)", an anonymous member's id, or a name with its id beside it.
+  function mimics(name) {
+    return /^\s*you\b/iu.test(name) || /^\s*\p{Nd}+\s*$/u.test(name) ||
+      /\(\s*\p{Nd}+\s*\)\s*$/u.test(name);
+  }
+
   // How to show someone: the name, with the id beside it where the name
-  // alone could mislead; the id where there is no name; and our own
-  // lines marked "you".
+  // alone could mislead (in quotes where it mimics a label of ours); the
+  // id where there is no name; and our own lines marked "you".
   function label(id, name) {
     var mine = myIds[id] === true;
     if (typeof name !== "string") return mine ? "you (" + id + ")" : String(id);
     if (mine) return "you (" + name + ")";
-    if (carriers(name) > 1 || /^\s*you\b/i.test(name)) return name + " (" + id + ")";
+    if (mimics(name)) return "“" + name + "” (" + id + ")";
+    if (carriers(name) > 1) return name + " (" + id + ")";
     return name;
   }
 
