@@ -878,8 +878,9 @@ fn set_name(page: &Page, name: &str) {
 }
 
 /// A chat client of its own in `room`, called `name`: the query built as
-/// the page builds it (form-encoded), its welcome read.
-fn join_as(addr: SocketAddr, room: &str, name: &str) -> Client {
+/// the page builds it (form-encoded), its welcome read. Returns it with
+/// its id.
+fn join_as(addr: SocketAddr, room: &str, name: &str) -> (Client, u64) {
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("room", room)
         .append_pair("name", name)
@@ -889,7 +890,7 @@ fn join_as(addr: SocketAddr, room: &str, name: &str) -> Client {
     assert_eq!(response.status(), 101);
     let welcome = recv_json(&mut client);
     assert_eq!(welcome["name"], name, "{welcome}");
-    client
+    (client, welcome["id"].as_u64().unwrap())
 }
 
 #[test]
@@ -1084,7 +1085,7 @@ fn names_show_on_lines_and_the_member_list_follows_joins_nicks_and_leaves() {
 }
 
 #[test]
-fn a_name_made_of_markup_shows_as_text() {
+fn names_made_of_markup_or_like_the_pages_own_labels_show_as_what_they_are() {
     let Some(chromium) = Chromium::launch("markup_name") else {
         return;
     };
@@ -1100,7 +1101,7 @@ fn a_name_made_of_markup_shows_as_text() {
     let page = open_chat_at(&chromium, &room_url(server.addr, "markup"));
     set_name(&page, mine);
     page.wait_for_row(&format!("is now known as {mine}"));
-    let mut client = join_as(server.addr, "markup", theirs);
+    let (mut client, _) = join_as(server.addr, "markup", theirs);
     page.wait_for_row(&format!("{theirs} has joined"));
     send(&mut client, "/me <i>acts</i>");
     send(&mut client, &format!("/nick {renamed}"));
@@ -1115,6 +1116,21 @@ fn a_name_made_of_markup_shows_as_text() {
         ]
     );
     wait_for_members(&page, &[&format!("you ({mine})"), renamed]);
+
+    // A name made to pass for the page's own labels ("you (3)", an
+    // anonymous member's id) gets its id beside it, in quotes.
+    let (mut impostor, impostor_id) = join_as(server.addr, "markup", "you (1)");
+    send(&mut impostor, "it is me");
+    assert_eq!(
+        page.wait_for_row("it is me"),
+        format!("|text:it is me|who:“you (1)” ({impostor_id})")
+    );
+    let (mut number, number_id) = join_as(server.addr, "markup", "7");
+    send(&mut number, "a number");
+    assert_eq!(
+        page.wait_for_row("a number"),
+        format!("|text:a number|who:“7” ({number_id})")
+    );
     assert_eq!(
         page.eval("typeof window.__pwned"),
         "undefined",
