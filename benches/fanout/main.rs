@@ -631,17 +631,18 @@ fn measure(
             lines_per_sender: scenario.lines_per_sender,
             line_bytes: scenario.line_bytes,
             rate: scenario.rate,
+            rooms: 1,
             joins_expected: {
-                // Each newcomer is announced to those before it, while the
-                // room is within the server's announcing size (the
-                // baseline's default is taken to be today's).
-                let announced = match recipe.kind {
-                    kind if kind.is_eddy() && scenario.defaults => scenario
-                        .clients
-                        .min(eddy::config::DEFAULT_ANNOUNCE_JOINS_UP_TO),
+                // Each newcomer is announced to those before it in its
+                // room, while the room is within the server's announcing
+                // size (the baseline's default is taken to be today's).
+                let up_to = match recipe.kind {
+                    kind if kind.is_eddy() && scenario.defaults => {
+                        eddy::config::DEFAULT_ANNOUNCE_JOINS_UP_TO
+                    }
                     _ => scenario.clients,
                 };
-                (announced * announced.saturating_sub(1) / 2) as u64
+                loadgen::joins_announced(scenario.clients, 1, up_to)
             },
             threads,
             source_addrs: 8,
