@@ -485,6 +485,10 @@ pub struct ChatRoom {
     /// The connection of a member whose id is not its connection's own (it
     /// resumed an earlier session), by that id.
     aliases: HashMap<u64, ConnId>,
+    /// How many connections are being replaced by their comeback (marked
+    /// `quiet`, their close frame on its way): almost always 0, so a room's
+    /// count is its group's length, with no walk.
+    replaced: usize,
     /// Who left within `--resume-window`, by id.
     departed: HashMap<u64, Departed>,
     /// The flood limit, if any (`--rate-limit`).
@@ -551,6 +555,7 @@ impl ChatRoom {
         ChatRoom {
             people: HashMap::new(),
             aliases: HashMap::new(),
+            replaced: 0,
             departed: HashMap::new(),
             limit: config.rate_limit,
             announce_up_to: config.announce_joins_up_to,
@@ -640,6 +645,7 @@ impl ChatRoom {
             let there = out.groups().group_of(old).map(|g| &**g.name()) == Some(room);
             let person = self.people.get_mut(&old).filter(|_| there)?;
             person.quiet = true;
+            self.replaced += 1;
             return Some((member, person.name.clone(), Some(old)));
         }
         let departed = self.departed.remove(&member)?;
@@ -686,8 +692,7 @@ impl ChatRoom {
         let Some(group) = group.and_then(|g| groups.get(g)) else {
             return 0;
         };
-        let replaced = self.people.values().any(|p| p.quiet);
-        if !replaced {
+        if self.replaced == 0 {
             return group.len(); // the usual case: no walk
         }
         let quiet = group
@@ -1005,6 +1010,7 @@ impl WebSocketHandler for ChatRoom {
             self.aliases.remove(&person.id);
         }
         if person.quiet {
+            self.replaced -= 1;
             return; // replaced by its comeback: no leave
         }
         let groups = out.groups();
