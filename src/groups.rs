@@ -9,7 +9,7 @@
 //!
 //! A group is a list of `(ConnId, slot)` pairs, so a line in a room of 10
 //! costs 10 queue pushes, not a walk over every connection. Each open
-//! connection's [`Seat`] says where it sits in that list, so leaving is a
+//! connection's `Seat` says where it sits in that list, so leaving is a
 //! `swap_remove`: O(1), at the price of the order of members (which nothing
 //! relies on). A group with no members is forgotten at once.
 
