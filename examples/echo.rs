@@ -1,12 +1,13 @@
-//! An echo server on Eddy's loop, for the Autobahn|Testsuite conformance
-//! run (`.ci/run`): every text and binary message goes back unchanged to its
+//! An echo at `/echo` beside the chat at `/soc`, on one server: for the
+//! Autobahn|Testsuite conformance run (`.ci/run`, against `/echo`), and to
+//! show that a new WebSocket endpoint is one handler and one route line.
+//! On `/echo` every text and binary message goes back unchanged to its
 //! sender, and the server sends nothing of its own.
 //!
-//! Exactly the library's loop, server and connection code serve it; only
-//! the handler ([`eddy::EchoHandler`]) and the [`eddy::Config`] differ from
-//! the chat: messages and frames up to 16 MiB (the suite's largest), an
-//! output cap well above one such message, a larger read buffer, and no
-//! heartbeat pings.
+//! Exactly the library's loop, server and connection code serve both; the
+//! [`eddy::Config`] is the suite's: messages and frames up to 16 MiB (its
+//! largest), an output cap well above one such message, a larger read
+//! buffer, and no heartbeat pings.
 //!
 //! ```sh
 //! cargo run --release --example echo -- --addr 127.0.0.1:9001
@@ -15,7 +16,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
-use eddy::{Config, EchoHandler, Server};
+use eddy::{ChatRoom, Config, EchoHandler, Routes, Server};
 
 /// The largest message (and frame) the suite sends: 16 MiB.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -39,7 +40,10 @@ fn main() -> ExitCode {
         ping_interval: None,
         ..Config::default()
     };
-    let mut server = match Server::with_handler(addr, config, EchoHandler) {
+    let routes = Routes::new()
+        .route("/soc", ChatRoom::from_config(&config))
+        .route("/echo", EchoHandler);
+    let mut server = match Server::bind(addr, config, routes) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("echo: {e}");

@@ -1,6 +1,6 @@
-//! [`ChatRoom`]: the chat protocol and the room's memory; no sockets.
+//! [`ChatRoom`]: the chat protocol, its rooms and their memory; no sockets.
 //!
-//! The room knows connections only by [`ConnId`] and speaks only through an
+//! The chat knows connections only by [`ConnId`] and speaks only through an
 //! [`Outbox`]: no sockets, no frames, no loop. Each event is serialized to
 //! JSON once, here, and framed once, however many clients receive it.
 //!
@@ -12,34 +12,56 @@
 //! only appends keys, after the seed's (the page ignores keys it does not
 //! use, and every notice is `"type":"sys"`, the one kind of notice it knows):
 //!
-//! * each line gets the room's next `seq` and the time it was accepted,
-//!   `ts`; the line goes into the room's [`History`] and is broadcast when
-//!   the history confirms it;
-//! * the welcome tells the newcomer its `id`, the history's `epoch` and its
-//!   `head` (the last seq);
-//! * a newcomer then gets the last `--replay` lines, a client that resumes
+//! * **Rooms.** `/soc?room=NAME` joins the room `NAME` (folded to lower
+//!   case), `/soc` the room [`LOBBY`]. A room is a group of the server's
+//!   ([`crate::groups`]): the server keeps who is in it; the chat keeps
+//!   what it says. Lines, joins, leaves, history, `seq` and epoch are per
+//!   room. A room nobody has spoken in for `--history-ttl` is forgotten.
+//! * **Lines** get the room's next `seq` and the time they were accepted,
+//!   `ts` (and the speaker's `name`, `action` for `/me`); a line goes into
+//!   the room's [`History`] and is broadcast when the history confirms it.
+//! * **The welcome** tells the newcomer its `id`, the history's `epoch`
+//!   and `head`, the room, who is there, and a `resume` token. A newcomer
+//!   then gets the last `--replay` lines, a client that resumes
 //!   (`?since=S&epoch=E`) every line after `S`: from history, at its
 //!   socket's pace, through the server's feed ([`crate::feed`]), then a
-//!   `caught_up` notice, then live lines. A stretch the history no longer
-//!   holds is named in a `gap` notice; a position from another epoch gets a
-//!   `reset` notice, and the client is then treated as a newcomer.
+//!   `caught_up` notice with who is there now, then live lines. A stretch
+//!   the history no longer holds is named in a `gap` notice; a position from
+//!   another epoch gets a `reset` notice, and the client is then treated as
+//!   a newcomer.
+//! * **Names and commands.** `?name=` and `/nick` set a display name (a
+//!   label: not unique; the id is the identity); `/who`, `/me`, and `//` for
+//!   a line that starts with `/`.
+//! * **Coming back.** A connection that presents its `resume` token again
+//!   within `--resume-window` gets its id and name back; if its old
+//!   connection is still open (half-open: the server has not noticed yet),
+//!   the old one is closed quietly, and the room hears no leave or join.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tungstenite::Bytes;
 
 use crate::config::Config;
 use crate::feed::FeedNotice;
-use crate::handler::{CloseCode, ConnId, Outbox, Refusal, Request, WebSocketHandler};
+use crate::groups::{GroupId, Groups};
+use crate::handler::{CloseCode, ConnId, Outbox, Refusal, Request, Routes, WebSocketHandler};
 use crate::history::{
     Confirmed, Draft, History, Limits, MemoryHistory, Position, RoomHistory, Seq,
 };
 use crate::rate::{Bucket, RateLimit, Verdict};
-use crate::ws;
+use crate::{http, ws};
+
+/// The chat's routes: [`ChatRoom`] at `/soc` ([`http::WEBSOCKET_PATH`]), as
+/// `config` describes it. What `eddy` serves.
+pub fn routes(config: &Config) -> Routes {
+    Routes::new().route(http::WEBSOCKET_PATH, ChatRoom::from_config(config))
+}
 
 /// The newcomer's greeting, as in the tutorial.
 pub const WELCOME: &str = "Welcome to WebSocket";
@@ -57,13 +79,51 @@ pub const CAUGHT_UP: &str = "You are up to date.";
 /// another run of the room's history (or lies beyond it).
 pub const RESET: &str = "The room's history began again: earlier lines are gone.";
 
-/// The room everyone is in (the next step gives rooms names).
+/// What a client hears when the resume token it presented cannot be
+/// honoured (another room's, expired, or from before a restart).
+pub const RESUME_REFUSED: &str =
+    "Your earlier session could not be resumed: you join as someone new.";
+
+/// The close reason of a connection replaced by its own comeback.
+pub const REPLACED_REASON: &str = "replaced by a newer connection";
+
+/// The room of `/soc` with no `room`: the tutorial's one room.
 pub const LOBBY: &str = "lobby";
+
+/// The longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+
+/// The longest display name, in characters, after trimming.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// The most members `/who` lists.
+pub const WHO_LIMIT: usize = 1000;
 
 /// The longest epoch a client may send back: ours have
 /// [`crate::history::EPOCH_CHARS`] characters; other servers' (after a
 /// change of version, say) may differ, and get a reset, not a 400.
 pub const MAX_EPOCH_CHARS: usize = 64;
+
+/// The longest resume token a client may send: ours are an id (at most 20
+/// digits), a dot and 32 hex digits.
+pub const MAX_TOKEN_CHARS: usize = 64;
+
+/// How often, at most, forgotten rooms and expired departures are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How to use the commands, for a client that got one wrong.
+const COMMANDS: &str =
+    "Commands: /nick NAME, /who, /me ACTION; start a line with // to send one that begins with /.";
+
+/// One member of a room as a presence list shows it.
+#[derive(Debug, Serialize)]
+pub struct Presence<'a> {
+    /// The member's id.
+    pub id: u64,
+    /// Its display name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+}
 
 /// One message of the chat protocol. The enum is internally tagged, so
 /// serde writes `"type"` first and then the fields in declaration order: the
@@ -77,7 +137,7 @@ pub enum ChatEvent<'a> {
         message: &'a str,
     },
     /// The newcomer's greeting: a `sys` notice that also tells the client
-    /// its own id and where the room's history stands.
+    /// who it is, where the room's history stands and who is there.
     #[serde(rename = "sys")]
     Welcome {
         /// [`WELCOME`].
@@ -88,10 +148,22 @@ pub enum ChatEvent<'a> {
         epoch: &'a str,
         /// The last seq the room has assigned (0: none yet).
         head: Seq,
+        /// The room's canonical name.
+        room: &'a str,
+        /// Its members, the newcomer included.
+        count: usize,
+        /// Who they are, while the room is small (`--presence-list-up-to`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Presence<'a>>>,
+        /// The token that gets this id and name back on a reconnect.
+        resume: &'a str,
+        /// The newcomer's display name, if it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
     },
     /// A line someone typed.
     User {
-        /// Who typed it: the connection's id, a JSON number.
+        /// Who typed it: the member's id, a JSON number.
         id: u64,
         /// The line, as received.
         message: &'a str,
@@ -99,28 +171,41 @@ pub enum ChatEvent<'a> {
         seq: Seq,
         /// When the server accepted it, in ms since the Unix epoch.
         ts: u64,
+        /// The speaker's display name, if it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        /// `true` for an action (`/me waves`); absent otherwise.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        action: bool,
     },
-    /// A notice that marks a point in the client's stream of lines.
+    /// A notice that marks an event: in the client's stream of lines, or
+    /// in the room's presence.
     #[serde(rename = "sys")]
     Event {
         /// What happened, for people.
         message: &'a str,
-        /// What happened, for programs: `caught_up`, `gap` or `reset`.
+        /// What happened, for programs: `caught_up`, `gap`, `reset`,
+        /// `join`, `leave`, `nick`, `who` or `resume_refused`.
         event: &'a str,
-        /// The event's numbers, after it.
+        /// The event's details, after it.
         #[serde(flatten)]
-        detail: EventDetail,
+        detail: EventDetail<'a>,
     },
 }
 
-/// The numbers of a [`ChatEvent::Event`], in the order they are written.
+/// The details of a [`ChatEvent::Event`], in the order they are written.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-pub enum EventDetail {
-    /// `caught_up`: the last seq the client now has.
-    Head {
+pub enum EventDetail<'a> {
+    /// `caught_up`: the last seq the client now has, and who is there now.
+    CaughtUp {
         /// The room's head.
         head: Seq,
+        /// The room's members.
+        count: usize,
+        /// Who they are, while the room is small.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Presence<'a>>>,
     },
     /// `gap`: the lines it will never get, first and last.
     Range {
@@ -129,7 +214,33 @@ pub enum EventDetail {
         /// The last line missing.
         to: Seq,
     },
-    /// `reset`: nothing more to say.
+    /// `join` and `leave`: who, and how many are there now.
+    Presence {
+        /// The member's id.
+        id: u64,
+        /// Its display name, if it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        /// The room's members now.
+        count: usize,
+    },
+    /// `nick`: who, and its new name.
+    Nick {
+        /// The member's id.
+        id: u64,
+        /// Its new name.
+        name: &'a str,
+    },
+    /// `who`: the room, how many, and who (up to [`WHO_LIMIT`]).
+    Who {
+        /// The room's name.
+        room: &'a str,
+        /// Its members.
+        count: usize,
+        /// Who they are.
+        members: Vec<Presence<'a>>,
+    },
+    /// `reset`, `resume_refused`: nothing more to say.
     None {},
 }
 
@@ -141,6 +252,11 @@ impl ChatEvent<'_> {
     }
 }
 
+/// A plain `sys` notice's JSON.
+fn notice(message: &str) -> String {
+    ChatEvent::Sys { message }.to_json()
+}
+
 /// The frame of a line: how the history seals a draft once it has a seq.
 pub fn seal(seq: Seq, draft: &Draft<'_>) -> Bytes {
     let line = ChatEvent::User {
@@ -148,34 +264,26 @@ pub fn seal(seq: Seq, draft: &Draft<'_>) -> Bytes {
         message: draft.text,
         seq,
         ts: draft.ts,
+        name: draft.name,
+        action: draft.action,
     };
     ws::encode_text_frame(&line.to_json())
 }
 
-/// The JSON of a feed notice.
-fn notice_json(notice: FeedNotice) -> String {
-    match notice {
-        FeedNotice::Gap { from, to } => {
-            let count = to - from + 1;
-            let message = if count == 1 {
-                "1 earlier line is no longer available".to_owned()
-            } else {
-                format!("{count} earlier lines are no longer available")
-            };
-            ChatEvent::Event {
-                message: &message,
-                event: "gap",
-                detail: EventDetail::Range { from, to },
-            }
-            .to_json()
-        }
-        FeedNotice::CaughtUp { head } => ChatEvent::Event {
-            message: CAUGHT_UP,
-            event: "caught_up",
-            detail: EventDetail::Head { head },
-        }
-        .to_json(),
+/// The JSON of a gap notice.
+fn gap_json(from: Seq, to: Seq) -> String {
+    let count = to - from + 1;
+    let message = if count == 1 {
+        "1 earlier line is no longer available".to_owned()
+    } else {
+        format!("{count} earlier lines are no longer available")
+    };
+    ChatEvent::Event {
+        message: &message,
+        event: "gap",
+        detail: EventDetail::Range { from, to },
     }
+    .to_json()
 }
 
 /// What a client asked for with `?since=S&epoch=E`: it has every line up
@@ -189,27 +297,65 @@ pub struct Resume {
     pub epoch: String,
 }
 
-/// Reads `since` and `epoch` from a query string (other keys are for
-/// others). `Ok(None)`: neither is there. A malformed pair is an `Err` with
-/// the reason, answered with 400 before the upgrade: a page of ours never
-/// sends one, so whoever did can read the status.
-pub fn parse_resume(query: &str) -> Result<Option<Resume>, &'static str> {
-    let (mut since, mut epoch) = (None, None);
+/// What a client asked for in its `/soc` query, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// The room's canonical name ([`LOBBY`] if none was given).
+    pub room: String,
+    /// The display name asked for, trimmed.
+    pub name: Option<String>,
+    /// The position to resume from.
+    pub resume: Option<Resume>,
+    /// The resume token presented, to get an id and name back.
+    pub token: Option<String>,
+}
+
+/// Reads `room`, `name`, `since`, `epoch` and `resume` from a query string
+/// (other keys are for others). A malformed one is an `Err` with the
+/// reason, answered with 400 before the upgrade: a page of ours never sends
+/// one, so whoever did can read the status.
+pub fn parse_query(query: &str) -> Result<Query, &'static str> {
+    let (mut room, mut name, mut since, mut epoch, mut token) = (None, None, None, None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match &*key {
+            "room" => &mut room,
+            "name" => &mut name,
             "since" => &mut since,
             "epoch" => &mut epoch,
+            "resume" => &mut token,
             _ => continue,
         };
         if slot.replace(value).is_some() {
-            return Err("since and epoch may each be given once");
+            return Err("room, name, since, epoch and resume may each be given once");
         }
     }
-    let (since, epoch) = match (since, epoch) {
-        (None, None) => return Ok(None),
-        (Some(since), Some(epoch)) => (since, epoch),
+    let room = match room {
+        Some(room) => canonical_room(&room)?,
+        None => LOBBY.to_owned(),
+    };
+    let name = name.map(|name| display_name(&name)).transpose()?;
+    let resume = match (since, epoch) {
+        (None, None) => None,
+        (Some(since), Some(epoch)) => Some(parse_resume(&since, &epoch)?),
         _ => return Err("since and epoch go together: give both or neither"),
     };
+    let valid_token_char = |b: u8| b.is_ascii_alphanumeric() || b == b'.';
+    if let Some(token) = &token {
+        if token.is_empty() || token.len() > MAX_TOKEN_CHARS || !token.bytes().all(valid_token_char)
+        {
+            return Err("resume must be the resume token of a welcome");
+        }
+    }
+    Ok(Query {
+        room,
+        name,
+        resume,
+        token: token.map(|t| t.into_owned()),
+    })
+}
+
+/// Checks a `since`/`epoch` pair.
+fn parse_resume(since: &str, epoch: &str) -> Result<Resume, &'static str> {
     if since.is_empty() || !since.bytes().all(|b| b.is_ascii_digit()) {
         return Err("since must be a whole number: the seq of the last line seen");
     }
@@ -217,10 +363,87 @@ pub fn parse_resume(query: &str) -> Result<Option<Resume>, &'static str> {
     if epoch.is_empty() || epoch.len() > MAX_EPOCH_CHARS || !epoch.bytes().all(valid_epoch_char) {
         return Err("epoch must be the epoch of a welcome: 1-64 letters, digits, - or _");
     }
-    Ok(Some(Resume {
+    Ok(Resume {
         since: since.parse().unwrap_or(Seq::MAX),
-        epoch: epoch.into_owned(),
-    }))
+        epoch: epoch.to_owned(),
+    })
+}
+
+/// A room's canonical name: 1-64 letters or digits of any script, `-`, `_`
+/// or `.`, folded to lower case (`Rust` and `rust` are one room).
+pub fn canonical_room(raw: &str) -> Result<String, &'static str> {
+    let valid = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let chars = raw.chars().count();
+    if chars == 0 || chars > MAX_ROOM_CHARS || !raw.chars().all(valid) {
+        return Err("room must be 1-64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(raw.to_lowercase())
+}
+
+/// A display name, trimmed: 1-32 characters, none of them a control,
+/// format (bidi overrides, zero-width), line or paragraph separator
+/// (Unicode categories Cc, Cf, Zl, Zp), at least one of them visible.
+pub fn display_name(raw: &str) -> Result<String, &'static str> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err("a name must be 1-32 characters");
+    }
+    if name.chars().any(is_hidden_or_control) {
+        return Err("a name may not hold control, format or line-break characters");
+    }
+    if !name.chars().any(is_visible) {
+        return Err("a name needs at least one visible character");
+    }
+    Ok(name.to_owned())
+}
+
+/// Whether `c` is in Unicode's general category Cc (controls), Cf (format:
+/// soft hyphen, bidi marks and overrides, zero-width characters, the byte
+/// order mark, tags...), Zl or Zp (line and paragraph separators). Cf is a
+/// short, stable list (Unicode 16.0, `DerivedGeneralCategory.txt`);
+/// written out here rather than pulling in a table crate for the whole of
+/// Unicode's categories.
+fn is_hidden_or_control(c: char) -> bool {
+    const FORMAT: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let code = u32::from(c);
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        || FORMAT
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&code))
+}
+
+/// Whether `c` shows as something: not white space, and not one of the
+/// characters that render blank though they are letters or symbols.
+fn is_visible(c: char) -> bool {
+    !c.is_whitespace()
+        && !matches!(
+            c,
+            '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{FFA0}'
+        )
 }
 
 /// Now, in milliseconds since the Unix epoch: a line's `ts`.
@@ -230,35 +453,77 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The tutorial's one room, with a memory: everyone hears everyone, and a
-/// newcomer or a returning client hears what it missed.
+/// What the chat knows of one connection besides where it is (the
+/// server's groups keep that) and its id in the protocol (its connection's
+/// own but after a resume: [`ChatRoom::member_id`]). Small on purpose: every
+/// idle connection has one.
+#[derive(Debug)]
+struct Person {
+    /// Its display name.
+    name: Option<Box<str>>,
+    /// Its token bucket, while there is a rate limit.
+    bucket: Option<Bucket>,
+}
+
+/// Someone who left recently, whose id and name a resume can take back.
+#[derive(Debug)]
+struct Departed {
+    room: Arc<str>,
+    name: Option<Box<str>>,
+    /// Until when it can come back (`--resume-window`).
+    until: Instant,
+}
+
+/// The chat: every room, with its memory. Everyone in a room hears
+/// everyone in it; a newcomer or a returning client hears what it missed.
 pub struct ChatRoom {
-    /// How many clients are in the room (the tutorial's `clients` set; the
-    /// server knows who they are, the room only needs how many).
-    members: usize,
+    /// Each open connection's id, name and bucket.
+    people: HashMap<ConnId, Person>,
+    /// The connection of a member whose id is not its connection's own (it
+    /// resumed an earlier session), by that id; and the other way round.
+    /// Both as rare as resumes, so they cost nothing per idle connection.
+    aliases: HashMap<u64, ConnId>,
+    /// See `aliases`.
+    member_ids: HashMap<ConnId, u64>,
+    /// Connections being replaced by their own comeback (their close frame
+    /// on its way): they leave without a word, and are not counted. Almost
+    /// always empty, so a room's count is its group's length, with no walk.
+    replaced: HashSet<ConnId>,
+    /// Who left within `--resume-window`, by id.
+    departed: HashMap<u64, Departed>,
     /// The flood limit, if any (`--rate-limit`).
     limit: Option<RateLimit>,
-    /// Each member's token bucket, while there is a limit.
-    buckets: HashMap<ConnId, Bucket>,
     /// Joins and leaves are announced while the room has at most this many
     /// members (`--announce-joins-up-to`); `None`: always, as the seed does.
     announce_up_to: Option<usize>,
-    /// Where the room's lines are kept.
+    /// The welcome lists the members while the room has at most this many
+    /// (`--presence-list-up-to`).
+    presence_list_up_to: usize,
+    /// The most rooms with members at once (`--max-rooms`).
+    max_rooms: usize,
+    /// A room with no line for this long is forgotten (`--history-ttl`).
+    history_ttl: Duration,
+    /// How long a token brings back an id and name after its connection
+    /// closed (`--resume-window`).
+    resume_window: Duration,
+    /// The key of the resume tokens' MAC: 128 random bits (std's
+    /// `RandomState` keys SipHash from the operating system's randomness).
+    secret: RandomState,
+    /// Where every room's lines are kept.
     history: Box<dyn History + Send>,
-    /// The room's name in the history.
-    room: Arc<str>,
     /// How many of the newest lines a newcomer gets (`--replay`).
     replay: usize,
     /// Lines confirmed by the history and not yet broadcast (kept for its
     /// allocation).
     confirmed: Vec<Confirmed>,
+    /// When expired rooms and departures are next swept.
+    next_sweep: Instant,
 }
 
 impl fmt::Debug for ChatRoom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChatRoom")
-            .field("members", &self.members)
-            .field("room", &self.room)
+            .field("people", &self.people.len())
             .field("replay", &self.replay)
             .finish_non_exhaustive()
     }
@@ -274,13 +539,13 @@ impl Default for ChatRoom {
 }
 
 impl ChatRoom {
-    /// An empty room without a rate limit, with the default history.
+    /// An empty chat without a rate limit, with the default history.
     pub fn new() -> Self {
         ChatRoom::default()
     }
 
-    /// The room `config` describes: its rate limit, announcements, replay
-    /// and history in memory.
+    /// The chat `config` describes: its rate limit, announcements, rooms,
+    /// replay and history in memory.
     pub fn from_config(config: &Config) -> Self {
         let limits = Limits {
             lines: config.history_lines,
@@ -288,18 +553,26 @@ impl ChatRoom {
             memory: config.history_memory,
         };
         ChatRoom {
-            members: 0,
+            people: HashMap::new(),
+            aliases: HashMap::new(),
+            member_ids: HashMap::new(),
+            replaced: HashSet::new(),
+            departed: HashMap::new(),
             limit: config.rate_limit,
-            buckets: HashMap::new(),
             announce_up_to: config.announce_joins_up_to,
+            presence_list_up_to: config.presence_list_up_to,
+            max_rooms: config.max_rooms,
+            history_ttl: config.history_ttl,
+            resume_window: config.resume_window,
+            secret: RandomState::new(),
             history: Box::new(MemoryHistory::new(limits, seal)),
-            room: LOBBY.into(),
             replay: config.replay,
             confirmed: Vec::new(),
+            next_sweep: Instant::now() + SWEEP_EVERY.min(config.history_ttl),
         }
     }
 
-    /// An empty room whose members may each send at most `limit` lines.
+    /// An empty chat whose members may each send at most `limit` lines.
     pub fn with_rate_limit(limit: Option<RateLimit>) -> Self {
         ChatRoom {
             limit,
@@ -319,7 +592,7 @@ impl ChatRoom {
         }
     }
 
-    /// Keeps the room's lines in `history` instead.
+    /// Keeps the rooms' lines in `history` instead.
     pub fn with_history(self, history: Box<dyn History + Send>) -> Self {
         ChatRoom { history, ..self }
     }
@@ -337,32 +610,254 @@ impl ChatRoom {
         self.announce_up_to.is_none_or(|up_to| members <= up_to)
     }
 
-    /// A line from `id` at `now` (`ts`: the same, in ms since the Unix
-    /// epoch): into history and out to everyone, refused, or the end of a
-    /// flooder.
-    fn line(&mut self, id: ConnId, text: &str, now: Instant, ts: u64, out: &mut Outbox) {
-        let verdict = match (self.limit, self.buckets.get_mut(&id)) {
-            (Some(_), Some(bucket)) => bucket.take(now),
-            _ => Verdict::Allowed,
+    /// How many people are in the chat, in every room.
+    pub fn members(&self) -> usize {
+        self.people.len()
+    }
+
+    /// The token that brings `id` back to `room`: the id, a dot, and a MAC
+    /// of both (two SipHash outputs under the chat's random key: 128 bits,
+    /// so guessing one takes about 2^127 tries, each a WebSocket handshake).
+    fn token(&self, room: &str, id: u64) -> String {
+        let low = self.secret.hash_one((1u8, room, id));
+        let high = self.secret.hash_one((2u8, room, id));
+        format!("{id}.{high:016x}{low:016x}")
+    }
+
+    /// The id a token brings back in `room`, if it is one of ours for it.
+    fn redeem(&self, room: &str, token: &str) -> Option<u64> {
+        let (id, _) = token.split_once('.')?;
+        let id: u64 = id.parse().ok()?;
+        (self.token(room, id) == token).then_some(id)
+    }
+
+    /// A comeback to `room` with `token`: the member's id, its name, and
+    /// its old connection if that is still open there (now marked quiet,
+    /// to be replaced); `None` if the token cannot be honoured.
+    fn come_back(
+        &mut self,
+        room: &str,
+        token: &str,
+        now: Instant,
+        out: &Outbox,
+    ) -> Option<(u64, Option<Box<str>>, Option<ConnId>)> {
+        let member = self.redeem(room, token)?;
+        if let Some(old) = self.connection_of(member) {
+            let there = out.groups().group_of(old).map(|g| &**g.name()) == Some(room);
+            let person = self.people.get(&old).filter(|_| there)?;
+            let name = person.name.clone();
+            self.replaced.insert(old);
+            return Some((member, name, Some(old)));
+        }
+        let departed = self.departed.remove(&member)?;
+        if &*departed.room != room || departed.until < now {
+            return None;
+        }
+        Some((member, departed.name, None))
+    }
+
+    /// The open connection whose member id is `id`, if any.
+    fn connection_of(&self, id: u64) -> Option<ConnId> {
+        let conn = self.aliases.get(&id).copied().unwrap_or(ConnId(id));
+        let open = self.people.contains_key(&conn) && !self.replaced.contains(&conn);
+        (open && self.member_id(conn) == id).then_some(conn)
+    }
+
+    /// The id in the protocol of the connection `conn`: its own, or the
+    /// one it resumed.
+    fn member_id(&self, conn: ConnId) -> u64 {
+        self.member_ids.get(&conn).copied().unwrap_or(conn.0)
+    }
+
+    /// Who is in `group`, as a presence list of at most `limit` members
+    /// (a connection being replaced is not counted).
+    fn presence<'a>(
+        &'a self,
+        groups: &'a Groups,
+        group: GroupId,
+        limit: usize,
+    ) -> Vec<Presence<'a>> {
+        groups
+            .get(group)
+            .map(|g| g.members())
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| !self.replaced.contains(&m.id))
+            .filter_map(|m| Some((m.id, self.people.get(&m.id)?)))
+            .take(limit)
+            .map(|(conn, p)| Presence {
+                id: self.member_id(conn),
+                name: p.name.as_deref(),
+            })
+            .collect()
+    }
+
+    /// How many are in `group`, not counting a connection being replaced.
+    fn count(&self, groups: &Groups, group: Option<GroupId>) -> usize {
+        let Some(group) = group.and_then(|g| groups.get(g)) else {
+            return 0;
+        };
+        if self.replaced.is_empty() {
+            return group.len(); // the usual case: no walk
+        }
+        let replaced = group
+            .members()
+            .iter()
+            .filter(|m| self.replaced.contains(&m.id))
+            .count();
+        group.len() - replaced
+    }
+
+    /// The presence list of a small room (`None` for a large one).
+    fn small_room_presence<'a>(
+        &'a self,
+        groups: &'a Groups,
+        group: GroupId,
+        count: usize,
+    ) -> Option<Vec<Presence<'a>>> {
+        (count <= self.presence_list_up_to)
+            .then(|| self.presence(groups, group, self.presence_list_up_to))
+    }
+
+    /// Takes a token out of `id`'s bucket: whether it may go on, after
+    /// telling it it may not (or closing a flooder).
+    fn allowed(&mut self, id: ConnId, now: Instant, out: &mut Outbox) -> bool {
+        let verdict = match self.people.get_mut(&id).and_then(|p| p.bucket.as_mut()) {
+            Some(bucket) => bucket.take(now),
+            None => Verdict::Allowed,
         };
         match verdict {
-            Verdict::Allowed => {
-                let draft = Draft { id: id.0, text, ts };
-                self.history.append(&self.room, draft);
-                self.deliver_confirmed(out);
-            }
+            Verdict::Allowed => true,
             Verdict::Refused => {
-                out.write_message(id, &ChatEvent::Sys { message: TOO_FAST }.to_json())
+                out.write_message(id, &notice(TOO_FAST));
+                false
             }
-            Verdict::Flooding => out.close(id, CloseCode::Policy, FLOODING_REASON),
+            Verdict::Flooding => {
+                out.close(id, CloseCode::Policy, FLOODING_REASON);
+                false
+            }
         }
     }
 
-    /// Broadcasts the lines the history has confirmed, in order.
+    /// A text frame from `id` at `now` (`ts`: the same, in ms since the
+    /// Unix epoch): a command, or a line.
+    fn said(&mut self, id: ConnId, text: &str, now: Instant, ts: u64, out: &mut Outbox) {
+        if !self.allowed(id, now, out) {
+            return;
+        }
+        if text.starts_with("//") {
+            // `//x` is the line `/x`.
+            return self.line(id, &text[1..], ts, false, out);
+        }
+        let Some(command) = text.strip_prefix('/') else {
+            return self.line(id, text, ts, false, out);
+        };
+        let (verb, rest) = command
+            .split_once(char::is_whitespace)
+            .unwrap_or((command, ""));
+        match verb {
+            "me" if !rest.trim().is_empty() => self.line(id, rest.trim(), ts, true, out),
+            "me" => out.write_message(id, &notice("/me needs an action: /me waves")),
+            "nick" => self.nick(id, rest, out),
+            "who" => self.who(id, out),
+            _ => {
+                let reply = format!("Unknown command /{verb}. {COMMANDS}");
+                out.write_message(id, &notice(&reply));
+            }
+        }
+    }
+
+    /// A line (or an action) from `id`: into its room's history, and out to
+    /// the room once the history confirms it.
+    fn line(&mut self, id: ConnId, text: &str, ts: u64, action: bool, out: &mut Outbox) {
+        let (Some(person), Some(room)) = (self.people.get(&id), out.groups().group_of(id)) else {
+            return;
+        };
+        let draft = Draft {
+            id: self.member_id(id),
+            text,
+            ts,
+            name: person.name.as_deref(),
+            action,
+        };
+        self.history.append(room.name(), draft);
+        self.deliver_confirmed(out);
+    }
+
+    /// `/nick NAME`: a new display name, told to the room.
+    fn nick(&mut self, id: ConnId, raw: &str, out: &mut Outbox) {
+        let name = match display_name(raw) {
+            Ok(name) => name,
+            Err(why) => {
+                let reply = format!("That name was refused: {why}.");
+                return out.write_message(id, &notice(&reply));
+            }
+        };
+        let member = self.member_id(id);
+        let Some(person) = self.people.get_mut(&id) else {
+            return;
+        };
+        let was = match person.name.replace(name.as_str().into()) {
+            Some(old) => old.into_string(),
+            None => member.to_string(),
+        };
+        let message = format!("{was} is now known as {name}");
+        let renamed = ChatEvent::Event {
+            message: &message,
+            event: "nick",
+            detail: EventDetail::Nick {
+                id: member,
+                name: &name,
+            },
+        }
+        .to_json();
+        let group = out.groups().group_id_of(id);
+        match group {
+            Some(group) if self.announces(self.count(out.groups(), Some(group))) => {
+                out.send_to_group(group, &renamed)
+            }
+            // A room too large to hear of joins does not hear of names.
+            _ => out.write_message(id, &renamed),
+        }
+    }
+
+    /// `/who`: the room, how many, and who, to the asker alone.
+    fn who(&self, id: ConnId, out: &mut Outbox) {
+        let groups = out.groups();
+        let (Some(group), Some(room)) = (groups.group_id_of(id), groups.group_of(id)) else {
+            return;
+        };
+        let count = self.count(groups, Some(group));
+        let members = self.presence(groups, group, WHO_LIMIT);
+        let labels: Vec<String> = members
+            .iter()
+            .take(20)
+            .map(|p| p.name.map_or_else(|| p.id.to_string(), str::to_owned))
+            .collect();
+        let more = if count > labels.len() { ", ..." } else { "" };
+        let message = format!("{count} here: {}{more}", labels.join(", "));
+        let who = ChatEvent::Event {
+            message: &message,
+            event: "who",
+            detail: EventDetail::Who {
+                room: room.name(),
+                count,
+                members,
+            },
+        }
+        .to_json();
+        out.write_message(id, &who);
+    }
+
+    /// Broadcasts the lines the history has confirmed, each to its room,
+    /// in order.
     fn deliver_confirmed(&mut self, out: &mut Outbox) {
         self.history.take_confirmed(&mut self.confirmed);
-        for Confirmed { line, .. } in self.confirmed.drain(..) {
-            out.send_line_to_all(line.seq, line.frame);
+        for Confirmed { room, line } in self.confirmed.drain(..) {
+            // A room everyone has left hears nothing; its history keeps it.
+            if let Some(group) = out.groups().id_of(&room) {
+                out.send_line_to_group(group, line.seq, line.frame);
+            }
         }
     }
 
@@ -375,35 +870,113 @@ impl ChatRoom {
             .max(position.first)
     }
 
-    /// How many clients are in the room.
-    pub fn members(&self) -> usize {
-        self.members
+    /// Forgets rooms with no line for `--history-ttl` and nobody in them,
+    /// and departures past their window; at most every [`SWEEP_EVERY`].
+    fn sweep(&mut self, groups: &Groups) {
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_EVERY.min(self.history_ttl);
+        if let Some(cutoff) = now.checked_sub(self.history_ttl) {
+            self.history
+                .expire_rooms(cutoff, &|room| groups.count(room) > 0);
+        }
+        self.departed.retain(|_, d| d.until >= now);
     }
 }
 
 impl WebSocketHandler for ChatRoom {
-    fn admit(&self, request: &Request<'_>) -> Result<(), Refusal> {
-        parse_resume(request.query)
-            .map(|_| ())
-            .map_err(|why| Refusal { status: 400, why })
+    fn admit(&self, request: &Request<'_>, groups: &Groups) -> Result<(), Refusal> {
+        let query = parse_query(request.query).map_err(|why| Refusal { status: 400, why })?;
+        if groups.count(&query.room) == 0 && groups.len() >= self.max_rooms {
+            return Err(Refusal {
+                status: 503,
+                why: "too many rooms: try one that has people in it",
+            });
+        }
+        Ok(())
     }
 
     fn open(&mut self, id: ConnId, request: &Request<'_>, out: &mut Outbox) {
-        self.members += 1;
-        if let Some(limit) = self.limit {
-            self.buckets.insert(id, Bucket::new(limit, Instant::now()));
+        // `admit` refused a malformed query.
+        let Ok(query) = parse_query(request.query) else {
+            return out.close(id, CloseCode::Policy, "bad query");
+        };
+        let room = query.room.as_str();
+        let now = Instant::now();
+        if out.groups().count(room) == 0 {
+            // Nobody is here: if nobody spoke for the TTL, begin afresh.
+            if let Some(cutoff) = now.checked_sub(self.history_ttl) {
+                self.history.expire_room(room, cutoff);
+            }
         }
-        let position = self.history.position(&self.room);
+        // A comeback: the id and name of an earlier connection, and that
+        // connection closed quietly if it is still open.
+        let comeback = query
+            .token
+            .as_deref()
+            .map(|token| self.come_back(room, token, now, out));
+        let refused = matches!(comeback, Some(None));
+        let (member, old_name, replacing) = comeback.flatten().unwrap_or((id.0, None, None));
+        let name: Option<Box<str>> = query.name.map(String::into_boxed_str).or(old_name);
+        if member != id.0 {
+            self.aliases.insert(member, id);
+            self.member_ids.insert(id, member);
+        }
+        self.people.insert(
+            id,
+            Person {
+                name,
+                bucket: self.limit.map(|limit| Bucket::new(limit, now)),
+            },
+        );
+        let Some(group) = out.join(id, room) else {
+            return;
+        };
+        let position = self.history.position(room);
+        let groups = out.groups();
+        let count = self.count(groups, Some(group));
+        let token = self.token(room, member);
+        let person = self.people.get(&id);
+        let name = person.and_then(|p| p.name.as_deref());
         let welcome = ChatEvent::Welcome {
             message: WELCOME,
-            id: id.0,
+            id: member,
             epoch: position.epoch.as_str(),
             head: position.head,
-        };
-        out.write_message(id, &welcome.to_json());
+            room,
+            count,
+            members: self.small_room_presence(groups, group, count),
+            resume: &token,
+            name,
+        }
+        .to_json();
+        let joined = name.map_or_else(
+            || format!("{member} has joined"),
+            |n| format!("{n} has joined"),
+        );
+        let joined = ChatEvent::Event {
+            message: &joined,
+            event: "join",
+            detail: EventDetail::Presence {
+                id: member,
+                name,
+                count,
+            },
+        }
+        .to_json();
+        out.write_message(id, &welcome);
+        if refused {
+            let refusal = ChatEvent::Event {
+                message: RESUME_REFUSED,
+                event: "resume_refused",
+                detail: EventDetail::None {},
+            };
+            out.write_message(id, &refusal.to_json());
+        }
         let newcomer_from = self.replay_from(&position);
-        // `admit` refused a malformed query; what is left is a resume or not.
-        match parse_resume(request.query).ok().flatten() {
+        match query.resume {
             Some(resume)
                 if resume.epoch == position.epoch.as_str() && resume.since <= position.head =>
             {
@@ -421,39 +994,95 @@ impl WebSocketHandler for ChatRoom {
             // With nothing to replay, nothing to announce: the seed's protocol.
             None => out.follow(id, newcomer_from, newcomer_from <= position.head),
         }
-        if self.announces(self.members) {
-            let joined = format!("{id} has joined");
-            out.send_to_all_except(id, &ChatEvent::Sys { message: &joined }.to_json());
+        if let Some(old) = replacing {
+            // The same member, on a new connection: nobody left, nobody came.
+            out.close(old, CloseCode::Normal, REPLACED_REASON);
+        } else if self.announces(count) {
+            out.send_to_group_except(group, id, &joined);
         }
     }
 
     fn on_message(&mut self, id: ConnId, text: &str, out: &mut Outbox) {
-        self.line(id, text, Instant::now(), now_ms(), out);
+        self.said(id, text, Instant::now(), now_ms(), out);
     }
 
     fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
-        let announced = self.announces(self.members);
-        self.members = self.members.saturating_sub(1);
-        self.buckets.remove(&id);
-        if announced {
-            let left = format!("{id} has left");
-            out.send_to_all(&ChatEvent::Sys { message: &left }.to_json());
+        let Some(person) = self.people.remove(&id) else {
+            return;
+        };
+        let member = self.member_ids.remove(&id).unwrap_or(id.0);
+        if self.aliases.get(&member) == Some(&id) {
+            self.aliases.remove(&member);
         }
+        if self.replaced.remove(&id) {
+            return; // replaced by its comeback: no leave
+        }
+        let groups = out.groups();
+        let (Some(group), Some(room)) = (groups.group_id_of(id), groups.group_of(id)) else {
+            return;
+        };
+        let room = Arc::clone(room.name());
+        // It is still in the group while this runs.
+        let count = self.count(groups, Some(group)).saturating_sub(1);
+        let announced = self.announces(count + 1);
+        let name = person.name.as_deref();
+        if announced && count > 0 {
+            let left =
+                name.map_or_else(|| format!("{member} has left"), |n| format!("{n} has left"));
+            let left = ChatEvent::Event {
+                message: &left,
+                event: "leave",
+                detail: EventDetail::Presence {
+                    id: member,
+                    name,
+                    count,
+                },
+            }
+            .to_json();
+            out.send_to_group_except(group, id, &left);
+        }
+        self.departed.insert(
+            member,
+            Departed {
+                room,
+                name: person.name,
+                until: Instant::now() + self.resume_window,
+            },
+        );
     }
 
     fn on_turn_end(&mut self, out: &mut Outbox) {
         self.deliver_confirmed(out);
+        self.sweep(out.groups());
     }
 
-    fn room_history(&self, _id: ConnId) -> Option<RoomHistory<'_>> {
+    fn room_history<'a>(&'a self, group: &'a str) -> Option<RoomHistory<'a>> {
         Some(RoomHistory {
             history: &*self.history,
-            room: &self.room,
+            room: group,
         })
     }
 
-    fn feed_notice(&self, notice: FeedNotice) -> Option<Bytes> {
-        Some(ws::encode_text_frame(&notice_json(notice)))
+    fn feed_notice(&self, id: ConnId, notice: FeedNotice, groups: &Groups) -> Option<Bytes> {
+        let json = match notice {
+            FeedNotice::Gap { from, to } => gap_json(from, to),
+            FeedNotice::CaughtUp { head } => {
+                let group = groups.group_id_of(id);
+                let count = self.count(groups, group);
+                let members = group.and_then(|g| self.small_room_presence(groups, g, count));
+                ChatEvent::Event {
+                    message: CAUGHT_UP,
+                    event: "caught_up",
+                    detail: EventDetail::CaughtUp {
+                        head,
+                        count,
+                        members,
+                    },
+                }
+                .to_json()
+            }
+        };
+        Some(ws::encode_text_frame(&json))
     }
 }
 
@@ -462,168 +1091,401 @@ mod tests {
     use super::*;
     use crate::handler::{Payload, Recipients};
 
-    const PLAIN: Request<'static> = Request {
-        path: "/soc",
-        query: "",
-    };
-
-    /// What the outbox holds, as (recipients, text); a follow instruction
-    /// as `follow FROM announce?`, a close as `close`.
-    fn sent(out: &mut Outbox) -> Vec<(Recipients, String)> {
-        out.drain()
-            .map(|d| {
-                let what = match &d.payload {
-                    Payload::Frame(_) => d.text().unwrap_or_default().to_owned(),
-                    Payload::Follow { from, announce } => format!("follow {from} {announce}"),
-                    Payload::Close(..) => "close".to_owned(),
-                };
-                (d.to, what)
-            })
-            .collect()
+    /// A chat and the outbox the server would lend it, with the server's
+    /// part (opening and closing connections in the groups) done here.
+    struct Harness {
+        chat: ChatRoom,
+        out: Outbox,
     }
 
-    /// A room with `n` lines said already (by id 1, at ts 0).
-    fn room_with_lines(n: usize) -> ChatRoom {
-        let mut room = ChatRoom::new();
-        let mut out = Outbox::new();
-        for i in 0..n {
-            room.line(ConnId(1), &i.to_string(), Instant::now(), 0, &mut out);
+    impl Harness {
+        fn new(chat: ChatRoom) -> Self {
+            Harness {
+                chat,
+                out: Outbox::new(),
+            }
         }
-        room
+
+        /// Opens `id` with `query`; what it and the others were sent.
+        fn open(&mut self, id: u64, query: &str) -> Vec<(Recipients, String)> {
+            let request = Request {
+                path: "/soc",
+                query,
+            };
+            assert_eq!(
+                self.chat.admit(&request, self.out.groups()),
+                Ok(()),
+                "{query}"
+            );
+            self.out.groups_mut().open(ConnId(id), id as usize);
+            self.chat.open(ConnId(id), &request, &mut self.out);
+            self.sent()
+        }
+
+        fn say(&mut self, id: u64, text: &str) -> Vec<(Recipients, String)> {
+            self.chat.on_message(ConnId(id), text, &mut self.out);
+            self.sent()
+        }
+
+        fn close(&mut self, id: u64) -> Vec<(Recipients, String)> {
+            self.chat.on_close(ConnId(id), &mut self.out);
+            self.out.groups_mut().close(ConnId(id));
+            self.sent()
+        }
+
+        /// What the outbox holds, as (recipients, text); a follow
+        /// instruction as `follow FROM announce?`, a close as `close`.
+        fn sent(&mut self) -> Vec<(Recipients, String)> {
+            self.out
+                .drain()
+                .map(|d| {
+                    let what = match &d.payload {
+                        Payload::Frame(_) => d.text().unwrap_or_default().to_owned(),
+                        Payload::Follow { from, announce } => format!("follow {from} {announce}"),
+                        Payload::Close(..) => "close".to_owned(),
+                    };
+                    (d.to, what)
+                })
+                .collect()
+        }
+
+        fn group(&self, room: &str) -> GroupId {
+            self.out.groups().id_of(room).expect("a room with members")
+        }
+
+        fn epoch(&mut self, room: &str) -> String {
+            self.chat.history.position(room).epoch.as_str().to_owned()
+        }
+
+        /// The token of `id`'s welcome, from what `open` returned.
+        fn token(sent: &[(Recipients, String)]) -> String {
+            let welcome: serde_json::Value = serde_json::from_str(&sent[0].1).unwrap();
+            welcome["resume"].as_str().unwrap().to_owned()
+        }
     }
 
-    fn epoch(room: &mut ChatRoom) -> String {
-        room.history.position(LOBBY).epoch.as_str().to_owned()
+    /// A chat whose room `room` has `n` lines said already (by id 1).
+    fn with_lines(room: &str, n: usize) -> Harness {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, &format!("room={room}"));
+        for i in 0..n {
+            h.say(1, &i.to_string());
+        }
+        h.close(1);
+        h
     }
 
     #[test]
-    fn open_greets_the_newcomer_with_the_history_then_tells_the_others() {
-        let mut room = room_with_lines(3);
-        let epoch = epoch(&mut room);
-        let mut out = Outbox::new();
-        room.open(ConnId(7), &PLAIN, &mut out);
+    fn open_greets_the_newcomer_with_the_room_then_tells_the_others() {
+        let mut h = with_lines("lobby", 3);
+        h.open(5, "name=bob");
+        let sent = h.open(7, "");
+        let epoch = h.epoch("lobby");
+        let token = Harness::token(&sent);
+        let lobby = h.group("lobby");
         assert_eq!(
-            sent(&mut out),
+            sent,
             [
                 (
                     Recipients::One(ConnId(7)),
                     format!(
-                        r#"{{"type":"sys","message":"Welcome to WebSocket","id":7,"epoch":"{epoch}","head":3}}"#
+                        r#"{{"type":"sys","message":"Welcome to WebSocket","id":7,"epoch":"{epoch}","head":3,"room":"lobby","count":2,"members":[{{"id":5,"name":"bob"}},{{"id":7}}],"resume":"{token}"}}"#
                     )
                 ),
                 (Recipients::One(ConnId(7)), "follow 1 true".into()),
                 (
-                    Recipients::AllExcept(ConnId(7)),
-                    r#"{"type":"sys","message":"7 has joined"}"#.into()
+                    Recipients::GroupExcept(lobby, ConnId(7)),
+                    r#"{"type":"sys","message":"7 has joined","event":"join","id":7,"count":2}"#
+                        .into()
                 ),
             ]
         );
-        assert_eq!(room.members(), 1);
+        assert!(token.starts_with("7.") && token.len() == 2 + 32, "{token}");
+    }
+
+    #[test]
+    fn a_large_room_gives_its_count_but_no_list() {
+        let mut h = Harness::new(ChatRoom::from_config(&Config {
+            presence_list_up_to: 2,
+            ..Config::default()
+        }));
+        assert!(
+            h.open(1, "")
+                .remove(0)
+                .1
+                .contains(r#""members":[{"id":1}]"#)
+        );
+        h.open(2, "");
+        let welcome = h.open(3, "").remove(0).1;
+        assert!(welcome.contains(r#""count":3,"resume""#), "{welcome}");
     }
 
     #[test]
     fn an_empty_room_replays_nothing_and_announces_nothing() {
-        let mut out = Outbox::new();
-        ChatRoom::new().open(ConnId(1), &PLAIN, &mut out);
-        assert_eq!(sent(&mut out)[1].1, "follow 1 false");
-        let mut out = Outbox::new();
-        room_with_lines(5)
-            .replaying(0)
-            .open(ConnId(9), &PLAIN, &mut out);
+        let mut h = Harness::new(ChatRoom::new());
+        assert_eq!(h.open(1, "")[1].1, "follow 1 false");
+        let mut h = with_lines("lobby", 5);
+        h.chat.replay = 0;
+        assert_eq!(h.open(9, "")[1].1, "follow 6 false", "--replay 0: the seed");
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_newest_replay_lines_of_its_room_only() {
+        let mut h = with_lines("lobby", 80);
+        assert_eq!(h.open(9, "")[1].1, "follow 31 true", "the last 50 of 80");
         assert_eq!(
-            sent(&mut out)[1].1,
-            "follow 6 false",
-            "--replay 0: the seed"
+            h.open(10, "room=other")[1].1,
+            "follow 1 false",
+            "its own room"
         );
     }
 
     #[test]
-    fn a_newcomer_gets_the_newest_replay_lines_as_far_as_they_are_held() {
-        let mut out = Outbox::new();
-        room_with_lines(80).open(ConnId(9), &PLAIN, &mut out);
-        assert_eq!(sent(&mut out)[1].1, "follow 31 true", "the last 50 of 80");
-        let mut room = ChatRoom::from_config(&Config {
-            history_lines: 10,
-            ..Config::default()
-        });
-        for i in 0..30 {
-            room.line(ConnId(1), &i.to_string(), Instant::now(), 0, &mut out);
-        }
-        out.drain();
-        room.open(ConnId(9), &PLAIN, &mut out);
-        assert_eq!(sent(&mut out)[1].1, "follow 21 true", "only 21..=30 held");
-    }
-
-    #[test]
-    fn a_line_goes_to_everyone_with_its_seq_and_time() {
-        let mut room = room_with_lines(41);
-        let mut out = Outbox::new();
-        room.line(
-            ConnId(42),
-            "hi \"there\" <b>",
-            Instant::now(),
-            1_764_470_000_123,
-            &mut out,
+    fn lines_go_to_their_room_with_their_own_seqs() {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, "room=a&name=alice");
+        h.open(2, "room=b");
+        let (a, b) = (h.group("a"), h.group("b"));
+        let sent = h.say(1, "hi \"there\" <b>");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, Recipients::Group(a));
+        let line: serde_json::Value = serde_json::from_str(&sent[0].1).unwrap();
+        assert_eq!(line["seq"], 1);
+        assert!(
+            sent[0]
+                .1
+                .starts_with(r#"{"type":"user","id":1,"message":"hi \"there\" <b>","seq":1,"ts":"#)
+                && sent[0].1.ends_with(r#","name":"alice"}"#),
+            "{}",
+            sent[0].1
         );
-        let delivery = out.deliveries()[0].clone();
-        assert_eq!(delivery.seq, Some(42));
-        assert_eq!(
-            sent(&mut out),
-            [(
-                Recipients::All,
-                r#"{"type":"user","id":42,"message":"hi \"there\" <b>","seq":42,"ts":1764470000123}"#
-                    .into()
-            )]
+        h.say(1, "again");
+        let sent = h.say(2, "in b");
+        assert_eq!(sent[0].0, Recipients::Group(b));
+        assert!(
+            sent[0].1.contains(r#""seq":1,"#),
+            "b counts from 1: {}",
+            sent[0].1
         );
     }
 
     #[test]
     fn the_broadcast_frame_is_the_one_history_keeps() {
-        let mut room = ChatRoom::new();
-        let mut out = Outbox::new();
-        room.on_message(ConnId(1), "shared", &mut out);
-        let Payload::Frame(sent) = &out.deliveries()[0].payload else {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, "");
+        h.chat.on_message(ConnId(1), "shared", &mut h.out);
+        let Payload::Frame(sent) = &h.out.deliveries()[0].payload else {
             panic!("not a frame")
         };
-        let kept = &room.history.read_from(LOBBY, 1, usize::MAX).lines[0].frame;
+        let kept = &h.chat.history.read_from(LOBBY, 1, usize::MAX).lines[0].frame;
         assert_eq!(sent.as_ptr(), kept.as_ptr(), "the same bytes, not a copy");
     }
 
     #[test]
-    fn a_resume_within_the_epoch_follows_from_the_next_line() {
-        let mut room = room_with_lines(10);
-        let epoch = epoch(&mut room);
-        let mut out = Outbox::new();
-        for (since, from) in [(4, 5), (10, 11), (0, 1)] {
-            let query = format!("epoch={epoch}&since={since}");
+    fn commands_nick_who_me_and_escaping() {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, "");
+        h.open(2, "name=bob");
+        let lobby = h.group("lobby");
+        assert_eq!(
+            h.say(1, "/nick  alice "),
+            [(
+                Recipients::Group(lobby),
+                r#"{"type":"sys","message":"1 is now known as alice","event":"nick","id":1,"name":"alice"}"#
+                    .into()
+            )]
+        );
+        assert!(
+            h.say(1, "/nick carol")[0]
+                .1
+                .contains("alice is now known as carol")
+        );
+        let who = h.say(2, "/who");
+        assert_eq!(who[0].0, Recipients::One(ConnId(2)));
+        let who: serde_json::Value = serde_json::from_str(&who[0].1).unwrap();
+        assert_eq!(who["event"], "who");
+        assert_eq!(who["room"], "lobby");
+        assert_eq!(who["count"], 2);
+        let mut names: Vec<_> = who["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["bob", "carol"]);
+        assert!(who["message"].as_str().unwrap().starts_with("2 here: "));
+
+        let me = h.say(2, "/me waves");
+        assert_eq!(me[0].0, Recipients::Group(lobby));
+        assert!(
+            me[0].1.contains(r#""message":"waves","seq":1,"#),
+            "{}",
+            me[0].1
+        );
+        assert!(
+            me[0].1.ends_with(r#","name":"bob","action":true}"#),
+            "{}",
+            me[0].1
+        );
+        let slash = h.say(2, "//slash");
+        assert!(
+            slash[0].1.contains(r#""message":"/slash","seq":2,"#),
+            "{}",
+            slash[0].1
+        );
+        assert!(!slash[0].1.contains("action"));
+
+        for (bad, says) in [
+            ("/dance", "Unknown command /dance"),
+            ("/me", "/me needs an action"),
+            ("/me   ", "/me needs an action"),
+            ("/nick", "1-32 characters"),
+            ("/nick a\u{202E}b", "control, format"),
+            ("/nick a\u{200B}b", "control, format"),
+        ] {
+            let reply = h.say(2, bad);
+            assert_eq!(reply.len(), 1, "{bad}");
+            assert_eq!(reply[0].0, Recipients::One(ConnId(2)), "{bad}");
+            assert!(reply[0].1.contains(says), "{bad}: {}", reply[0].1);
+        }
+        assert_eq!(
+            h.chat.history.position(LOBBY).head,
+            2,
+            "only /me and // are lines"
+        );
+    }
+
+    #[test]
+    fn names_and_rooms_are_checked_and_folded() {
+        assert_eq!(canonical_room("Rust").as_deref(), Ok("rust"));
+        assert_eq!(
+            canonical_room("Ελληνικά-2.0_x").as_deref(),
+            Ok("ελληνικά-2.0_x")
+        );
+        assert_eq!(canonical_room(&"a".repeat(64)).map(|r| r.len()), Ok(64));
+        for bad in ["", "a b", "a/b", "<b>", "a\u{202E}", &"a".repeat(65)] {
+            assert!(canonical_room(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(display_name("  alice ").as_deref(), Ok("alice"));
+        assert_eq!(display_name("<b>x</b>").as_deref(), Ok("<b>x</b>"));
+        assert_eq!(display_name("José 🦀").as_deref(), Ok("José 🦀"));
+        for bad in [
+            "",
+            "   ",
+            "a\u{202E}b",
+            "a\u{200B}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{FEFF}",
+            "a\nb",
+            "a\u{7}",
+            "\u{3164}",
+            "\u{E0041}a",
+            &"x".repeat(33),
+        ] {
+            assert!(display_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            display_name(&"é".repeat(32)).map(|n| n.chars().count()),
+            Ok(32)
+        );
+    }
+
+    #[test]
+    fn malformed_queries_are_refused_with_400_and_a_reason() {
+        let chat = ChatRoom::new();
+        let groups = Groups::new();
+        for (query, says) in [
+            ("since=4", "since"),
+            ("epoch=abc", "since"),
+            ("since=&epoch=abc", "since"),
+            ("since=-1&epoch=abc", "since"),
+            ("since=1.5&epoch=abc", "since"),
+            ("since=%201&epoch=abc", "since"),
+            ("since=1&epoch=", "epoch"),
+            ("since=1&epoch=a%20b", "epoch"),
+            ("since=1&epoch=abc&since=2", "once"),
+            (&format!("since=1&epoch={}", "a".repeat(65)), "epoch"),
+            ("room=", "room"),
+            ("room=a%20b", "room"),
+            ("room=a&room=b", "once"),
+            ("name=%E2%80%AEevil", "name"),
+            ("name=a%E2%80%8Bb", "name"),
+            ("name=", "name"),
+            ("resume=", "resume"),
+            ("resume=a%20b", "resume"),
+        ] {
             let request = Request {
                 path: "/soc",
-                query: &query,
+                query,
             };
-            room.open(ConnId(9), &request, &mut out);
-            let got = sent(&mut out);
-            assert_eq!(got[1].1, format!("follow {from} true"), "{query}");
+            let refusal = chat.admit(&request, &groups).unwrap_err();
+            assert_eq!(refusal.status, 400, "{query}");
+            assert!(refusal.why.contains(says), "{query}: {}", refusal.why);
+        }
+        assert_eq!(
+            parse_query("room=R%C3%BCst&name=+al+&since=%31%32&epoch=Ab-_9&x=1"),
+            Ok(Query {
+                room: "rüst".into(),
+                name: Some("al".into()),
+                resume: Some(Resume {
+                    since: 12,
+                    epoch: "Ab-_9".into()
+                }),
+                token: None,
+            })
+        );
+    }
+
+    #[test]
+    fn a_connection_that_would_open_one_room_too_many_gets_503() {
+        let mut h = Harness::new(ChatRoom::from_config(&Config {
+            max_rooms: 2,
+            ..Config::default()
+        }));
+        h.open(1, "room=a");
+        h.open(2, "room=b");
+        let refusal = h
+            .chat
+            .admit(
+                &Request {
+                    path: "/soc",
+                    query: "room=c",
+                },
+                h.out.groups(),
+            )
+            .unwrap_err();
+        assert_eq!(refusal.status, 503);
+        h.open(3, "room=A");
+        h.close(2);
+        h.open(4, "room=c");
+    }
+
+    #[test]
+    fn a_resume_within_the_epoch_follows_from_the_next_line() {
+        let mut h = with_lines("r", 10);
+        let epoch = h.epoch("r");
+        for (since, from, id) in [(4, 5, 20), (10, 11, 21), (0, 1, 22)] {
+            let got = h.open(id, &format!("room=r&epoch={epoch}&since={since}"));
+            assert_eq!(got[1].1, format!("follow {from} true"), "{since}");
             assert!(got[2].1.contains("has joined"), "no reset: {got:?}");
         }
     }
 
     #[test]
     fn another_epoch_or_a_seq_past_the_head_gets_a_reset_then_a_replay() {
-        let mut room = room_with_lines(10);
-        let epoch = epoch(&mut room);
-        let mut out = Outbox::new();
-        for query in [
+        let mut h = with_lines("lobby", 10);
+        let epoch = h.epoch("lobby");
+        for (id, query) in [
             "since=3&epoch=someotherepoch".to_owned(),
             format!("since=11&epoch={epoch}"),
             format!("since=99999999999999999999999&epoch={epoch}"),
-        ] {
-            let request = Request {
-                path: "/soc",
-                query: &query,
-            };
-            assert_eq!(room.admit(&request), Ok(()), "{query}");
-            room.open(ConnId(9), &request, &mut out);
-            let got = sent(&mut out);
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let got = h.open(id as u64 + 20, &query);
             assert_eq!(
                 got[1].1,
                 format!(r#"{{"type":"sys","message":"{RESET}","event":"reset"}}"#),
@@ -637,73 +1499,122 @@ mod tests {
     }
 
     #[test]
-    fn malformed_resumes_are_refused_with_400_and_a_reason() {
-        let room = ChatRoom::new();
-        for query in [
-            "since=4",
-            "epoch=abc",
-            "since=&epoch=abc",
-            "since=-1&epoch=abc",
-            "since=1.5&epoch=abc",
-            "since=%201&epoch=abc",
-            "since=1&epoch=",
-            "since=1&epoch=a%20b",
-            "since=1&epoch=abc&since=2",
-            &format!("since=1&epoch={}", "a".repeat(65)),
-        ] {
-            let refusal = room
-                .admit(&Request {
-                    path: "/soc",
-                    query,
-                })
-                .unwrap_err();
-            assert_eq!(refusal.status, 400, "{query}");
-            assert!(
-                refusal.why.contains("since") || refusal.why.contains("epoch"),
-                "{query}: {}",
-                refusal.why
-            );
-        }
-        for query in [
-            "",
-            "room=x",
-            "since=%31%32&epoch=Ab-_9",
-            "x&since=0&epoch=e",
-        ] {
-            assert_eq!(
-                room.admit(&Request {
-                    path: "/soc",
-                    query
-                }),
-                Ok(()),
-                "{query}"
-            );
-        }
+    fn a_resume_token_brings_back_the_id_and_name() {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, "room=a");
+        let token = Harness::token(&h.open(2, "room=a&name=alice"));
+        let a = h.group("a");
+        h.close(2);
+        let back = h.open(3, &format!("room=a&resume={token}"));
+        assert!(back[0].1.contains(r#""id":2,"#), "{}", back[0].1);
+        assert!(back[0].1.ends_with(r#","name":"alice"}"#), "{}", back[0].1);
         assert_eq!(
-            parse_resume("since=%31%32&epoch=Ab-_9"),
-            Ok(Some(Resume {
-                since: 12,
-                epoch: "Ab-_9".into()
-            }))
+            back.last().unwrap(),
+            &(
+                Recipients::GroupExcept(a, ConnId(3)),
+                r#"{"type":"sys","message":"alice has joined","event":"join","id":2,"name":"alice","count":2}"#
+                    .into()
+            )
         );
+        // Its lines carry the id it came back with.
+        assert!(h.say(3, "hi")[0].1.contains(r#""id":2,"#));
+        // The same token again, while that connection is open (half-open):
+        // the old one is closed quietly; nobody hears a leave or a join.
+        let again = h.open(4, &format!("room=a&resume={token}"));
+        assert!(again[0].1.contains(r#""id":2,"#) && again[0].1.contains(r#""count":2,"#));
+        assert_eq!(
+            again[again.len() - 1],
+            (Recipients::One(ConnId(3)), "close".into())
+        );
+        assert!(
+            !again.iter().any(|(_, m)| m.contains("joined")),
+            "{again:?}"
+        );
+        assert_eq!(
+            h.close(3),
+            [],
+            "the replaced connection leaves without a word"
+        );
+        assert!(h.say(4, "still me")[0].1.contains(r#""id":2,"#));
+    }
+
+    #[test]
+    fn a_token_of_another_room_or_past_its_window_is_refused_politely() {
+        let mut h = Harness::new(ChatRoom::from_config(&Config {
+            resume_window: Duration::from_millis(1),
+            ..Config::default()
+        }));
+        let token = Harness::token(&h.open(2, "room=a&name=alice"));
+        h.close(2);
+        for (id, query) in [
+            (3, format!("room=b&resume={token}")),
+            (
+                4,
+                "room=a&resume=2.00000000000000000000000000000000".to_owned(),
+            ),
+        ] {
+            let got = h.open(id, &query);
+            assert!(
+                got[0].1.contains(&format!(r#""id":{id},"#)),
+                "{query}: {got:?}"
+            );
+            assert!(
+                got[1].1.contains(r#""event":"resume_refused""#),
+                "{query}: {got:?}"
+            );
+        }
+        // Past the window (1 ms, then a sweep-free check at redeem time).
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        let late = h.open(5, &format!("room=a&resume={token}"));
+        assert!(late[1].1.contains("resume_refused"), "{late:?}");
+    }
+
+    #[test]
+    fn a_room_nobody_spoke_in_for_the_ttl_is_forgotten() {
+        let mut h = Harness::new(ChatRoom::from_config(&Config {
+            history_ttl: Duration::from_millis(1),
+            ..Config::default()
+        }));
+        h.open(1, "room=old");
+        h.say(1, "a line");
+        let epoch = h.epoch("old");
+        h.close(1);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        let welcome = h.open(2, "room=old").remove(0).1;
+        assert!(welcome.contains(r#""head":0,"#), "{welcome}");
+        assert!(!welcome.contains(&epoch), "a new epoch: {welcome}");
     }
 
     #[test]
     fn feed_notices_name_their_numbers_after_the_seed_keys() {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, "name=al");
+        let notice = |n| {
+            let frame = h.chat.feed_notice(ConnId(1), n, h.out.groups()).unwrap();
+            ws::text_frame_payload(&frame).to_owned()
+        };
         assert_eq!(
-            notice_json(FeedNotice::Gap {
+            notice(FeedNotice::Gap {
                 from: 1001,
                 to: 1017
             }),
             r#"{"type":"sys","message":"17 earlier lines are no longer available","event":"gap","from":1001,"to":1017}"#
         );
         assert_eq!(
-            notice_json(FeedNotice::Gap { from: 5, to: 5 }),
+            notice(FeedNotice::Gap { from: 5, to: 5 }),
             r#"{"type":"sys","message":"1 earlier line is no longer available","event":"gap","from":5,"to":5}"#
         );
         assert_eq!(
-            notice_json(FeedNotice::CaughtUp { head: 9 }),
-            format!(r#"{{"type":"sys","message":"{CAUGHT_UP}","event":"caught_up","head":9}}"#)
+            notice(FeedNotice::CaughtUp { head: 9 }),
+            format!(
+                r#"{{"type":"sys","message":"{CAUGHT_UP}","event":"caught_up","head":9,"count":1,"members":[{{"id":1,"name":"al"}}]}}"#
+            )
         );
     }
 
@@ -730,6 +1641,12 @@ mod tests {
         fn read_from(&self, room: &str, from: Seq, max_bytes: usize) -> crate::history::Chunk {
             self.inner.read_from(room, from, max_bytes)
         }
+        fn expire_room(&mut self, room: &str, cutoff: Instant) -> bool {
+            self.inner.expire_room(room, cutoff)
+        }
+        fn expire_rooms(&mut self, cutoff: Instant, keep: &dyn Fn(&str) -> bool) -> usize {
+            self.inner.expire_rooms(cutoff, keep)
+        }
     }
 
     #[test]
@@ -745,15 +1662,17 @@ mod tests {
             held: Vec::new(),
             confirm: Arc::clone(&confirm),
         };
-        let mut room = ChatRoom::new().with_history(Box::new(deferred));
-        let mut out = Outbox::new();
-        room.on_message(ConnId(3), "one", &mut out);
-        room.on_message(ConnId(3), "two", &mut out);
-        room.on_turn_end(&mut out);
-        assert!(out.is_empty(), "not confirmed, not sent");
+        let mut h = Harness::new(ChatRoom::new().with_history(Box::new(deferred)));
+        h.open(3, "");
+        let lobby = h.group("lobby");
+        h.say(3, "one");
+        h.say(3, "two");
+        h.chat.on_turn_end(&mut h.out);
+        assert!(h.out.is_empty(), "not confirmed, not sent");
         confirm.store(true, std::sync::atomic::Ordering::Relaxed);
-        room.on_turn_end(&mut out);
-        let got: Vec<_> = out
+        h.chat.on_turn_end(&mut h.out);
+        let got: Vec<_> = h
+            .out
             .deliveries()
             .iter()
             .map(|d| {
@@ -767,114 +1686,89 @@ mod tests {
         assert_eq!(
             got,
             [
-                (Recipients::All, Some(1), true),
-                (Recipients::All, Some(2), false)
+                (Recipients::Group(lobby), Some(1), true),
+                (Recipients::Group(lobby), Some(2), false)
             ]
         );
     }
 
     #[test]
     fn control_characters_are_escaped_and_grow_at_most_sixfold() {
-        let mut out = Outbox::new();
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(1, "");
         let line: String = "\u{1}".repeat(100);
-        ChatRoom::new().on_message(ConnId(1), &line, &mut out);
-        let json = sent(&mut out).remove(0).1;
+        let json = h.say(1, &line).remove(0).1;
         assert!(json.contains(r"\u0001\u0001"));
         assert!(json.len() <= 6 * line.len() + 64, "{}", json.len());
     }
 
     #[test]
-    fn lines_over_the_limit_are_refused_and_a_flood_is_closed_with_1008() {
+    fn lines_and_commands_over_the_limit_are_refused_and_a_flood_is_closed() {
         let limit = RateLimit {
-            burst: 2,
-            per_second: 1.0,
+            burst: 3,
+            per_second: 0.001,
         };
-        let mut room = ChatRoom::with_rate_limit(Some(limit));
-        let mut out = Outbox::new();
-        room.open(ConnId(5), &PLAIN, &mut out);
-        out.drain();
-        let now = Instant::now();
-        for text in ["one", "two", "three"] {
-            room.line(ConnId(5), text, now, 7, &mut out);
-        }
+        let mut h = Harness::new(ChatRoom::with_rate_limit(Some(limit)));
+        h.open(5, "");
+        let lobby = h.group("lobby");
+        assert_eq!(h.say(5, "one")[0].0, Recipients::Group(lobby));
+        assert_eq!(h.say(5, "/who")[0].0, Recipients::One(ConnId(5)));
+        assert_eq!(h.say(5, "/nick x")[0].0, Recipients::Group(lobby));
         let too_fast = format!(r#"{{"type":"sys","message":"{TOO_FAST}"}}"#);
-        assert_eq!(
-            sent(&mut out),
-            [
-                (
-                    Recipients::All,
-                    r#"{"type":"user","id":5,"message":"one","seq":1,"ts":7}"#.into()
-                ),
-                (
-                    Recipients::All,
-                    r#"{"type":"user","id":5,"message":"two","seq":2,"ts":7}"#.into()
-                ),
-                (Recipients::One(ConnId(5)), too_fast),
-            ]
-        );
+        assert_eq!(h.say(5, "/who"), [(Recipients::One(ConnId(5)), too_fast)]);
         // Going on at once: refused until the debt is over ten bursts.
-        let mut lines = 0;
-        while !out
-            .deliveries()
-            .iter()
-            .any(|d| matches!(d.payload, Payload::Close(..)))
-        {
-            room.line(ConnId(5), "more", now, 7, &mut out);
+        let mut lines = 1;
+        while !h.say(5, "more").iter().any(|(_, what)| what == "close") {
             lines += 1;
             assert!(lines <= 100, "never judged flooding");
         }
-        let close = out.drain().last().unwrap();
-        assert!(matches!(
-            close.payload,
-            Payload::Close(CloseCode::Policy, _)
-        ));
-        assert_eq!(lines, 20, "debt over 10 x burst (2) = 20 refused lines");
+        assert_eq!(lines, 30, "debt over 10 x burst (3) = 30 refused lines");
         assert_eq!(
-            room.history.position(LOBBY).head,
-            2,
+            h.chat.history.position(LOBBY).head,
+            1,
             "refused lines are not history"
         );
     }
 
     #[test]
     fn joins_and_leaves_are_announced_only_up_to_the_set_room_size() {
-        let mut room = ChatRoom::new().announcing_joins_up_to(Some(2));
-        let mut out = Outbox::new();
-        let notices = |out: &mut Outbox| {
-            out.drain()
-                .filter(|d| !matches!(d.to, Recipients::One(_)))
+        let mut h = Harness::new(ChatRoom::new().announcing_joins_up_to(Some(2)));
+        let notices = |sent: Vec<(Recipients, String)>| {
+            sent.iter()
+                .filter(|(to, _)| !matches!(to, Recipients::One(_)))
                 .count()
         };
-        room.open(ConnId(1), &PLAIN, &mut out);
-        room.open(ConnId(2), &PLAIN, &mut out);
-        assert_eq!(notices(&mut out), 2, "rooms of 1 and 2: announced");
-        room.open(ConnId(3), &PLAIN, &mut out);
-        assert_eq!(notices(&mut out), 0, "a room of 3: not announced");
-        room.on_close(ConnId(3), &mut out);
-        assert_eq!(notices(&mut out), 0, "leaving a room of 3: not announced");
-        room.on_close(ConnId(2), &mut out);
-        assert_eq!(notices(&mut out), 1, "leaving a room of 2: announced");
+        assert_eq!(
+            notices(h.open(1, "")),
+            1,
+            "a room of 1: announced to nobody else"
+        );
+        assert_eq!(notices(h.open(2, "")), 1, "a room of 2: announced");
+        assert_eq!(notices(h.open(3, "")), 0, "a room of 3: not announced");
+        assert_eq!(notices(h.close(3)), 0, "leaving a room of 3: not announced");
+        assert_eq!(notices(h.close(2)), 1, "leaving a room of 2: announced");
 
-        let mut silent = ChatRoom::new().announcing_joins_up_to(Some(0));
-        silent.open(ConnId(1), &PLAIN, &mut out);
-        silent.on_close(ConnId(1), &mut out);
-        assert_eq!(notices(&mut out), 0, "0: never");
+        let mut silent = Harness::new(ChatRoom::new().announcing_joins_up_to(Some(0)));
+        assert_eq!(notices(silent.open(1, "")), 0, "0: never");
+        assert_eq!(notices(silent.open(2, "")), 0, "0: never");
+        assert_eq!(notices(silent.close(1)), 0, "0: never");
     }
 
     #[test]
-    fn leaving_is_announced_to_those_who_remain() {
-        let mut room = ChatRoom::new();
-        let mut out = Outbox::new();
-        room.open(ConnId(3), &PLAIN, &mut out);
-        out.drain();
-        room.on_close(ConnId(3), &mut out);
+    fn leaving_is_announced_to_those_who_remain_in_the_room() {
+        let mut h = Harness::new(ChatRoom::new());
+        h.open(3, "name=al");
+        h.open(4, "");
+        h.open(5, "room=elsewhere");
+        let lobby = h.group("lobby");
         assert_eq!(
-            sent(&mut out),
+            h.close(3),
             [(
-                Recipients::All,
-                r#"{"type":"sys","message":"3 has left"}"#.into()
+                Recipients::GroupExcept(lobby, ConnId(3)),
+                r#"{"type":"sys","message":"al has left","event":"leave","id":3,"name":"al","count":1}"#
+                    .into()
             )]
         );
-        assert_eq!(room.members(), 0);
+        assert_eq!(h.chat.members(), 2);
     }
 }

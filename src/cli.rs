@@ -58,7 +58,8 @@ pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--all
                          [--max-connections N] [--max-connections-per-ip N] \
                          [--rate-limit BURST,PER_SEC|off] [--announce-joins-up-to N|all] \
                          [--replay N] [--history-lines N] [--history-bytes N] \
-                         [--history-memory N] \
+                         [--history-memory N] [--history-ttl DURATION] [--max-rooms N] \
+                         [--presence-list-up-to N] [--resume-window SECS] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -106,6 +107,14 @@ Options:
   --history-bytes N        Bytes of lines kept per room [default: {history_bytes}]
   --history-memory N       Bytes of history kept over all rooms; beyond it the least recently
                            active rooms' history is dropped [default: {history_memory}]
+  --history-ttl DURATION   A room nobody is in and nobody spoke in for this long is forgotten:
+                           history, seqs, epoch; seconds, or with s, m, h or d [default: {ttl}d]
+  --max-rooms N            Most rooms with people in them at once; a connection that would open
+                           one more gets 503 [default: {max_rooms}]
+  --presence-list-up-to N  The welcome lists a room's members while it has at most N; above,
+                           only their count [default: {presence}]
+  --resume-window SECS     How long after a connection closed its resume token still brings
+                           back its id and name [default: {resume}]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -131,6 +140,10 @@ Environment:
         history_lines = config::DEFAULT_HISTORY_LINES,
         history_bytes = config::DEFAULT_HISTORY_BYTES,
         history_memory = config::DEFAULT_HISTORY_MEMORY,
+        ttl = config::DEFAULT_HISTORY_TTL.as_secs() / 86_400,
+        max_rooms = config::DEFAULT_MAX_ROOMS,
+        presence = config::DEFAULT_PRESENCE_LIST_UP_TO,
+        resume = config::DEFAULT_RESUME_WINDOW.as_secs(),
         header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
         idle = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
         ping = config::DEFAULT_PING_INTERVAL.as_secs(),
@@ -191,6 +204,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             }
             Long("history-memory") => {
                 config.history_memory = size("--history-memory", parser.value()?)?;
+            }
+            Long("history-ttl") => config.history_ttl = ttl(parser.value()?)?,
+            Long("max-rooms") => config.max_rooms = count("--max-rooms", parser.value()?)?,
+            Long("presence-list-up-to") => {
+                config.presence_list_up_to = members("--presence-list-up-to", parser.value()?)?;
+            }
+            Long("resume-window") => {
+                config.resume_window = seconds("--resume-window", parser.value()?)?;
             }
             Long("header-timeout") => {
                 config.header_timeout = seconds("--header-timeout", parser.value()?)?;
@@ -264,6 +285,27 @@ fn seconds(flag: &str, value: OsString) -> Result<Duration, CliError> {
     }
 }
 
+/// `--history-ttl`: seconds (fractions allowed), or a whole number with a
+/// unit (`90s`, `30m`, `12h`, `7d`); more than 0, at most ten years.
+fn ttl(value: OsString) -> Result<Duration, CliError> {
+    let text = value.to_string_lossy();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1.0),
+        Some((at, 'm')) => (&text[..at], 60.0),
+        Some((at, 'h')) => (&text[..at], 3600.0),
+        Some((at, 'd')) => (&text[..at], 86_400.0),
+        _ => (&*text, 1.0),
+    };
+    match number.parse::<f64>().map(|n| n * unit) {
+        Ok(secs) if secs > 0.0 && secs <= 10.0 * 365.0 * 86_400.0 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(CliError(format!(
+            "--history-ttl takes a duration such as 3600, 90m, 12h or 7d, not {text:?}"
+        ))),
+    }
+}
+
 /// `HOST:PORT` to an address; a host name is looked up once, here.
 fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
     let bad = |why: String| {
@@ -331,6 +373,13 @@ mod tests {
             "2048",
             "--history-memory",
             "4096",
+            "--history-ttl",
+            "36h",
+            "--max-rooms",
+            "3",
+            "--presence-list-up-to=0",
+            "--resume-window",
+            "30",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -366,6 +415,26 @@ mod tests {
             ),
             (0, 10, 2048, 4096)
         );
+        assert_eq!(
+            (
+                config.history_ttl,
+                config.max_rooms,
+                config.presence_list_up_to,
+                config.resume_window
+            ),
+            (
+                Duration::from_secs(36 * 3600),
+                3,
+                0,
+                Duration::from_secs(30)
+            )
+        );
+        for (value, secs) in [("90", 90), ("90s", 90), ("2m", 120), ("7d", 604_800)] {
+            let Ok(Command::Run { config, .. }) = run(&["--history-ttl", value]) else {
+                panic!("{value}")
+            };
+            assert_eq!(config.history_ttl, Duration::from_secs(secs), "{value}");
+        }
         assert_eq!(
             (config.ping_interval, config.ping_timeout),
             (None, Duration::from_secs(3))
@@ -415,6 +484,12 @@ mod tests {
             (&["--replay", "all"], "whole number"),
             (&["--history-lines", "-1"], "whole number"),
             (&["--history-memory", "1G"], "whole number of bytes"),
+            (&["--history-ttl", "0"], "7d"),
+            (&["--history-ttl", "1w"], "7d"),
+            (&["--history-ttl", "d"], "7d"),
+            (&["--max-rooms", "0"], "at least 1"),
+            (&["--presence-list-up-to", "few"], "whole number"),
+            (&["--resume-window", "0"], "seconds"),
             (&["stray"], "stray"),
         ];
         for (args, expected) in cases {
@@ -450,6 +525,10 @@ mod tests {
             "--history-lines",
             "--history-bytes",
             "--history-memory",
+            "--history-ttl",
+            "--max-rooms",
+            "--presence-list-up-to",
+            "--resume-window",
         ] {
             assert!(text.contains(flag), "{flag}");
         }
@@ -459,5 +538,8 @@ mod tests {
         assert!(text.contains("[default: 20,5]"), "{text}");
         assert!(text.contains("[default: 50]"), "{text}");
         assert!(text.contains("[default: 268435456]"), "{text}");
+        assert!(text.contains("[default: 7d]"), "{text}");
+        assert!(text.contains("[default: 10000]"), "{text}");
+        assert!(text.contains("[default: 120]"), "{text}");
     }
 }

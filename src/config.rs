@@ -46,6 +46,20 @@ pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// Default for [`Config::history_memory`]: 256 MiB.
 pub const DEFAULT_HISTORY_MEMORY: usize = 256 * 1024 * 1024;
 
+/// Default for [`Config::max_rooms`].
+pub const DEFAULT_MAX_ROOMS: usize = 10_000;
+
+/// Default for [`Config::presence_list_up_to`]: a member list fits a
+/// sidebar up to about this size; beyond it, the count says enough.
+pub const DEFAULT_PRESENCE_LIST_UP_TO: usize = 100;
+
+/// Default for [`Config::history_ttl`]: a week.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Default for [`Config::resume_window`]: long enough for a Wi-Fi blip, a
+/// tunnel or a laptop lid; short enough that an id is not held for long.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
+
 /// Default for [`Config::close_timeout`]: Tornado's 5 seconds.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,6 +129,19 @@ pub struct Config {
     /// (`--history-memory`); beyond it the least recently active rooms'
     /// history is dropped, and their returning clients are told of the gap.
     pub history_memory: usize,
+    /// A room with no new line for this long, and nobody in it, is
+    /// forgotten: its history, seqs and epoch (`--history-ttl`). So room
+    /// names cannot pile up forever.
+    pub history_ttl: Duration,
+    /// The most rooms with members at once (`--max-rooms`): a connection
+    /// that would open one more is answered 503.
+    pub max_rooms: usize,
+    /// The welcome (and `caught_up`) list a room's members while it has at
+    /// most this many (`--presence-list-up-to`); above, only the count.
+    pub presence_list_up_to: usize,
+    /// How long after a connection closed its resume token still brings
+    /// back its id and name (`--resume-window`).
+    pub resume_window: Duration,
     /// The most connections at once (`--max-connections`); more are
     /// answered 503 and closed. `None`: what the file-descriptor limit
     /// allows, less a reserve ([`crate::limits`]).
@@ -168,6 +195,10 @@ impl Default for Config {
             history_lines: DEFAULT_HISTORY_LINES,
             history_bytes: DEFAULT_HISTORY_BYTES,
             history_memory: DEFAULT_HISTORY_MEMORY,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            max_rooms: DEFAULT_MAX_ROOMS,
+            presence_list_up_to: DEFAULT_PRESENCE_LIST_UP_TO,
+            resume_window: DEFAULT_RESUME_WINDOW,
             max_connections: None,
             max_connections_per_ip: None,
             templates: None,
@@ -220,6 +251,7 @@ impl Config {
             ),
             ("--ping-timeout", self.ping_timeout),
             ("the close timeout", self.close_timeout),
+            ("--history-ttl", self.history_ttl),
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError(format!("{name} must be more than 0")));
@@ -228,6 +260,9 @@ impl Config {
             return Err(ConfigError(
                 "the read buffer must be at least 1 byte".into(),
             ));
+        }
+        if self.max_rooms == 0 {
+            return Err(ConfigError("--max-rooms must be at least 1".into()));
         }
         if self.max_connections == Some(0) || self.max_connections_per_ip == Some(0) {
             return Err(ConfigError("connection limits must be at least 1".into()));

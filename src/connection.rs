@@ -5,7 +5,7 @@
 //!     │  └─(response with close, EOF)───────────────────────┐
 //!     └─(handshake)─> Upgrading ──(refused)─────────────────┤
 //!                        └─(admitted: 101)─> Open ──(close frame, error, ─> Closing ──(queue empty: FIN;
-//!                                                    cut off, shutdown)        peer's EOF or deadline)──> Done
+//!                                                    cut off, shutdown)        peer's EOF or deadline)──> Closed
 //! ```
 //!
 //! * **Http**: collect bytes until httparse sees a complete head, answer it
@@ -20,11 +20,17 @@
 //!   discarded until the peer's EOF: closing a socket with unread input makes
 //!   the kernel send RST, which can destroy the close frame before the peer
 //!   reads it (RFC 6455 §7.1.1, §7.1.7). The server's close timer bounds it.
-//! * **Done**: the server deregisters and frees it at the end of the turn.
+//! * **Closed**: the server deregisters and frees it at the end of the turn.
+//!
+//! One vocabulary for ending, Tornado's: [`Connection::close`] begins it
+//! (the close frame, or the last response), [`Report::Closing`] is when the
+//! handler's `on_close` runs (no message reaches the connection after it),
+//! `State::Closing` drains, and `Closed` is the end. [`Connection::abort`]
+//! skips the goodbye.
 //!
 //! The connection never calls the handler or touches other connections. It
 //! tells the server what happened through a `report` callback ([`Report`]):
-//! opened, a message, left. The server owns the loop, the timers and the
+//! opened, a message, closing. The server owns the loop, the timers and the
 //! other connections; the connection owns its socket and its output queue.
 
 use std::io::{self, Read, Write};
@@ -161,11 +167,11 @@ pub enum Report<'a> {
     Message(&'a str),
     /// A binary message arrived: call `on_binary`.
     Binary(&'a [u8]),
-    /// The connection is no longer open: it sent or is about to send its
+    /// The WebSocket is closing, and takes no more messages: it sent or is about to send its
     /// close frame (ours, or tungstenite's reply to the client's, which the
     /// next read queues), or the peer vanished. Call `on_close`. Sent once,
     /// only after `Opened`; no broadcast reaches the connection after it.
-    Left,
+    Closing,
 }
 
 /// What [`Connection::on_ready`] asks of the server when it returns.
@@ -198,7 +204,7 @@ enum State {
     /// Finishing: flush, shut down writing, wait for the peer's EOF.
     Closing,
     /// Finished; waiting to be freed.
-    Done,
+    Closed,
 }
 
 /// A handshake waiting to be admitted ([`State::Upgrading`]).
@@ -218,9 +224,10 @@ pub struct Connection<S> {
     /// Everything not yet written to the socket.
     out: OutputQueue,
     state: State,
-    /// Set while the handler counts this connection as a member: from
-    /// `Opened` until `Left`. Only these receive broadcasts.
-    in_room: bool,
+    /// Set from `Opened` until `Closing`: the WebSocket takes messages.
+    /// (A client's close frame ends this before the state leaves `Open`:
+    /// tungstenite's reply is still to be read out of it.)
+    taking_messages: bool,
     /// The last read ended in `WouldBlock`. Edge-triggered polling brings a
     /// READABLE event when more arrives; until then, reading is pointless.
     read_blocked: bool,
@@ -248,7 +255,7 @@ impl<S: Socket> Connection<S> {
             socket,
             out: OutputQueue::new(),
             state: State::Http { buf: Vec::new() },
-            in_room: false,
+            taking_messages: false,
             read_blocked: false,
             paused: None,
             peer_eof: false,
@@ -333,7 +340,7 @@ impl<S: Socket> Connection<S> {
                     "conn {}: close did not finish in time; dropping it",
                     self.id
                 );
-                self.finish(report);
+                self.abort(report);
             }
         }
     }
@@ -363,9 +370,9 @@ impl<S: Socket> Connection<S> {
         &mut self.socket
     }
 
-    /// Whether it receives broadcasts: handshake done, not closing.
-    pub fn is_open(&self) -> bool {
-        self.in_room
+    /// Whether it takes messages: handshake done, `Closing` not yet reported.
+    pub fn takes_messages(&self) -> bool {
+        self.taking_messages
     }
 
     /// Whether it is finishing (close frame queued or response with close).
@@ -374,13 +381,13 @@ impl<S: Socket> Connection<S> {
     }
 
     /// Whether it is finished and can be freed.
-    pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done)
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
     }
 
     /// Whether output is waiting for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty() && !self.is_done()
+        !self.out.is_empty() && !self.is_closed()
     }
 
     /// Bytes queued and not yet written.
@@ -402,8 +409,11 @@ impl<S: Socket> Connection<S> {
     /// Queues a broadcast frame (shared bytes). Only for open connections:
     /// nothing may follow a close frame.
     pub fn queue(&mut self, frame: Bytes) {
-        debug_assert!(self.in_room, "queue on a connection that is not open");
-        if self.in_room {
+        debug_assert!(
+            self.taking_messages,
+            "queue on a connection that is not open"
+        );
+        if self.taking_messages {
             self.out.push(frame);
         }
     }
@@ -446,7 +456,7 @@ impl<S: Socket> Connection<S> {
                     Role::Server,
                     Some(settings.websocket),
                 )));
-                self.in_room = true;
+                self.taking_messages = true;
                 self.heard_from();
                 report(Report::Opened(&target));
                 Step::Continue
@@ -493,14 +503,14 @@ impl<S: Socket> Connection<S> {
                 self.discard_input(budget);
                 Step::Stop
             }
-            State::Done => Step::Stop,
+            State::Closed => Step::Stop,
         }
     }
 
     /// Writes what the socket takes. In Closing, shuts down the write side
     /// once everything is out. A write error ends the connection.
     pub fn flush(&mut self, report: &mut dyn FnMut(Report<'_>)) {
-        if self.is_done() {
+        if self.is_closed() {
             return;
         }
         match self.out.flush(&mut self.socket) {
@@ -526,7 +536,7 @@ impl<S: Socket> Connection<S> {
             }
             Err(e) => {
                 debug!("conn {}: write failed: {e}", self.id);
-                self.finish(report);
+                self.abort(report);
                 return;
             }
         }
@@ -537,12 +547,12 @@ impl<S: Socket> Connection<S> {
                 let _ = self.socket.shutdown_write();
             }
             if self.peer_eof {
-                self.state = State::Done;
+                self.state = State::Closed;
             }
         }
     }
 
-    /// Closes with `code`: queues the close frame, leaves the room, and goes
+    /// Closes with `code`: queues the close frame, reports `Closing`, and goes
     /// to Closing. An HTTP connection just goes to Closing (its queued
     /// responses still go out). Does nothing if already closing.
     pub fn close(
@@ -553,12 +563,12 @@ impl<S: Socket> Connection<S> {
     ) {
         match self.state {
             State::Open(_) => {
-                self.leave(report);
+                self.report_closing(report);
                 self.out.push(ws::encode_close_frame(code, reason));
                 self.begin_closing();
             }
             State::Http { .. } | State::Upgrading(_) => self.begin_closing(),
-            State::Closing | State::Done => {}
+            State::Closing | State::Closed => {}
         }
     }
 
@@ -577,16 +587,17 @@ impl<S: Socket> Connection<S> {
 
     /// Ends the connection now, whatever its state (a deadline passed, or
     /// the socket failed).
-    pub fn finish(&mut self, report: &mut dyn FnMut(Report<'_>)) {
-        self.leave(report);
-        self.state = State::Done;
+    pub fn abort(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        self.report_closing(report);
+        self.state = State::Closed;
         self.deadline = None;
     }
 
-    fn leave(&mut self, report: &mut dyn FnMut(Report<'_>)) {
-        if self.in_room {
-            self.in_room = false;
-            report(Report::Left);
+    /// Reports [`Report::Closing`], once, if the WebSocket took messages.
+    fn report_closing(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+        if self.taking_messages {
+            self.taking_messages = false;
+            report(Report::Closing);
         }
     }
 
@@ -684,7 +695,7 @@ impl<S: Socket> Connection<S> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("conn {}: read failed: {e}", self.id);
-                    self.finish(report);
+                    self.abort(report);
                     return Step::Stop;
                 }
             }
@@ -726,7 +737,7 @@ impl<S: Socket> Connection<S> {
                     // tungstenite queued the reply; the next read hands it
                     // to the adapter and reports Closed.
                     debug!("conn {}: close frame received", self.id);
-                    self.leave(report);
+                    self.report_closing(report);
                 }
                 Incoming::Closed => {
                     self.begin_closing();
@@ -743,7 +754,7 @@ impl<S: Socket> Connection<S> {
                 }
                 Incoming::Gone(why) => {
                     debug!("conn {}: gone: {why}", self.id);
-                    self.finish(report);
+                    self.abort(report);
                     return Step::Stop;
                 }
                 Incoming::Fail(code, reason, detail) => {
@@ -783,13 +794,13 @@ impl<S: Socket> Connection<S> {
                 Err(_) => {
                     self.peer_eof = true;
                     self.out.drop_unstarted();
-                    self.state = State::Done;
+                    self.state = State::Closed;
                     return;
                 }
             }
         }
         if self.out.is_empty() {
-            self.state = State::Done;
+            self.state = State::Closed;
         }
     }
 }
@@ -878,6 +889,7 @@ mod tests {
                 )]),
                 csp: None,
                 allowed_origins: Vec::new(),
+                websocket_paths: vec!["/soc".into()],
             },
             websocket: ws::websocket_config(1024, 256),
             timeouts: Arc::new(TIMEOUTS),
@@ -1001,7 +1013,7 @@ mod tests {
         socket.0.borrow_mut().incoming.push_back(Some(packet));
         let mut conn = Connection::new(ConnId(1), socket, Arc::new(TIMEOUTS));
         assert_eq!(ready(&mut conn, true), [OPENED, "Message(\"early\")"]);
-        assert!(conn.is_open());
+        assert!(conn.takes_messages());
     }
 
     #[test]
@@ -1018,7 +1030,7 @@ mod tests {
             peer.incoming.push_back(Some(masked_text(b"more garbage")));
         }
         let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
-        assert_eq!(ready(&mut conn, true), [OPENED, "Left"]);
+        assert_eq!(ready(&mut conn, true), [OPENED, "Closing"]);
         assert!(conn.is_closing());
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
@@ -1029,7 +1041,7 @@ mod tests {
         assert!(ready(&mut conn, true).is_empty());
         socket.0.borrow_mut().eof = true;
         assert!(ready(&mut conn, true).is_empty());
-        assert!(conn.is_done());
+        assert!(conn.is_closed());
     }
 
     #[test]
@@ -1044,7 +1056,7 @@ mod tests {
             peer.eof = true;
         }
         let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
-        assert_eq!(ready(&mut conn, true), [OPENED, "Left"]);
+        assert_eq!(ready(&mut conn, true), [OPENED, "Closing"]);
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
         assert!(
@@ -1052,7 +1064,7 @@ mod tests {
             "{received:?}"
         );
         assert!(ready(&mut conn, true).is_empty());
-        assert!(conn.is_done());
+        assert!(conn.is_closed());
     }
 
     #[test]
@@ -1151,7 +1163,7 @@ mod tests {
         assert!(answer_by >= ping_at + TIMEOUTS.ping_timeout);
         let mut seen = Vec::new();
         conn.on_deadline(answer_by, &mut |r| seen.push(format!("{r:?}")));
-        assert_eq!(seen, ["Left"]);
+        assert_eq!(seen, ["Closing"]);
         flush(&mut conn);
         assert_eq!(
             &sent(&socket)[before + 2..before + 6],
@@ -1159,7 +1171,7 @@ mod tests {
         );
         // No handshake is waited for: the next deadline drops it.
         conn.on_deadline(conn.deadline().unwrap(), &mut |_| {});
-        assert!(conn.is_done());
+        assert!(conn.is_closed());
     }
 
     #[test]
@@ -1192,7 +1204,7 @@ mod tests {
         conn.on_deadline(conn.deadline().unwrap(), &mut |r| {
             seen.push(format!("{r:?}"))
         });
-        assert_eq!(seen, ["Left"], "no pong: 1011");
+        assert_eq!(seen, ["Closing"], "no pong: 1011");
         // And a client that reads nothing at all is closed at the first deadline.
         let (socket, mut conn) = upgraded_with_room();
         flush(&mut conn);
@@ -1204,7 +1216,7 @@ mod tests {
         conn.on_deadline(conn.deadline().unwrap(), &mut |r| {
             seen.push(format!("{r:?}"))
         });
-        assert_eq!(seen, ["Left"]);
+        assert_eq!(seen, ["Closing"]);
     }
 
     #[test]
@@ -1231,7 +1243,7 @@ mod tests {
         conn.on_deadline(answer_by.max(next), &mut |r| {
             panic!("{r:?}: closed although it answered")
         });
-        assert!(conn.is_open());
+        assert!(conn.takes_messages());
         flush(&mut conn);
         assert_eq!(&sent(&socket)[before..], [0x89, 0x00]);
     }
@@ -1282,8 +1294,8 @@ mod tests {
         flush(&mut conn);
         let mut seen = Vec::new();
         conn.cut_off(&mut |r| seen.push(format!("{r:?}")));
-        assert_eq!(seen, ["Left"]);
-        assert!(!conn.is_open());
+        assert_eq!(seen, ["Closing"]);
+        assert!(!conn.takes_messages());
         socket.0.borrow_mut().write_room = usize::MAX;
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();

@@ -368,6 +368,8 @@ mod tests {
                     id: 1,
                     text: "",
                     ts: 0,
+                    name: None,
+                    action: false,
                 },
             );
         }
@@ -482,7 +484,7 @@ mod tests {
 
         use super::super::*;
         use crate::chat::{ChatRoom, seal};
-        use crate::handler::WebSocketHandler;
+        use crate::handler::{ConnId, WebSocketHandler};
         use crate::history::{Draft, History, Limits, MemoryHistory};
         use crate::ws;
 
@@ -605,6 +607,8 @@ mod tests {
                         id: 1,
                         text: "a line",
                         ts: 0,
+                        name: None,
+                        action: false,
                     },
                 );
                 let mut confirmed = Vec::new();
@@ -626,7 +630,8 @@ mod tests {
 
         fn turn(history: &MemoryHistory, clients: &mut [Client]) {
             let room = ChatRoom::new();
-            let notice = |n| room.feed_notice(n);
+            let groups = crate::groups::Groups::new();
+            let notice = |n| room.feed_notice(ConnId(1), n, &groups);
             for client in clients.iter_mut().filter(|c| c.connected) {
                 client.socket.flush();
                 let history = RoomHistory { history, room: "r" };

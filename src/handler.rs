@@ -1,5 +1,5 @@
 //! The line between the wire and the application: [`WebSocketHandler`],
-//! [`ConnId`] and [`Outbox`].
+//! [`ConnId`], [`Outbox`] and [`Routes`].
 //!
 //! Like Tornado's `WebSocketHandler`, the trait splits protocol from wire: the
 //! server does sockets, HTTP and framing, and calls `open`, `on_message` and
@@ -11,7 +11,14 @@
 //!
 //! A handler never writes to a socket. It puts messages in an [`Outbox`];
 //! each message is framed once, here, and the server then queues the same
-//! shared bytes on every recipient.
+//! shared bytes on every recipient: one connection, or a *group* (a chat
+//! room). Groups are kept by the server ([`crate::groups`]); a handler puts
+//! a connection in one with [`Outbox::join`] and reads them through the
+//! outbox, the one window it has on the server.
+//!
+//! [`Routes`] gives each WebSocket path its handler: a new endpoint is one
+//! handler and one `route` line, with no change to the loop or the
+//! connection (`examples/echo.rs` serves the echo beside the chat).
 //!
 //! A handler may keep a history of its lines ([`crate::history`]). Then its
 //! lines carry their seq, and the server, which owns the sockets, uses it to
@@ -26,6 +33,7 @@ use tungstenite::Bytes;
 pub use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::feed::FeedNotice;
+use crate::groups::{GroupId, Groups};
 use crate::history::{RoomHistory, Seq};
 use crate::ws;
 
@@ -79,12 +87,15 @@ pub trait WebSocketHandler {
     /// `prepare`), e.g. for a query the handler cannot make sense of. A
     /// browser never sees the status of a refused handshake, so refuse only
     /// what no page of ours would send.
-    fn admit(&self, _request: &Request<'_>) -> Result<(), Refusal> {
+    /// `groups`: who is where now (a handler may refuse a connection that
+    /// would open one group too many).
+    fn admit(&self, _request: &Request<'_>, _groups: &Groups) -> Result<(), Refusal> {
         Ok(())
     }
 
     /// A WebSocket handshake completed. Runs exactly once per connection,
-    /// before any `on_message` for it.
+    /// before any `on_message` for it. The connection is in no group yet:
+    /// [`Outbox::join`] puts it in one.
     fn open(&mut self, _id: ConnId, _request: &Request<'_>, _out: &mut Outbox) {}
 
     /// A complete text message arrived (already checked to be UTF-8 and
@@ -101,9 +112,11 @@ pub trait WebSocketHandler {
         );
     }
 
-    /// The connection left: closed by the client, cut off, failed or shut
-    /// down. Runs exactly once, and only for connections that were opened.
-    /// By the time it runs the connection no longer receives broadcasts.
+    /// The connection is closing: closed by the client, cut off, failed or
+    /// shut down. Runs exactly once, and only for connections that were
+    /// opened. It receives nothing more, but is still in its group while
+    /// this runs (so the handler can see where it was); the server takes it
+    /// out right after.
     fn on_close(&mut self, _id: ConnId, _out: &mut Outbox) {}
 
     /// The loop's turn is ending, before anything is flushed to a socket:
@@ -111,39 +124,47 @@ pub trait WebSocketHandler {
     /// that is asynchronous confirms later than `on_message`).
     fn on_turn_end(&mut self, _out: &mut Outbox) {}
 
-    /// The history the member `id` follows, in its room, if the handler
-    /// keeps one. The server reads it to feed a member that is catching up.
-    fn room_history(&self, _id: ConnId) -> Option<RoomHistory<'_>> {
+    /// The history of the group `group`, if the handler keeps one. The
+    /// server reads it to feed a member that is catching up.
+    fn room_history<'a>(&'a self, _group: &'a str) -> Option<RoomHistory<'a>> {
         None
     }
 
-    /// The frame that tells a member catching up of `notice` (a gap, or
-    /// that it caught up), in the handler's protocol; `None`: say nothing.
-    fn feed_notice(&self, _notice: FeedNotice) -> Option<Bytes> {
+    /// The frame that tells the member `id` catching up of `notice` (a gap,
+    /// or that it caught up), in the handler's protocol; `None`: say
+    /// nothing. `groups`: who is where now.
+    fn feed_notice(&self, _id: ConnId, _notice: FeedNotice, _groups: &Groups) -> Option<Bytes> {
         None
     }
 }
 
-/// Who receives a message. "All" means every connection that is open when
-/// the outbox is delivered, that is, every connection `open` was called for
-/// and `on_close` was not.
+/// Who receives a message, among the connections open (`open` called,
+/// `on_close` not) when the outbox is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recipients {
     /// One connection.
     One(ConnId),
-    /// Every open connection.
+    /// Every open connection, on every route.
     All,
-    /// Every open connection but one (the seed's "has joined" goes to the others).
+    /// Every open connection but one.
     AllExcept(ConnId),
+    /// Every member of a group.
+    Group(GroupId),
+    /// Every member of a group but one (the seed's "has joined" goes to
+    /// the others).
+    GroupExcept(GroupId, ConnId),
 }
 
 impl Recipients {
-    /// Whether the connection `id` is among these recipients.
-    pub fn includes(self, id: ConnId) -> bool {
+    /// Whether the connection `id`, a member of `group` (if any), is among
+    /// these recipients.
+    pub fn includes(self, id: ConnId, group: Option<GroupId>) -> bool {
         match self {
             Recipients::One(one) => one == id,
             Recipients::All => true,
             Recipients::AllExcept(other) => other != id,
+            Recipients::Group(to) => group == Some(to),
+            Recipients::GroupExcept(to, other) => group == Some(to) && other != id,
         }
     }
 }
@@ -191,17 +212,39 @@ impl Delivery {
     }
 }
 
-/// Messages a handler produced during one call, in order. The server
-/// delivers them after the call returns.
+/// A handler's window on the server: the messages it produced during one
+/// call, in order (the server delivers them after the call returns), and
+/// the groups, which it reads and joins connections to.
 #[derive(Debug, Default)]
 pub struct Outbox {
     deliveries: Vec<Delivery>,
+    /// Who is open and who is in which group: owned by the server, lent
+    /// to handlers here.
+    groups: Groups,
 }
 
 impl Outbox {
-    /// An empty outbox.
+    /// An empty outbox, with no connection open.
     pub fn new() -> Self {
         Outbox::default()
+    }
+
+    /// Who is open and who is in which group.
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    /// The groups, for the server (which opens and closes connections in
+    /// them) and for tests of handlers without a server.
+    pub fn groups_mut(&mut self) -> &mut Groups {
+        &mut self.groups
+    }
+
+    /// Puts the open connection `id` in the group `name` (leaving the one
+    /// it was in); from now on it gets the group's messages. `None` if `id`
+    /// is not open.
+    pub fn join(&mut self, id: ConnId, name: &str) -> Option<GroupId> {
+        self.groups.join(id, name)
     }
 
     /// Sends `text` to one connection (Tornado's `write_message`).
@@ -224,11 +267,24 @@ impl Outbox {
         self.push(Recipients::AllExcept(except), ws::encode_text_frame(text));
     }
 
+    /// Sends `text` to every member of `group`.
+    pub fn send_to_group(&mut self, group: GroupId, text: &str) {
+        self.push(Recipients::Group(group), ws::encode_text_frame(text));
+    }
+
+    /// Sends `text` to every member of `group` except `except`.
+    pub fn send_to_group_except(&mut self, group: GroupId, except: ConnId, text: &str) {
+        self.push(
+            Recipients::GroupExcept(group, except),
+            ws::encode_text_frame(text),
+        );
+    }
+
     /// Sends a line of history, already framed (by the history, once), to
-    /// every open connection. Members keep their place by its `seq`.
-    pub fn send_line_to_all(&mut self, seq: Seq, frame: Bytes) {
+    /// every member of `group`. Members keep their place by its `seq`.
+    pub fn send_line_to_group(&mut self, group: GroupId, seq: Seq, frame: Bytes) {
         self.deliveries.push(Delivery {
-            to: Recipients::All,
+            to: Recipients::Group(group),
             payload: Payload::Frame(frame),
             seq: Some(seq),
         });
@@ -287,6 +343,85 @@ impl Outbox {
     }
 }
 
+/// A WebSocket endpoint: a path and the handler of every connection opened
+/// on it.
+struct Route {
+    path: Box<str>,
+    handler: Box<dyn WebSocketHandler + Send>,
+}
+
+/// Which handler serves which WebSocket path: the application's side of
+/// the server, handed to [`crate::Server::bind`].
+///
+/// ```
+/// use eddy::{ChatRoom, Config, EchoHandler, Routes};
+/// let config = Config::default();
+/// let routes = Routes::new()
+///     .route("/soc", ChatRoom::from_config(&config))
+///     .route("/echo", EchoHandler);
+/// assert_eq!(routes.find("/echo"), Some(1));
+/// ```
+#[derive(Default)]
+pub struct Routes {
+    routes: Vec<Route>,
+}
+
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.routes.iter().map(|r| &r.path))
+            .finish()
+    }
+}
+
+impl Routes {
+    /// No endpoint yet.
+    pub fn new() -> Self {
+        Routes::default()
+    }
+
+    /// Serves WebSockets opened on `path` (exactly; the query is the
+    /// handler's) with `handler`. A path routed twice keeps its first
+    /// handler.
+    pub fn route(mut self, path: &str, handler: impl WebSocketHandler + Send + 'static) -> Self {
+        if self.find(path).is_none() {
+            self.routes.push(Route {
+                path: path.into(),
+                handler: Box::new(handler),
+            });
+        }
+        self
+    }
+
+    /// The index of the route for `path`.
+    pub fn find(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| *r.path == *path)
+    }
+
+    /// Every routed path, in the order routed.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| &*r.path)
+    }
+
+    /// The handler of route `index`.
+    pub fn handler(&self, index: usize) -> Option<&(dyn WebSocketHandler + Send)> {
+        self.routes.get(index).map(|r| &*r.handler)
+    }
+
+    /// The handler of route `index`, to call.
+    pub fn handler_mut(&mut self, index: usize) -> Option<&mut (dyn WebSocketHandler + Send)> {
+        match self.routes.get_mut(index) {
+            Some(route) => Some(&mut *route.handler),
+            None => None,
+        }
+    }
+
+    /// Every handler, in the order routed (for the end of a turn).
+    pub fn handlers_mut(&mut self) -> impl Iterator<Item = &mut (dyn WebSocketHandler + Send)> {
+        self.routes.iter_mut().map(|r| &mut *r.handler as _)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,11 +429,19 @@ mod tests {
     #[test]
     fn recipients_include_the_right_connections() {
         let (a, b) = (ConnId(1), ConnId(2));
-        assert!(Recipients::All.includes(a));
-        assert!(Recipients::One(a).includes(a));
-        assert!(!Recipients::One(a).includes(b));
-        assert!(!Recipients::AllExcept(a).includes(a));
-        assert!(Recipients::AllExcept(a).includes(b));
+        let mut groups = Groups::new();
+        groups.open(a, 0);
+        groups.open(b, 1);
+        let g = groups.join(a, "g");
+        assert!(Recipients::All.includes(a, g));
+        assert!(Recipients::One(a).includes(a, g));
+        assert!(!Recipients::One(a).includes(b, None));
+        assert!(!Recipients::AllExcept(a).includes(a, g));
+        assert!(Recipients::AllExcept(a).includes(b, None));
+        let g = g.unwrap();
+        assert!(Recipients::Group(g).includes(a, Some(g)));
+        assert!(!Recipients::Group(g).includes(b, None));
+        assert!(!Recipients::GroupExcept(g, a).includes(a, Some(g)));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use log::{debug, error};
 use tungstenite::Bytes;
@@ -102,12 +103,16 @@ impl fmt::Display for Epoch {
 /// its seq, which the backend assigns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Draft<'a> {
-    /// Who said it (the connection's id).
+    /// Who said it (the member's id).
     pub id: u64,
     /// What was said.
     pub text: &'a str,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub ts: u64,
+    /// The speaker's display name, if it has one.
+    pub name: Option<&'a str>,
+    /// An action (`/me waves`) rather than a line said.
+    pub action: bool,
 }
 
 /// How a backend turns a draft and its seq into the frame to broadcast. The
@@ -196,6 +201,16 @@ pub trait History {
     /// held, so a line larger than the budget still goes out. Lines no longer
     /// held are named in [`Chunk::gap`]. Nothing, if `from` is past the head.
     fn read_from(&self, room: &str, from: Seq, max_bytes: usize) -> Chunk;
+
+    /// Forgets `room` (its lines, seqs and epoch) if its last line, or its
+    /// beginning if it has had none, came before `cutoff`; returns whether
+    /// it did. For a room nobody is in, before someone enters it.
+    fn expire_room(&mut self, room: &str, cutoff: Instant) -> bool;
+
+    /// Forgets every room whose last line (or beginning) came before
+    /// `cutoff`, except those `keep` names (rooms with members); returns how
+    /// many. So that room names cannot pile up forever (`--history-ttl`).
+    fn expire_rooms(&mut self, cutoff: Instant, keep: &dyn Fn(&str) -> bool) -> usize;
 }
 
 /// A history seen from one room: what the server needs to feed a member.
@@ -256,6 +271,8 @@ struct Ring {
     bytes: usize,
     /// When the room last got a line, on [`MemoryHistory`]'s activity clock.
     active: u64,
+    /// When the room last got a line, or began: for `--history-ttl`.
+    last_line: Instant,
 }
 
 impl Ring {
@@ -319,6 +336,25 @@ impl MemoryHistory {
         self.held
     }
 
+    /// How many rooms it knows (with lines or not).
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Forgets `room` altogether.
+    fn forget(&mut self, room: &str) {
+        if let Some(ring) = self.rooms.remove(room) {
+            debug!(
+                "room {room}: forgotten, {} lines, no line for --history-ttl",
+                ring.lines.len()
+            );
+            self.held -= ring.bytes;
+            if self.by_activity.get(&ring.active) == Some(&ring.name) {
+                self.by_activity.remove(&ring.active);
+            }
+        }
+    }
+
     /// `room`'s ring; a room not seen before begins with a fresh epoch.
     fn ring(&mut self, room: &str) -> &mut Ring {
         if !self.rooms.contains_key(room) {
@@ -334,6 +370,7 @@ impl MemoryHistory {
                     lines: VecDeque::new(),
                     bytes: 0,
                     active: 0,
+                    last_line: Instant::now(),
                 },
             );
         }
@@ -405,6 +442,7 @@ impl History for MemoryHistory {
         while ring.lines.len() > limits.lines || ring.bytes > limits.bytes {
             held -= ring.drop_oldest();
         }
+        ring.last_line = Instant::now();
         let was_active = std::mem::replace(&mut ring.active, clock);
         let holds_lines = !ring.lines.is_empty();
         self.held = held;
@@ -418,6 +456,27 @@ impl History for MemoryHistory {
 
     fn take_confirmed(&mut self, into: &mut Vec<Confirmed>) {
         into.append(&mut self.confirmed);
+    }
+
+    fn expire_room(&mut self, room: &str, cutoff: Instant) -> bool {
+        let stale = self.rooms.get(room).is_some_and(|r| r.last_line < cutoff);
+        if stale {
+            self.forget(room);
+        }
+        stale
+    }
+
+    fn expire_rooms(&mut self, cutoff: Instant, keep: &dyn Fn(&str) -> bool) -> usize {
+        let stale: Vec<Arc<str>> = self
+            .rooms
+            .values()
+            .filter(|r| r.last_line < cutoff && !keep(&r.name))
+            .map(|r| Arc::clone(&r.name))
+            .collect();
+        for room in &stale {
+            self.forget(room);
+        }
+        stale.len()
     }
 
     fn read_from(&self, room: &str, from: Seq, max_bytes: usize) -> Chunk {
@@ -471,7 +530,16 @@ mod tests {
     }
 
     fn say(history: &mut MemoryHistory, room: &str, text: &str) -> Seq {
-        history.append(room, Draft { id: 1, text, ts: 0 });
+        history.append(
+            room,
+            Draft {
+                id: 1,
+                text,
+                ts: 0,
+                name: None,
+                action: false,
+            },
+        );
         let mut confirmed = Vec::new();
         history.take_confirmed(&mut confirmed);
         assert_eq!(confirmed.len(), 1);
@@ -576,5 +644,26 @@ mod tests {
         assert!(h.held_bytes() <= 4 * cost);
         assert_eq!(seqs(&h.read_from("mid", 1, usize::MAX)), Vec::<Seq>::new());
         assert_eq!(h.position("new").first, 12 - 4 + 1);
+    }
+
+    #[test]
+    fn rooms_quiet_past_the_ttl_are_forgotten_unless_kept() {
+        let mut h = history(100, usize::MAX, usize::MAX);
+        say(&mut h, "quiet", "x");
+        say(&mut h, "busy", "x");
+        h.position("empty");
+        let quiet_epoch = h.position("quiet").epoch;
+        let cutoff = Instant::now() + std::time::Duration::from_secs(1);
+        assert!(!h.expire_room("quiet", Instant::now() - std::time::Duration::from_secs(60)));
+        assert_eq!(h.expire_rooms(cutoff, &|room| room == "busy"), 2);
+        assert_eq!(h.rooms(), 1, "busy is kept");
+        assert_eq!(
+            h.held_bytes(),
+            h.read_from("busy", 1, usize::MAX).lines[0].cost()
+        );
+        assert_ne!(h.position("quiet").epoch, quiet_epoch, "begins again");
+        assert_eq!(h.position("quiet").head, 0);
+        assert!(h.expire_room("busy", cutoff));
+        assert_eq!(h.held_bytes(), 0);
     }
 }

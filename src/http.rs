@@ -48,8 +48,12 @@ pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// The most headers a request may have; httparse needs a fixed-size array.
 pub const MAX_HEADERS: usize = 64;
 
-/// The path of the WebSocket endpoint, as in the tutorial.
+/// The path of the chat's WebSocket endpoint, as in the tutorial.
 pub const WEBSOCKET_PATH: &str = "/soc";
+
+/// Paths under this prefix (`/r/rust`) serve the page (`index.html`) too:
+/// a room's link. The page reads the room from its own path.
+pub const ROOM_PAGE_PREFIX: &str = "/r/";
 
 /// What the HTTP layer serves: the files, their policy, and the origins.
 #[derive(Debug, Clone)]
@@ -61,6 +65,24 @@ pub struct Site {
     /// Extra origins allowed to open a WebSocket, lowercase, without a
     /// trailing slash (`--allow-origin`).
     pub allowed_origins: Vec<String>,
+    /// The paths that upgrade to a WebSocket (the server's routes).
+    pub websocket_paths: Vec<String>,
+}
+
+impl Site {
+    /// Whether `path` is a WebSocket endpoint.
+    fn is_websocket(&self, path: &str) -> bool {
+        self.websocket_paths.iter().any(|p| p == path)
+    }
+
+    /// The file that `path` names: an asset, or the page for a room's
+    /// link (`/r/NAME`, one segment).
+    fn asset(&self, path: &str) -> Option<&Asset> {
+        match path.strip_prefix(ROOM_PAGE_PREFIX) {
+            Some(room) if !room.is_empty() && !room.contains('/') => self.assets.get("/"),
+            _ => self.assets.get(path),
+        }
+    }
 }
 
 /// The outcome of looking at the bytes read so far.
@@ -256,10 +278,10 @@ fn route(req: &Request<'_>, site: &Site, date: &str) -> Reply {
             &[("Allow", "GET, HEAD")],
         ));
     }
-    if req.path == WEBSOCKET_PATH {
+    if site.is_websocket(req.path) {
         return upgrade(req, site, shape);
     }
-    match site.assets.get(req.path) {
+    match site.asset(req.path) {
         Some(asset) => Reply::Respond(serve(req, site, asset, shape)),
         None => Reply::Respond(error(shape, 404, "not found", &[])),
     }
@@ -552,6 +574,7 @@ mod tests {
             ]),
             csp: Some("default-src 'self'".into()),
             allowed_origins: vec!["https://chat.example".into()],
+            websocket_paths: vec!["/soc".into()],
         }
     }
 
@@ -697,6 +720,10 @@ mod tests {
             ),
             ("DELETE /soc HTTP/1.1\r\nHost: x\r\n\r\n", 405, false),
             ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            ("GET /r/rust HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
+            ("GET /r/%CE%B1 HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
+            ("GET /r/ HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            ("GET /r/a/b HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
             ("GET /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
             ("HEAD /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
             (

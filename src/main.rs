@@ -32,7 +32,8 @@ fn main() -> ExitCode {
 
     // Before binding: the default connection cap is sized from the limit.
     let fd_limit = eddy::limits::raise_fd_limit();
-    let mut server = match Server::bind(addr, config) {
+    let routes = eddy::chat::routes(&config);
+    let mut server = match Server::bind(addr, config, routes) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("eddy: {e}");

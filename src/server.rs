@@ -8,12 +8,15 @@
 //!    [`ServerState::ready`] with its token, the connection's slab slot.
 //! 2. The [`Connection`] reads until `WouldBlock`; tungstenite decodes the
 //!    frame; the connection reports [`Report::Message`].
-//! 3. The report reaches the handler's `on_message`, which serializes the
-//!    JSON once; the [`Outbox`](crate::Outbox) frames it once.
-//! 4. [`ServerState::deliver`] queues that one shared buffer on every open
-//!    connection that keeps up, and marks each *dirty*. A connection whose
-//!    queue the line would take past the cap does not get it: it falls
-//!    behind ([`Feed`]).
+//! 3. The report reaches `on_message` of the handler the connection's path
+//!    was routed to ([`Routes`]), which serializes the JSON once; the
+//!    [`crate::Outbox`] frames it once, addressed to a group (the
+//!    sender's room).
+//! 4. `ServerState::deliver` queues that one shared buffer on each member
+//!    of the group that keeps up, by the group's list of slots
+//!    ([`crate::groups`]), and marks each *dirty*. A member whose queue the
+//!    line would take past the cap does not get it: it falls behind
+//!    ([`Feed`]).
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes every
 //!    dirty connection once (vectored writes of all it got this turn), feeds
 //!    those catching up from history as far as their sockets take, cuts off
@@ -44,13 +47,13 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::chat::ChatRoom;
 use crate::config::Config;
 use crate::connection::{
     Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Socket, Step, Timeouts,
 };
 use crate::feed::{self, Feed, Member, Pace, Progress};
-use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, Request, WebSocketHandler};
+use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, Refusal, Request, Routes};
+use crate::history::Seq;
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
 use crate::{http, limits, templates, ws};
@@ -75,17 +78,19 @@ const MAX_ACCEPT_ERRORS_IN_A_ROW: u32 = 64;
 /// A WebSocket server: bind it, then [`run`](Server::run) it.
 ///
 /// ```no_run
-/// let server = eddy::Server::bind("127.0.0.1:8000".parse().unwrap(), eddy::Config::default())?;
+/// let config = eddy::Config::default();
+/// let routes = eddy::chat::routes(&config);
+/// let server = eddy::Server::bind("127.0.0.1:8000".parse().unwrap(), config, routes)?;
 /// println!("on {}", server.local_addr()?);
 /// server.run()?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub struct Server<H: WebSocketHandler + Send + 'static = ChatRoom> {
-    ioloop: IoLoop<ServerState<H>>,
-    state: ServerState<H>,
+pub struct Server {
+    ioloop: IoLoop<ServerState>,
+    state: ServerState,
 }
 
-impl<H: WebSocketHandler + Send + 'static> fmt::Debug for Server<H> {
+impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("addr", &self.state.local_addr)
@@ -93,18 +98,11 @@ impl<H: WebSocketHandler + Send + 'static> fmt::Debug for Server<H> {
     }
 }
 
-impl Server<ChatRoom> {
-    /// Binds a chat server to `addr` (port 0 picks a free port), reading the
-    /// page and checking `config` first.
-    pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
-        let room = ChatRoom::from_config(&config);
-        Server::with_handler(addr, config, room)
-    }
-}
-
-impl<H: WebSocketHandler + Send + 'static> Server<H> {
-    /// Binds a server that runs `handler` for its WebSocket connections.
-    pub fn with_handler(addr: SocketAddr, mut config: Config, handler: H) -> io::Result<Self> {
+impl Server {
+    /// Binds a server to `addr` (port 0 picks a free port) that serves the
+    /// page and, on each routed path, WebSockets with that route's handler;
+    /// reads the page and checks `config` first.
+    pub fn bind(addr: SocketAddr, mut config: Config, routes: Routes) -> io::Result<Self> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -125,6 +123,7 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
                 assets,
                 csp: config.csp.clone(),
                 allowed_origins: config.allowed_origins.clone(),
+                websocket_paths: routes.paths().map(str::to_owned).collect(),
             },
             websocket: ws::websocket_config(config.max_message_bytes, config.read_buffer_bytes),
             timeouts: Arc::new(Timeouts {
@@ -140,9 +139,8 @@ impl<H: WebSocketHandler + Send + 'static> Server<H> {
             local_addr,
             connections: Slab::new(),
             app: App {
-                handler,
+                routes,
                 outbox: Outbox::new(),
-                open: HashMap::new(),
             },
             settings,
             config,
@@ -221,9 +219,9 @@ trait Control: Send + Sync {
     fn stop(&self) -> io::Result<()>;
 }
 
-impl<H: WebSocketHandler + Send + 'static> Control for LoopHandle<ServerState<H>> {
+impl Control for LoopHandle<ServerState> {
     fn shutdown(&self) -> io::Result<()> {
-        self.add_callback(|state: &mut ServerState<H>, ioloop| state.begin_shutdown(ioloop))
+        self.add_callback(|state: &mut ServerState, ioloop| state.begin_shutdown(ioloop))
     }
 
     fn stop(&self) -> io::Result<()> {
@@ -253,11 +251,17 @@ struct Entry {
     feed: Feed,
     /// A [`ServerState::continue_feed`] callback is queued for it.
     feed_queued: bool,
+    /// Its route (the handler of its path), once its handshake is
+    /// admitted; [`NO_ROUTE`] before.
+    route: u32,
 }
 
+/// The route of a connection that is not a WebSocket (yet).
+const NO_ROUTE: u32 = u32::MAX;
+
 /// A connection seen by [`feed::catch_up`]. Its flush may find the
-/// connection gone; the "left" that follows is reported once catching up is
-/// over, since the handler is busy lending the history meanwhile.
+/// connection gone; the `Closing` that follows is reported once catching up
+/// is over, since the handler is busy lending the history meanwhile.
 struct Fed<'a, S> {
     conn: &'a mut Connection<S>,
     left: bool,
@@ -274,34 +278,36 @@ impl<S: Socket> Member for Fed<'_, S> {
 
     fn flush(&mut self) -> bool {
         let left = &mut self.left;
-        self.conn.flush(&mut |r| *left |= r == Report::Left);
-        self.conn.is_open()
+        self.conn.flush(&mut |r| *left |= r == Report::Closing);
+        self.conn.takes_messages()
     }
 }
 
-/// The application side: the handler, the messages it produced and not yet
-/// delivered, and the connections it may address.
-struct App<H> {
-    handler: H,
+/// The application side: the handlers, the messages they produced and not
+/// yet delivered, and (in the outbox) who is open and in which group.
+struct App {
+    routes: Routes,
     outbox: Outbox,
-    /// Open connections by id, for messages to one recipient.
-    open: HashMap<ConnId, usize>,
 }
 
-impl<H: WebSocketHandler> App<H> {
-    /// Turns a connection's report into a handler call.
-    fn report(&mut self, key: usize, id: ConnId, report: Report<'_>) {
+impl App {
+    /// Turns a connection's report into a call of its route's handler.
+    fn report(&mut self, key: usize, id: ConnId, route: u32, report: Report<'_>) {
+        let Some(handler) = self.routes.handler_mut(route as usize) else {
+            return; // not a WebSocket: it reports nothing
+        };
+        let out = &mut self.outbox;
         match report {
             Report::Opened(target) => {
-                self.open.insert(id, key);
-                let request = Request::from_target(target);
-                self.handler.open(id, &request, &mut self.outbox);
+                out.groups_mut().open(id, key);
+                handler.open(id, &Request::from_target(target), out);
             }
-            Report::Message(text) => self.handler.on_message(id, text, &mut self.outbox),
-            Report::Binary(data) => self.handler.on_binary(id, data, &mut self.outbox),
-            Report::Left => {
-                self.open.remove(&id);
-                self.handler.on_close(id, &mut self.outbox);
+            Report::Message(text) => handler.on_message(id, text, out),
+            Report::Binary(data) => handler.on_binary(id, data, out),
+            Report::Closing => {
+                // Still in its group while the handler looks, then out.
+                handler.on_close(id, out);
+                out.groups_mut().close(id);
             }
         }
     }
@@ -309,7 +315,7 @@ impl<H: WebSocketHandler> App<H> {
 
 /// Everything the loop dispatches to. Callbacks and timers receive it as
 /// `&mut ServerState`.
-pub struct ServerState<H> {
+pub struct ServerState {
     /// `None` once shutting down: we stop accepting.
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -317,7 +323,7 @@ pub struct ServerState<H> {
     /// doubling, and a vacant slot then costs a pointer, not a connection
     /// (measured with `cargo bench`: ~300 bytes per client at 10,000).
     connections: Slab<Box<Entry>>,
-    app: App<H>,
+    app: App,
     settings: Settings,
     config: Config,
     /// The next [`ConnId`]; ids are never reused.
@@ -340,7 +346,7 @@ pub struct ServerState<H> {
     signals: Option<Signals>,
 }
 
-impl<H: WebSocketHandler> EventHandler for ServerState<H> {
+impl EventHandler for ServerState {
     fn ready(&mut self, ioloop: &mut IoLoop<Self>, token: Token, event: &Event) {
         match token {
             LISTENER_TOKEN => self.accept(ioloop),
@@ -355,7 +361,9 @@ impl<H: WebSocketHandler> EventHandler for ServerState<H> {
 
     fn end_of_turn(&mut self, ioloop: &mut IoLoop<Self>) {
         // Lines a history confirmed late go out before anything is flushed.
-        self.app.handler.on_turn_end(&mut self.app.outbox);
+        for handler in self.app.routes.handlers_mut() {
+            handler.on_turn_end(&mut self.app.outbox);
+        }
         self.deliver();
         // Flushing can cut off a slow client, whose "has left" goes to the
         // others and can push another over its cap: repeat until quiet. It
@@ -376,7 +384,7 @@ impl<H: WebSocketHandler> EventHandler for ServerState<H> {
     }
 }
 
-impl<H: WebSocketHandler> ServerState<H> {
+impl ServerState {
     /// Accepts until the listener would block (edge-triggered: a pending
     /// connection left in the backlog brings no new event).
     fn accept(&mut self, ioloop: &mut IoLoop<Self>) {
@@ -477,6 +485,7 @@ impl<H: WebSocketHandler> ServerState<H> {
             resume_queued: false,
             feed: Feed::Off,
             feed_queued: false,
+            route: NO_ROUTE,
         }));
         // Settled at the end of the turn like any touched connection: that
         // arms the timer for its first deadline (the request head's), which
@@ -495,37 +504,43 @@ impl<H: WebSocketHandler> ServerState<H> {
             let Some(entry) = self.connections.get_mut(key) else {
                 return;
             };
-            if entry.conn.is_done() {
+            if entry.conn.is_closed() {
                 return;
             }
             let id = entry.conn.id();
             let app = &mut self.app;
+            let route = entry.route;
             let mut step = entry
                 .conn
                 .on_ready(readable, &mut budget, &self.settings, &mut |r| {
-                    app.report(key, id, r)
+                    app.report(key, id, route, r)
                 });
             if step == Step::Upgrade {
-                // The handler admits the handshake, or refuses it with a
-                // status the client can read (before the 101, not after).
-                let verdict = match entry.conn.upgrade_target() {
-                    Some(target) => {
-                        app.handler
-                            .admit(&Request::from_target(target))
-                            .map_err(|refusal| {
-                                http::refused_upgrade(
-                                    SystemTime::now(),
-                                    refusal.status,
-                                    refusal.why,
-                                )
-                            })
+                // The path's handler admits the handshake, or refuses it
+                // with a status the client can read (before the 101).
+                let target = entry.conn.upgrade_target().unwrap_or_default();
+                let request = Request::from_target(target);
+                let verdict = match app.routes.find(request.path) {
+                    Some(index) => {
+                        entry.route = u32::try_from(index).unwrap_or(NO_ROUTE);
+                        app.routes
+                            .handler(index)
+                            .map_or(Ok(()), |h| h.admit(&request, app.outbox.groups()))
                     }
-                    None => Ok(()),
+                    // The HTTP layer upgrades routed paths only.
+                    None => Err(Refusal {
+                        status: 404,
+                        why: "not found",
+                    }),
                 };
+                let verdict = verdict.map_err(|refusal| {
+                    http::refused_upgrade(SystemTime::now(), refusal.status, refusal.why)
+                });
+                let route = entry.route;
                 step = entry
                     .conn
                     .upgrade(verdict, &self.settings, &mut budget, &mut |r| {
-                        app.report(key, id, r)
+                        app.report(key, id, route, r)
                     });
             }
             mark_dirty(&mut self.dirty, key, entry);
@@ -537,70 +552,45 @@ impl<H: WebSocketHandler> ServerState<H> {
         }
     }
 
-    /// Queues the handler's messages on their recipients. Each frame is
+    /// Queues the handlers' messages on their recipients. Each frame is
     /// shared: queuing it is a reference-count increment, not a copy. A
-    /// member whose queue a broadcast would take past the cap does not get
-    /// it, and falls behind ([`Feed::offer`]); it is fed from history later.
+    /// group's message goes to its members' slots, and to no other
+    /// connection. A member whose queue a line would take past the cap does
+    /// not get it, and falls behind ([`Feed::offer`]); it is fed from
+    /// history later.
     fn deliver(&mut self) {
         let cap = self.config.max_pending_bytes;
         // A close can make its connection leave, and its `on_close` adds to
         // the outbox: deliver in batches until the outbox stays empty.
+        let mut batch = std::mem::take(&mut self.batch);
         while !self.app.outbox.is_empty() {
-            self.app.outbox.take_into(&mut self.batch);
-            for delivery in self.batch.drain(..) {
+            self.app.outbox.take_into(&mut batch);
+            for delivery in batch.drain(..) {
                 let seq = delivery.seq;
                 match (delivery.to, delivery.payload) {
-                    (Recipients::One(id), payload) => {
-                        let Some(&key) = self.app.open.get(&id) else {
-                            continue; // it left already
+                    (Recipients::One(id), payload) => self.deliver_to_one(id, payload),
+                    (
+                        to @ (Recipients::Group(group) | Recipients::GroupExcept(group, _)),
+                        Payload::Frame(frame),
+                    ) => {
+                        let Some(members) = self.app.outbox.groups().get(group) else {
+                            continue; // everyone left
                         };
-                        let Some(entry) = self.connections.get_mut(key) else {
-                            continue;
-                        };
-                        match payload {
-                            Payload::Frame(frame) => entry.conn.queue(frame),
-                            Payload::Close(code, reason) => {
-                                let app = &mut self.app;
-                                entry
-                                    .conn
-                                    .close(code, reason, &mut |r| app.report(key, id, r));
+                        for member in members.members() {
+                            if !to.includes(member.id, Some(group)) {
+                                continue;
                             }
-                            // Live at once if there is nothing to catch up
-                            // on; else fed from history when it is settled
-                            // at the end of the turn.
-                            Payload::Follow { from, announce } => {
-                                let handler = &self.app.handler;
-                                let head = handler.room_history(id).map_or(0, |h| h.head());
-                                let (feed, notice) = Feed::start(from, announce, head);
-                                entry.feed = feed;
-                                if let Some(frame) = notice.and_then(|n| handler.feed_notice(n)) {
-                                    entry.conn.queue(frame);
-                                }
+                            let key = member.slot();
+                            if let Some(entry) = self.connections.get_mut(key) {
+                                offer(entry, key, seq, &frame, cap, &mut self.dirty);
                             }
                         }
-                        mark_dirty(&mut self.dirty, key, entry);
                     }
                     (to, Payload::Frame(frame)) => {
                         for (key, entry) in self.connections.iter_mut() {
-                            if !entry.conn.is_open() || !to.includes(entry.conn.id()) {
-                                continue;
+                            if entry.conn.takes_messages() && to.includes(entry.conn.id(), None) {
+                                offer(entry, key, seq, &frame, cap, &mut self.dirty);
                             }
-                            let was_live = matches!(entry.feed, Feed::Live { .. });
-                            let pending = entry.conn.pending();
-                            if !entry.feed.offer(seq, frame.len(), pending, cap) {
-                                if was_live {
-                                    // Fallen behind: settle it, to feed it
-                                    // once its queue drains.
-                                    debug!(
-                                        "conn {}: fell behind with {pending} bytes unsent",
-                                        entry.conn.id()
-                                    );
-                                    mark_dirty(&mut self.dirty, key, entry);
-                                }
-                                continue;
-                            }
-                            entry.conn.queue(frame.clone());
-                            mark_dirty(&mut self.dirty, key, entry);
                         }
                     }
                     // The outbox only makes closes and follows for one connection.
@@ -608,6 +598,48 @@ impl<H: WebSocketHandler> ServerState<H> {
                 }
             }
         }
+        self.batch = batch; // keep the allocation
+    }
+
+    /// Delivers a message to one connection, if it is still open.
+    fn deliver_to_one(&mut self, id: ConnId, payload: Payload) {
+        let Some(key) = self.app.outbox.groups().slot(id) else {
+            return; // it left already
+        };
+        let Some(entry) = self.connections.get_mut(key) else {
+            return;
+        };
+        let app = &mut self.app;
+        match payload {
+            Payload::Frame(frame) => entry.conn.queue(frame),
+            Payload::Close(code, reason) => {
+                let route = entry.route;
+                entry
+                    .conn
+                    .close(code, reason, &mut |r| app.report(key, id, route, r));
+            }
+            // Live at once if there is nothing to catch up on; else fed
+            // from history when it is settled at the end of the turn.
+            Payload::Follow { from, announce } => {
+                let groups = app.outbox.groups();
+                let handler = app.routes.handler(entry.route as usize);
+                let history = match (handler, groups.group_of(id)) {
+                    (Some(handler), Some(group)) => handler.room_history(group.name()),
+                    _ => None,
+                };
+                let head = history.map_or(0, |h| h.head());
+                let (feed, notice) = Feed::start(from, announce, head);
+                entry.feed = feed;
+                let frame = match (notice, handler) {
+                    (Some(notice), Some(handler)) => handler.feed_notice(id, notice, groups),
+                    _ => None,
+                };
+                if let Some(frame) = frame {
+                    entry.conn.queue(frame);
+                }
+            }
+        }
+        mark_dirty(&mut self.dirty, key, entry);
     }
 
     /// The end-of-turn work for one touched connection: flush, feed it from
@@ -620,26 +652,32 @@ impl<H: WebSocketHandler> ServerState<H> {
         };
         entry.is_dirty = false;
         let id = entry.conn.id();
+        let route = entry.route;
         let app = &mut self.app;
-        entry.conn.flush(&mut |r| app.report(key, id, r));
-        if entry.feed.is_catching_up() && entry.conn.is_open() {
-            let handler = &app.handler;
+        entry.conn.flush(&mut |r| app.report(key, id, route, r));
+        if entry.feed.is_catching_up() && entry.conn.takes_messages() {
+            let groups = app.outbox.groups();
+            let handler = app.routes.handler(route as usize);
             let mut member = Fed {
                 conn: &mut entry.conn,
                 left: false,
             };
-            let progress = match handler.room_history(id) {
-                Some(history) => feed::catch_up(
+            let history = match (handler, groups.group_of(id)) {
+                (Some(handler), Some(group)) => handler.room_history(group.name()),
+                _ => None,
+            };
+            let progress = match (history, handler) {
+                (Some(history), Some(handler)) => feed::catch_up(
                     &mut entry.feed,
                     history,
                     &mut member,
-                    &|notice| handler.feed_notice(notice),
+                    &|notice| handler.feed_notice(id, notice, groups),
                     Pace::for_cap(cap),
                 ),
-                None => Progress::Idle,
+                _ => Progress::Idle,
             };
             if member.left {
-                app.report(key, id, Report::Left);
+                app.report(key, id, route, Report::Closing);
             }
             if progress == Progress::CaughtUp {
                 debug!("conn {id}: caught up, live again");
@@ -651,7 +689,7 @@ impl<H: WebSocketHandler> ServerState<H> {
                 ioloop.add_callback(move |state: &mut Self, _| state.continue_feed(key, id));
             }
         }
-        let report = &mut |r: Report<'_>| app.report(key, id, r);
+        let report = &mut |r: Report<'_>| app.report(key, id, route, r);
         // A member with a history gets lines only while its queue is under
         // the cap (past it, it falls behind); the cap again is room for
         // what history cannot give again (pongs, notices). Over both, no
@@ -660,11 +698,11 @@ impl<H: WebSocketHandler> ServerState<H> {
             Feed::Off => cap,
             _ => cap.saturating_mul(2),
         };
-        if entry.conn.is_open() && entry.conn.pending() > limit {
+        if entry.conn.takes_messages() && entry.conn.pending() > limit {
             entry.conn.cut_off(report);
             entry.conn.flush(report);
         }
-        if entry.conn.is_done() {
+        if entry.conn.is_closed() {
             self.finished.push(key);
             return;
         }
@@ -697,7 +735,7 @@ impl<H: WebSocketHandler> ServerState<H> {
         if wanted != entry.interest {
             if let Err(e) = ioloop.update_handler(entry.conn.socket_mut(), Token(key), wanted) {
                 debug!("conn {id}: reregister failed: {e}");
-                entry.conn.finish(report);
+                entry.conn.abort(report);
                 self.finished.push(key);
                 return;
             }
@@ -739,9 +777,10 @@ impl<H: WebSocketHandler> ServerState<H> {
         };
         entry.timer = None;
         let app = &mut self.app;
+        let route = entry.route;
         entry
             .conn
-            .on_deadline(Instant::now(), &mut |r| app.report(key, id, r));
+            .on_deadline(Instant::now(), &mut |r| app.report(key, id, route, r));
         mark_dirty(&mut self.dirty, key, entry);
         self.deliver();
     }
@@ -750,7 +789,11 @@ impl<H: WebSocketHandler> ServerState<H> {
     /// freed, after all of this turn's events have been dispatched.
     fn free_finished(&mut self, ioloop: &mut IoLoop<Self>) {
         for key in self.finished.drain(..) {
-            if !self.connections.get(key).is_some_and(|e| e.conn.is_done()) {
+            if !self
+                .connections
+                .get(key)
+                .is_some_and(|e| e.conn.is_closed())
+            {
                 continue; // listed twice
             }
             let mut entry = self.connections.remove(key);
@@ -804,11 +847,11 @@ impl<H: WebSocketHandler> ServerState<H> {
         info!("closing {} connections", self.connections.len());
         let app = &mut self.app;
         for (key, entry) in self.connections.iter_mut() {
-            let id = entry.conn.id();
+            let (id, route) = (entry.conn.id(), entry.route);
             entry
                 .conn
                 .close(CloseCode::Away, SHUTDOWN_REASON, &mut |r| {
-                    app.report(key, id, r)
+                    app.report(key, id, route, r)
                 });
             mark_dirty(&mut self.dirty, key, entry);
         }
@@ -827,6 +870,34 @@ impl<H: WebSocketHandler> ServerState<H> {
     }
 }
 
+/// Offers a broadcast frame to one open connection: queued if its feed
+/// takes it; if it falls behind instead, it is listed to be settled (and fed
+/// from history once its queue drains).
+fn offer(
+    entry: &mut Entry,
+    key: usize,
+    seq: Option<Seq>,
+    frame: &tungstenite::Bytes,
+    cap: usize,
+    dirty: &mut Vec<usize>,
+) {
+    if !entry.conn.takes_messages() {
+        return;
+    }
+    let was_live = matches!(entry.feed, Feed::Live { .. });
+    let pending = entry.conn.pending();
+    if entry.feed.offer(seq, frame.len(), pending, cap) {
+        entry.conn.queue(frame.clone());
+        mark_dirty(dirty, key, entry);
+    } else if was_live {
+        debug!(
+            "conn {}: fell behind with {pending} bytes unsent",
+            entry.conn.id()
+        );
+        mark_dirty(dirty, key, entry);
+    }
+}
+
 /// Lists `key` for the end-of-turn flush, once.
 fn mark_dirty(dirty: &mut Vec<usize>, key: usize, entry: &mut Entry) {
     if !entry.is_dirty {
@@ -839,6 +910,12 @@ fn mark_dirty(dirty: &mut Vec<usize>, key: usize, entry: &mut Entry) {
 mod tests {
     use super::*;
     use crate::echo::EchoHandler;
+    use crate::handler::WebSocketHandler;
+
+    fn chat_server(config: Config) -> Server {
+        let routes = crate::chat::routes(&config);
+        Server::bind("127.0.0.1:0".parse().unwrap(), config, routes).unwrap()
+    }
 
     /// A connected pair: the server side as a mio stream, the client side kept open.
     fn socket_pair() -> (TcpStream, std::net::TcpStream, SocketAddr) {
@@ -851,10 +928,10 @@ mod tests {
 
     #[test]
     fn a_slot_freed_during_a_turn_is_reused_only_after_it() {
-        let server = Server::with_handler(
+        let server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
             Config::default(),
-            EchoHandler,
+            Routes::new().route("/soc", EchoHandler),
         )
         .unwrap();
         let (mut ioloop, mut state) = (server.ioloop, server.state);
@@ -863,7 +940,7 @@ mod tests {
         let a_id = state.connections[0].conn.id();
 
         // Mid-batch, connection A finishes...
-        state.connections[0].conn.finish(&mut |_| {});
+        state.connections[0].conn.abort(&mut |_| {});
         state.settle(&mut ioloop, 0);
         // ...and B arrives in the same batch: it must not get A's slot, or an
         // event polled for A would reach B.
@@ -874,7 +951,7 @@ mod tests {
         // A stale event polled for A's token still finds A (done), not B.
         assert_eq!(state.connections[0].conn.id(), a_id);
         state.on_connection_ready(0, true);
-        assert!(state.connections[0].conn.is_done());
+        assert!(state.connections[0].conn.is_closed());
 
         // After the turn, the slot is free and goes to the next newcomer.
         state.end_of_turn(&mut ioloop);
@@ -885,7 +962,7 @@ mod tests {
 
         // A timer set for A finds C in its slot and leaves it alone.
         state.deadline_passed(0, a_id);
-        assert!(!state.connections[0].conn.is_done());
+        assert!(!state.connections[0].conn.is_closed());
     }
 
     /// Server sockets whose kernel send buffer is already full, so that
@@ -926,9 +1003,9 @@ mod tests {
     }
 
     /// Accepts `socket` and completes a WebSocket handshake on it; returns its slot.
-    fn open_websocket<H: WebSocketHandler>(
-        state: &mut ServerState<H>,
-        ioloop: &mut IoLoop<ServerState<H>>,
+    fn open_websocket(
+        state: &mut ServerState,
+        ioloop: &mut IoLoop<ServerState>,
         socket: TcpStream,
         client: &mut std::net::TcpStream,
         peer: SocketAddr,
@@ -943,7 +1020,7 @@ mod tests {
             )
             .unwrap();
         // The request is on loopback already; poll until the server reads it.
-        while !state.connections[key].conn.is_open() {
+        while !state.connections[key].conn.takes_messages() {
             state.on_connection_ready(key, true);
         }
         key
@@ -952,7 +1029,7 @@ mod tests {
     #[test]
     fn a_newcomer_hears_of_the_next_newcomer_in_the_same_turn() {
         use std::io::Read;
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
+        let server = chat_server(Config::default());
         let (mut ioloop, mut state) = (server.ioloop, server.state);
         let (a, mut a_client, peer) = socket_pair();
         open_websocket(&mut state, &mut ioloop, a, &mut a_client, peer);
@@ -982,7 +1059,7 @@ mod tests {
             ..Config::default()
         };
         let cap = config.max_pending_bytes;
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let server = chat_server(config);
         let (mut ioloop, mut state) = (server.ioloop, server.state);
         let mut keys = Vec::new();
         let mut clients = Vec::new();
@@ -1008,26 +1085,19 @@ mod tests {
         }
         state.end_of_turn(&mut ioloop);
         assert!(
-            state.connections[keys[0]].conn.is_open(),
+            state.connections[keys[0]].conn.takes_messages(),
             "room for notices"
         );
-        assert!(!state.connections[keys[1]].conn.is_open(), "cut off");
+        assert!(!state.connections[keys[1]].conn.takes_messages(), "cut off");
     }
 
     /// The seed's room without a history: joins and leaves only, so all
     /// its output is of the kind a cut-off is for.
-    #[derive(Default)]
-    struct Forgetful {
-        members: usize,
-    }
+    struct Forgetful;
 
     impl WebSocketHandler for Forgetful {
-        fn open(&mut self, _: ConnId, _: &Request<'_>, _: &mut Outbox) {
-            self.members += 1;
-        }
         fn on_message(&mut self, _: ConnId, _: &str, _: &mut Outbox) {}
         fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
-            self.members -= 1;
             out.send_to_all(&format!("{id} has left"));
         }
     }
@@ -1041,16 +1111,15 @@ mod tests {
             ..Config::default()
         };
         let cap = config.max_pending_bytes;
-        let server =
-            Server::with_handler("127.0.0.1:0".parse().unwrap(), config, Forgetful::default())
-                .unwrap();
+        let routes = Routes::new().route("/soc", Forgetful);
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, routes).unwrap();
         let (mut ioloop, mut state) = (server.ioloop, server.state);
         let (a, mut a_client, peer) = stuck_pair();
         let a_key = open_websocket(&mut state, &mut ioloop, a, &mut a_client, peer);
         let (b, mut b_client, peer) = stuck_pair();
         let b_key = open_websocket(&mut state, &mut ioloop, b, &mut b_client, peer);
         let a_id = state.connections[a_key].conn.id();
-        assert_eq!(state.app.handler.members, 2);
+        assert_eq!(state.app.outbox.groups().open_count(), 2);
 
         // A is over the cap; B is just under it by less than the size of
         // the frame that will announce A's departure.
@@ -1063,9 +1132,13 @@ mod tests {
         state.end_of_turn(&mut ioloop);
 
         // A was cut off; "A has left" pushed B over; B was cut off too.
-        assert!(!state.connections[a_key].conn.is_open());
-        assert!(!state.connections[b_key].conn.is_open());
-        assert_eq!(state.app.handler.members, 0, "on_close ran for both");
+        assert!(!state.connections[a_key].conn.takes_messages());
+        assert!(!state.connections[b_key].conn.takes_messages());
+        assert_eq!(
+            state.app.outbox.groups().open_count(),
+            0,
+            "on_close ran for both"
+        );
         // Their close frames wait for a socket that takes nothing: WRITABLE
         // is asked for exactly there.
         for key in [a_key, b_key] {

@@ -18,13 +18,18 @@ fn newcomer_is_welcomed_and_the_others_are_told() {
     let server = TestServer::start();
     let mut a = connect(server.addr);
     // Byte for byte: the seed's keys, in the seed's order, compact, then
-    // the newcomer's own id and where the room's history stands.
+    // the newcomer's own id, where the room's history stands, the room,
+    // who is there and the token to come back with.
     let a_welcome = recv_text(&mut a);
     let (a_id, epoch, head) = welcome(&serde_json::from_str(&a_welcome).unwrap());
+    let token = serde_json::from_str::<serde_json::Value>(&a_welcome).unwrap()["resume"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         a_welcome,
         format!(
-            r#"{{"type":"sys","message":"Welcome to WebSocket","id":{a_id},"epoch":"{epoch}","head":0}}"#
+            r#"{{"type":"sys","message":"Welcome to WebSocket","id":{a_id},"epoch":"{epoch}","head":0,"room":"lobby","count":1,"members":[{{"id":{a_id}}}],"resume":"{token}"}}"#
         )
     );
     assert_eq!(head, 0, "a new room");
@@ -35,7 +40,9 @@ fn newcomer_is_welcomed_and_the_others_are_told() {
     let joined = recv_text(&mut a);
     assert_eq!(
         joined,
-        format!(r#"{{"type":"sys","message":"{b_id} has joined"}}"#)
+        format!(
+            r#"{{"type":"sys","message":"{b_id} has joined","event":"join","id":{b_id},"count":2}}"#
+        )
     );
     // The newcomer is not told of its own arrival: its next message is a line.
     send(&mut a, "hello");
@@ -86,7 +93,9 @@ fn leaving_is_announced_after_the_close_handshake() {
     }
     assert_eq!(
         recv_text(&mut a),
-        format!(r#"{{"type":"sys","message":"{b_id} has left"}}"#)
+        format!(
+            r#"{{"type":"sys","message":"{b_id} has left","event":"leave","id":{b_id},"count":1}}"#
+        )
     );
 }
 

@@ -170,7 +170,8 @@ fn a_resume_across_a_hole_is_told_the_gap_once_then_gets_what_is_held() {
     assert_eq!(
         notices,
         [
-            json!({"type": "sys", "message": "You are up to date.", "event": "caught_up", "head": 30})
+            json!({"type": "sys", "message": "You are up to date.", "event": "caught_up", "head": 30,
+                   "count": 2, "members": [{"id": 1}, {"id": 2}]})
         ]
     );
 }

@@ -21,7 +21,7 @@
 //! the connection's timers fire until it is done.
 //!
 //! Checks: no panic (debug assertions on, Eddy's and tungstenite's); reports
-//! in order (`Opened` once and first, messages only while open, `Left` at
+//! in order (`Opened` once and first, messages only while open, `Closing` at
 //! most once and only after `Opened`) and `is_open()` agreeing with them;
 //! every byte queued is written exactly once, never after FIN; the bytes
 //! written are HTTP responses (nothing after one that closes), then, after a
@@ -190,9 +190,9 @@ impl Handler {
                 self.messages += 1;
                 self.outbox.push(ws::encode_binary_frame(data));
             }
-            Report::Left => {
-                assert!(self.opened, "Left before Opened");
-                assert!(!self.left, "Left twice");
+            Report::Closing => {
+                assert!(self.opened, "Closing before Opened");
+                assert!(!self.left, "Closing twice");
                 self.left = true;
             }
         }
@@ -213,7 +213,7 @@ struct Driver {
 impl Driver {
     fn check_open(&self) {
         assert_eq!(
-            self.conn.is_open(),
+            self.conn.takes_messages(),
             self.handler.opened && !self.handler.left,
             "is_open() disagrees with the reports"
         );
@@ -222,11 +222,11 @@ impl Driver {
     /// The server's `deliver`: queue the handler's frames on open connections.
     fn deliver(&mut self) {
         for frame in std::mem::take(&mut self.handler.outbox) {
-            if self.conn.is_open() {
+            if self.conn.takes_messages() {
                 self.conn.queue(frame);
             }
         }
-        if std::mem::take(&mut self.handler.close_requested) && self.conn.is_open() {
+        if std::mem::take(&mut self.handler.close_requested) && self.conn.takes_messages() {
             let handler = &mut self.handler;
             self.conn
                 .close(CloseCode::Policy, "flood", &mut |r| handler.report(r));
@@ -241,7 +241,7 @@ impl Driver {
         let mut readable = readable;
         let mut steps = 0;
         loop {
-            if self.conn.is_done() {
+            if self.conn.is_closed() {
                 return;
             }
             let handler = &mut self.handler;
@@ -301,10 +301,10 @@ impl Driver {
             peer.room = peer.write_rooms[i % 2];
         }
         self.flush();
-        if self.conn.is_open() && self.conn.pending() > self.max_pending {
+        if self.conn.takes_messages() && self.conn.pending() > self.max_pending {
             let handler = &mut self.handler;
             self.conn.cut_off(&mut |r| handler.report(r));
-            assert!(!self.conn.is_open());
+            assert!(!self.conn.takes_messages());
             self.flush();
         }
     }
@@ -462,6 +462,7 @@ fuzz_target!(|data: &[u8]| {
             ]),
             csp: Some("default-src 'self'".into()),
             allowed_origins: vec!["https://chat.example".into()],
+            websocket_paths: vec!["/soc".into()],
         },
         websocket: ws::websocket_config(max_message, read_buffer),
         timeouts: std::sync::Arc::clone(&timeouts),
@@ -503,12 +504,12 @@ fuzz_target!(|data: &[u8]| {
     // resumptions while reading is paused, a flush at the end of each turn.
     let mut readable = true;
     let mut turns = 0;
-    while !d.conn.is_done() {
+    while !d.conn.is_closed() {
         turns += 1;
         assert!(turns < 100_000, "the connection never settles");
         d.ready(readable);
         d.settle();
-        if d.conn.is_done() {
+        if d.conn.is_closed() {
             break;
         }
         if d.conn.wants_resume() {
@@ -534,18 +535,18 @@ fuzz_target!(|data: &[u8]| {
     let mut at = Instant::now() + Duration::from_secs(86_400);
     for _ in 0..8 {
         d.settle();
-        if d.conn.is_done() {
+        if d.conn.is_closed() {
             break;
         }
         at = d.fire(at);
         d.settle();
-        while d.conn.wants_resume() && !d.conn.is_done() {
+        while d.conn.wants_resume() && !d.conn.is_closed() {
             d.ready(false);
             d.settle();
         }
     }
     assert!(
-        d.conn.is_done(),
+        d.conn.is_closed(),
         "still not done after every deadline passed"
     );
 
@@ -555,7 +556,7 @@ fuzz_target!(|data: &[u8]| {
     d.flush();
     assert_eq!(peer.borrow().received.len(), written, "written after Done");
     d.check_open();
-    assert!(!d.handler.opened || d.handler.left, "done without Left");
+    assert!(!d.handler.opened || d.handler.left, "closed without Closing");
 
     let out = std::mem::take(&mut peer.borrow_mut().received);
     check_output(&out, d.handler.opened);

@@ -28,6 +28,7 @@ static SITE: LazyLock<Site> = LazyLock::new(|| Site {
     ]),
     csp: Some("default-src 'self'".into()),
     allowed_origins: vec!["https://chat.example".into()],
+    websocket_paths: vec!["/soc".into()],
 });
 
 /// A fixed clock: two answers to the same bytes must be byte-for-byte equal.

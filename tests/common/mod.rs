@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use eddy::{Config, Server, ServerHandle, WebSocketHandler};
+use eddy::{Config, Routes, Server, ServerHandle, WebSocketHandler};
 use serde_json::Value;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -39,8 +39,10 @@ pub struct TestServer {
 impl TestServer {
     /// A chat server with `config`.
     pub fn chat(config: Config) -> TestServer {
-        // Server::bind, as `main` does: the room gets the config's rate limit.
-        TestServer::run(Server::bind("127.0.0.1:0".parse().unwrap(), config).expect("bind"))
+        // The chat's routes, as `main` serves them: the room gets the
+        // config's rate limit.
+        let routes = eddy::chat::routes(&config);
+        TestServer::with_routes(config, routes)
     }
 
     /// A chat server with the test config ([`config`]).
@@ -48,13 +50,17 @@ impl TestServer {
         TestServer::chat(config())
     }
 
-    /// A server running `handler`.
+    /// A server running `handler` at `/soc`.
     pub fn with_handler<H: WebSocketHandler + Send + 'static>(
         config: Config,
         handler: H,
     ) -> TestServer {
-        let server =
-            Server::with_handler("127.0.0.1:0".parse().unwrap(), config, handler).expect("bind");
+        TestServer::with_routes(config, Routes::new().route("/soc", handler))
+    }
+
+    /// A server with these routes.
+    pub fn with_routes(config: Config, routes: Routes) -> TestServer {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, routes).expect("bind");
         TestServer::run(server)
     }
 
@@ -63,7 +69,7 @@ impl TestServer {
     pub fn chat_at(addr: SocketAddr, config: Config) -> TestServer {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            match Server::bind(addr, config.clone()) {
+            match Server::bind(addr, config.clone(), eddy::chat::routes(&config)) {
                 Ok(server) => return TestServer::run(server),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                     // Pacing between attempts, not synchronisation.
@@ -74,7 +80,7 @@ impl TestServer {
         }
     }
 
-    fn run<H: WebSocketHandler + Send + 'static>(server: Server<H>) -> TestServer {
+    fn run(server: Server) -> TestServer {
         let addr = server.local_addr().unwrap();
         let handle = server.handle();
         let thread = thread::spawn(move || server.run());
@@ -250,10 +256,34 @@ pub fn welcome(message: &Value) -> (u64, String, u64) {
     let head = message["head"]
         .as_u64()
         .unwrap_or_else(|| panic!("no head in {message}"));
-    assert_eq!(
-        *message,
-        serde_json::json!({"type": "sys", "message": "Welcome to WebSocket", "id": id,
-                           "epoch": epoch, "head": head})
+    // The seed's keys, then Eddy's: no other key, nothing missing.
+    let mut keys: Vec<&str> = message
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {message}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        "count", "epoch", "head", "id", "message", "resume", "room", "type",
+    ];
+    for optional in ["members", "name"] {
+        if message.get(optional).is_some() {
+            expected.push(optional);
+        }
+    }
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{message}");
+    assert_eq!(message["type"], "sys", "{message}");
+    assert_eq!(message["message"], "Welcome to WebSocket", "{message}");
+    assert!(
+        message["room"].is_string() && message["count"].as_u64() >= Some(1),
+        "{message}"
+    );
+    assert!(
+        message["resume"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("{id}.")))
     );
     assert_eq!(epoch.len(), 16, "80 random bits: {epoch}");
     (id, epoch, head)

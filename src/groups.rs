@@ -1,0 +1,285 @@
+//! [`Groups`]: who is connected, and who is in which group (a chat room).
+//!
+//! Membership lives here and nowhere else. The server owns it, because the
+//! server is the one that must act on it: it queues a group's broadcast on
+//! each member's slot, and it must take a connection out of its group the
+//! moment it leaves, whatever the handler does. The handler decides who
+//! joins which group ([`crate::Outbox::join`]) and reads the groups (how
+//! many, who) through its [`Outbox`](crate::Outbox); it never sees a slot.
+//!
+//! A group is a list of `(ConnId, slot)` pairs, so a line in a room of 10
+//! costs 10 queue pushes, not a walk over every connection. Each open
+//! connection's `Seat` says where it sits in that list, so leaving is a
+//! `swap_remove`: O(1), at the price of the order of members (which nothing
+//! relies on). A group with no members is forgotten at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::handler::ConnId;
+
+/// A group's handle: its index among the groups with members. Valid while
+/// the group has members; a group that empties is removed and its index
+/// reused, so handlers keep names, not handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupId(u32);
+
+/// One member of a group: its identity (for the handler) and its slot in
+/// the server's connection table (for delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// The connection.
+    pub id: ConnId,
+    /// Its slot in the server's table (the mio token).
+    slot: usize,
+}
+
+impl Member {
+    /// The connection's slot in the server's table.
+    pub(crate) fn slot(&self) -> usize {
+        self.slot
+    }
+}
+
+/// A group: its name and its members, in no particular order.
+#[derive(Debug)]
+pub struct Group {
+    name: Arc<str>,
+    members: Vec<Member>,
+}
+
+impl Group {
+    /// The group's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Its members (connections in it), in no particular order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// How many members it has (at least one: an empty group is removed).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Always false: a group that empties is removed.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// Where an open connection is: its slot, and its place in a group. 16
+/// bytes (u32s: four billion slots or members is past any server), since
+/// every idle connection has one.
+#[derive(Debug, Clone, Copy)]
+struct Seat {
+    slot: u32,
+    /// Its group and its index in the group's member list.
+    place: Option<(GroupId, u32)>,
+}
+
+/// Every open connection and every group with members.
+#[derive(Debug, Default)]
+pub struct Groups {
+    /// Open connections (from the handler's `open` until its `on_close`).
+    open: HashMap<ConnId, Seat>,
+    /// Groups by handle; `None` marks a free index.
+    groups: Vec<Option<Group>>,
+    /// Free indexes in `groups`, reused first.
+    free: Vec<u32>,
+    /// Groups by name.
+    by_name: HashMap<Arc<str>, GroupId>,
+}
+
+impl Groups {
+    /// No connection, no group.
+    pub fn new() -> Self {
+        Groups::default()
+    }
+
+    /// A connection opened, in `slot`: it can be addressed, and can join a
+    /// group. (Called by the server only.)
+    pub(crate) fn open(&mut self, id: ConnId, slot: usize) {
+        let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+        self.open.insert(id, Seat { slot, place: None });
+    }
+
+    /// A connection left: out of its group, and no longer addressable.
+    /// (Called by the server only, after the handler's `on_close`.)
+    pub(crate) fn close(&mut self, id: ConnId) {
+        self.leave(id);
+        self.open.remove(&id);
+    }
+
+    /// The slot of an open connection.
+    pub(crate) fn slot(&self, id: ConnId) -> Option<usize> {
+        self.open.get(&id).map(|seat| seat.slot as usize)
+    }
+
+    /// Whether `id` is open.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.open.contains_key(&id)
+    }
+
+    /// How many connections are open.
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Puts `id` in the group `name` (created if it has no members yet),
+    /// leaving the group it was in. Returns the group, or `None` if `id` is
+    /// not open.
+    pub fn join(&mut self, id: ConnId, name: &str) -> Option<GroupId> {
+        let slot = self.open.get(&id)?.slot as usize;
+        self.leave(id);
+        let group = match self.by_name.get(name) {
+            Some(&group) => group,
+            None => self.create(name),
+        };
+        let members = &mut self.groups[group.0 as usize].as_mut()?.members;
+        members.push(Member { id, slot });
+        let index = u32::try_from(members.len() - 1).unwrap_or(u32::MAX);
+        self.open.get_mut(&id)?.place = Some((group, index));
+        Some(group)
+    }
+
+    /// Takes `id` out of its group, if it is in one; a group left empty is
+    /// removed.
+    pub fn leave(&mut self, id: ConnId) {
+        let Some((group, index)) = self.open.get_mut(&id).and_then(|seat| seat.place.take()) else {
+            return;
+        };
+        let Some(entry) = self.groups.get_mut(group.0 as usize) else {
+            return;
+        };
+        let Some(g) = entry.as_mut() else {
+            return;
+        };
+        let index = index as usize;
+        if index >= g.members.len() {
+            return;
+        }
+        g.members.swap_remove(index);
+        if let Some(moved) = g.members.get(index) {
+            // The last member now sits where the leaver sat.
+            if let Some(seat) = self.open.get_mut(&moved.id) {
+                seat.place = Some((group, index as u32));
+            }
+        }
+        if g.members.is_empty() {
+            self.by_name.remove(&g.name);
+            *entry = None;
+            self.free.push(group.0);
+        }
+    }
+
+    fn create(&mut self, name: &str) -> GroupId {
+        let group = Group {
+            name: name.into(),
+            members: Vec::new(),
+        };
+        let name = Arc::clone(&group.name);
+        let id = match self.free.pop() {
+            Some(index) => {
+                self.groups[index as usize] = Some(group);
+                GroupId(index)
+            }
+            None => {
+                let index = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+                self.groups.push(Some(group));
+                GroupId(index)
+            }
+        };
+        self.by_name.insert(name, id);
+        id
+    }
+
+    /// The group `id` is in.
+    pub fn group_of(&self, id: ConnId) -> Option<&Group> {
+        let (group, _) = self.open.get(&id)?.place?;
+        self.get(group)
+    }
+
+    /// The handle of `id`'s group.
+    pub fn group_id_of(&self, id: ConnId) -> Option<GroupId> {
+        self.open.get(&id)?.place.map(|(group, _)| group)
+    }
+
+    /// A group by handle.
+    pub fn get(&self, group: GroupId) -> Option<&Group> {
+        self.groups.get(group.0 as usize)?.as_ref()
+    }
+
+    /// The handle of the group `name`, if it has members.
+    pub fn id_of(&self, name: &str) -> Option<GroupId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// A group by name, if it has members.
+    pub fn named(&self, name: &str) -> Option<&Group> {
+        self.get(*self.by_name.get(name)?)
+    }
+
+    /// How many members the group `name` has (0 if none).
+    pub fn count(&self, name: &str) -> usize {
+        self.named(name).map_or(0, Group::len)
+    }
+
+    /// How many groups have members.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no group has members.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(group: Option<&Group>) -> Vec<u64> {
+        let mut ids: Vec<u64> = group
+            .map(|g| g.members().iter().map(|m| m.id.0).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn members_join_leave_and_empty_groups_go() {
+        let mut groups = Groups::new();
+        for id in 1..=4 {
+            groups.open(ConnId(id), id as usize * 10);
+        }
+        assert_eq!(groups.join(ConnId(9), "a"), None, "not open");
+        let a = groups.join(ConnId(1), "a").unwrap();
+        groups.join(ConnId(2), "a");
+        groups.join(ConnId(3), "a");
+        groups.join(ConnId(4), "b");
+        assert_eq!(ids(groups.named("a")), [1, 2, 3]);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups.slot(ConnId(3)), Some(30));
+
+        // The first leaves: the last takes its place, and can still leave.
+        groups.close(ConnId(1));
+        assert_eq!(ids(groups.get(a)), [2, 3]);
+        groups.leave(ConnId(3));
+        assert_eq!(ids(groups.get(a)), [2]);
+        assert_eq!(groups.group_of(ConnId(3)).map(|g| &**g.name()), None);
+
+        // Moving to another group leaves the first; an empty group goes.
+        groups.join(ConnId(2), "b");
+        assert!(groups.named("a").is_none());
+        assert_eq!(groups.count("b"), 2);
+        assert_eq!(groups.len(), 1);
+        // Its index is reused by the next new group.
+        assert_eq!(groups.join(ConnId(3), "c"), Some(a));
+        assert_eq!(&**groups.group_of(ConnId(3)).unwrap().name(), "c");
+        assert_eq!(groups.open_count(), 3);
+    }
+}
