@@ -1069,14 +1069,21 @@ fn rooms_table(out: &mut String, rows: &[Row]) {
                 && r.scenario.deliveries() == row.scenario.deliveries()
         });
         let reference = single.and_then(|r| r.result.as_ref().ok());
-        let speed = s
-            .deliveries_per_s
-            .zip(reference.and_then(|r| r.deliveries_per_s))
-            .map(|(d, before)| d / before);
-        let cpu = s
-            .server_cpu_s_per_million
-            .zip(reference.and_then(|r| r.server_cpu_s_per_million))
-            .map(|(c, before)| c / before);
+        // A ratio only of figures above 0: CPU time comes in clock ticks
+        // (10 ms), and a tiny run may be measured at none.
+        let ratio = |now: Option<f64>, before: Option<f64>| {
+            now.zip(before.filter(|b| *b > 0.0))
+                .filter(|(n, _)| *n > 0.0)
+                .map(|(n, b)| n / b)
+        };
+        let speed = ratio(
+            s.deliveries_per_s,
+            reference.and_then(|r| r.deliveries_per_s),
+        );
+        let cpu = ratio(
+            s.server_cpu_s_per_million,
+            reference.and_then(|r| r.server_cpu_s_per_million),
+        );
         let mut missed = Vec::new();
         match speed {
             Some(x) if x >= 1.0 => {}
