@@ -23,8 +23,9 @@
 //! checks them as above; a line of a sender from another room is counted
 //! apart (it must never come), and so is a welcome that does not name the
 //! client's room. The welcome's `head` (the room's last number) is where
-//! the client's check of the room's numbers starts: in a room of its own,
-//! the first line must be 1. Each client hears only its own room's joins.
+//! the client's check of the room's numbers starts (for every server that
+//! sends one): in a new room (head 0) the first line must be 1. Each client
+//! hears only its own room's joins.
 //!
 //! Closed loop: a sender sends its next line when its previous one has come
 //! back to it. Open loop (`rate`): the senders together send `rate` lines a

@@ -14,7 +14,7 @@
 //! use is reported, and where it is near one full CPU the server's figures
 //! are marked as lower bounds.
 //!
-//! Besides the plain fan-out, two kinds of scenario:
+//! Besides the plain fan-out, three kinds of scenario:
 //!
 //! - **Slow readers**: 10 % of the non-senders read ten times slower than
 //!   the rest. "Ten times slower" is measured, not guessed: the same
@@ -33,9 +33,9 @@
 //!   10,000 clients in 1,000 rooms of 10 (`/soc?room=r<k>`), one sender a
 //!   room, 100 lines each: as many deliveries as the single-room 1,000 × 10
 //!   × 100 scenario, which runs beside it. Every client checks its own
-//!   room's lines (none lost, out of order or twice, `seq` dense from 1 in
-//!   each room) and that no line of another room reaches it, and that its
-//!   welcome names its room. A table compares it with that single-room run
+//!   room's lines (none lost, out of order or twice, `seq` dense in each
+//!   room from the `head` its welcome gave) and that no line of another
+//!   room reaches it, and that its welcome names its room. A table compares it with that single-room run
 //!   (the target: deliveries/s at least as high, server CPU per
 //!   delivery no higher).
 //!
