@@ -37,8 +37,8 @@
 //!   connection is still open (half-open: the server has not noticed yet),
 //!   the old one is closed quietly, and the room hears no leave or join.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -454,18 +454,15 @@ fn now_ms() -> u64 {
 }
 
 /// What the chat knows of one connection besides where it is (the
-/// server's groups keep that).
+/// server's groups keep that) and its id in the protocol (its connection's
+/// own but after a resume: [`ChatRoom::member_id`]). Small on purpose: every
+/// idle connection has one.
 #[derive(Debug)]
 struct Person {
-    /// Its id in the protocol: the connection's own, or, after a resume,
-    /// the id it had before.
-    id: u64,
     /// Its display name.
     name: Option<Box<str>>,
     /// Its token bucket, while there is a rate limit.
     bucket: Option<Bucket>,
-    /// Replaced by its own comeback: it leaves without a word.
-    quiet: bool,
 }
 
 /// Someone who left recently, whose id and name a resume can take back.
@@ -483,8 +480,15 @@ pub struct ChatRoom {
     /// Each open connection's id, name and bucket.
     people: HashMap<ConnId, Person>,
     /// The connection of a member whose id is not its connection's own (it
-    /// resumed an earlier session), by that id.
+    /// resumed an earlier session), by that id; and the other way round.
+    /// Both as rare as resumes, so they cost nothing per idle connection.
     aliases: HashMap<u64, ConnId>,
+    /// See `aliases`.
+    member_ids: HashMap<ConnId, u64>,
+    /// Connections being replaced by their own comeback (their close frame
+    /// on its way): they leave without a word, and are not counted. Almost
+    /// always empty, so a room's count is its group's length, with no walk.
+    replaced: HashSet<ConnId>,
     /// Who left within `--resume-window`, by id.
     departed: HashMap<u64, Departed>,
     /// The flood limit, if any (`--rate-limit`).
@@ -551,6 +555,8 @@ impl ChatRoom {
         ChatRoom {
             people: HashMap::new(),
             aliases: HashMap::new(),
+            member_ids: HashMap::new(),
+            replaced: HashSet::new(),
             departed: HashMap::new(),
             limit: config.rate_limit,
             announce_up_to: config.announce_joins_up_to,
@@ -638,9 +644,10 @@ impl ChatRoom {
         let member = self.redeem(room, token)?;
         if let Some(old) = self.connection_of(member) {
             let there = out.groups().group_of(old).map(|g| &**g.name()) == Some(room);
-            let person = self.people.get_mut(&old).filter(|_| there)?;
-            person.quiet = true;
-            return Some((member, person.name.clone(), Some(old)));
+            let person = self.people.get(&old).filter(|_| there)?;
+            let name = person.name.clone();
+            self.replaced.insert(old);
+            return Some((member, name, Some(old)));
         }
         let departed = self.departed.remove(&member)?;
         if &*departed.room != room || departed.until < now {
@@ -652,10 +659,14 @@ impl ChatRoom {
     /// The open connection whose member id is `id`, if any.
     fn connection_of(&self, id: u64) -> Option<ConnId> {
         let conn = self.aliases.get(&id).copied().unwrap_or(ConnId(id));
-        self.people
-            .get(&conn)
-            .filter(|p| p.id == id && !p.quiet)
-            .map(|_| conn)
+        let open = self.people.contains_key(&conn) && !self.replaced.contains(&conn);
+        (open && self.member_id(conn) == id).then_some(conn)
+    }
+
+    /// The id in the protocol of the connection `conn`: its own, or the
+    /// one it resumed.
+    fn member_id(&self, conn: ConnId) -> u64 {
+        self.member_ids.get(&conn).copied().unwrap_or(conn.0)
     }
 
     /// Who is in `group`, as a presence list of at most `limit` members
@@ -671,11 +682,11 @@ impl ChatRoom {
             .map(|g| g.members())
             .unwrap_or_default()
             .iter()
-            .filter_map(|m| self.people.get(&m.id))
-            .filter(|p| !p.quiet)
+            .filter(|m| !self.replaced.contains(&m.id))
+            .filter_map(|m| Some((m.id, self.people.get(&m.id)?)))
             .take(limit)
-            .map(|p| Presence {
-                id: p.id,
+            .map(|(conn, p)| Presence {
+                id: self.member_id(conn),
                 name: p.name.as_deref(),
             })
             .collect()
@@ -686,16 +697,15 @@ impl ChatRoom {
         let Some(group) = group.and_then(|g| groups.get(g)) else {
             return 0;
         };
-        let replaced = self.people.values().any(|p| p.quiet);
-        if !replaced {
+        if self.replaced.is_empty() {
             return group.len(); // the usual case: no walk
         }
-        let quiet = group
+        let replaced = group
             .members()
             .iter()
-            .filter(|m| self.people.get(&m.id).is_some_and(|p| p.quiet))
+            .filter(|m| self.replaced.contains(&m.id))
             .count();
-        group.len() - quiet
+        group.len() - replaced
     }
 
     /// The presence list of a small room (`None` for a large one).
@@ -764,7 +774,7 @@ impl ChatRoom {
             return;
         };
         let draft = Draft {
-            id: person.id,
+            id: self.member_id(id),
             text,
             ts,
             name: person.name.as_deref(),
@@ -783,14 +793,14 @@ impl ChatRoom {
                 return out.write_message(id, &notice(&reply));
             }
         };
+        let member = self.member_id(id);
         let Some(person) = self.people.get_mut(&id) else {
             return;
         };
         let was = match person.name.replace(name.as_str().into()) {
             Some(old) => old.into_string(),
-            None => person.id.to_string(),
+            None => member.to_string(),
         };
-        let member = person.id;
         let message = format!("{was} is now known as {name}");
         let renamed = ChatEvent::Event {
             message: &message,
@@ -912,14 +922,13 @@ impl WebSocketHandler for ChatRoom {
         let name: Option<Box<str>> = query.name.map(String::into_boxed_str).or(old_name);
         if member != id.0 {
             self.aliases.insert(member, id);
+            self.member_ids.insert(id, member);
         }
         self.people.insert(
             id,
             Person {
-                id: member,
                 name,
                 bucket: self.limit.map(|limit| Bucket::new(limit, now)),
-                quiet: false,
             },
         );
         let Some(group) = out.join(id, room) else {
@@ -1001,10 +1010,11 @@ impl WebSocketHandler for ChatRoom {
         let Some(person) = self.people.remove(&id) else {
             return;
         };
-        if self.aliases.get(&person.id) == Some(&id) {
-            self.aliases.remove(&person.id);
+        let member = self.member_ids.remove(&id).unwrap_or(id.0);
+        if self.aliases.get(&member) == Some(&id) {
+            self.aliases.remove(&member);
         }
-        if person.quiet {
+        if self.replaced.remove(&id) {
             return; // replaced by its comeback: no leave
         }
         let groups = out.groups();
@@ -1017,15 +1027,13 @@ impl WebSocketHandler for ChatRoom {
         let announced = self.announces(count + 1);
         let name = person.name.as_deref();
         if announced && count > 0 {
-            let left = name.map_or_else(
-                || format!("{} has left", person.id),
-                |n| format!("{n} has left"),
-            );
+            let left =
+                name.map_or_else(|| format!("{member} has left"), |n| format!("{n} has left"));
             let left = ChatEvent::Event {
                 message: &left,
                 event: "leave",
                 detail: EventDetail::Presence {
-                    id: person.id,
+                    id: member,
                     name,
                     count,
                 },
@@ -1034,7 +1042,7 @@ impl WebSocketHandler for ChatRoom {
             out.send_to_group_except(group, id, &left);
         }
         self.departed.insert(
-            person.id,
+            member,
             Departed {
                 room,
                 name: person.name,

@@ -25,7 +25,7 @@
 //! One vocabulary for ending, Tornado's: [`Connection::close`] begins it
 //! (the close frame, or the last response), [`Report::Closing`] is when the
 //! handler's `on_close` runs (no message reaches the connection after it),
-//! [`State::Closing`] drains, and `Closed` is the end. [`Connection::abort`]
+//! `State::Closing` drains, and `Closed` is the end. [`Connection::abort`]
 //! skips the goodbye.
 //!
 //! The connection never calls the handler or touches other connections. It

@@ -9,7 +9,7 @@
 //!
 //! A group is a list of `(ConnId, slot)` pairs, so a line in a room of 10
 //! costs 10 queue pushes, not a walk over every connection. Each open
-//! connection's [`Seat`] says where it sits in that list, so leaving is a
+//! connection's `Seat` says where it sits in that list, so leaving is a
 //! `swap_remove`: O(1), at the price of the order of members (which nothing
 //! relies on). A group with no members is forgotten at once.
 
@@ -70,12 +70,14 @@ impl Group {
     }
 }
 
-/// Where an open connection is: its slot, and its place in a group.
+/// Where an open connection is: its slot, and its place in a group. 16
+/// bytes (u32s: four billion slots or members is past any server), since
+/// every idle connection has one.
 #[derive(Debug, Clone, Copy)]
 struct Seat {
-    slot: usize,
+    slot: u32,
     /// Its group and its index in the group's member list.
-    place: Option<(GroupId, usize)>,
+    place: Option<(GroupId, u32)>,
 }
 
 /// Every open connection and every group with members.
@@ -100,6 +102,7 @@ impl Groups {
     /// A connection opened, in `slot`: it can be addressed, and can join a
     /// group. (Called by the server only.)
     pub(crate) fn open(&mut self, id: ConnId, slot: usize) {
+        let slot = u32::try_from(slot).unwrap_or(u32::MAX);
         self.open.insert(id, Seat { slot, place: None });
     }
 
@@ -112,7 +115,7 @@ impl Groups {
 
     /// The slot of an open connection.
     pub(crate) fn slot(&self, id: ConnId) -> Option<usize> {
-        self.open.get(&id).map(|seat| seat.slot)
+        self.open.get(&id).map(|seat| seat.slot as usize)
     }
 
     /// Whether `id` is open.
@@ -129,7 +132,7 @@ impl Groups {
     /// leaving the group it was in. Returns the group, or `None` if `id` is
     /// not open.
     pub fn join(&mut self, id: ConnId, name: &str) -> Option<GroupId> {
-        let slot = self.open.get(&id)?.slot;
+        let slot = self.open.get(&id)?.slot as usize;
         self.leave(id);
         let group = match self.by_name.get(name) {
             Some(&group) => group,
@@ -137,7 +140,7 @@ impl Groups {
         };
         let members = &mut self.groups[group.0 as usize].as_mut()?.members;
         members.push(Member { id, slot });
-        let index = members.len() - 1;
+        let index = u32::try_from(members.len() - 1).unwrap_or(u32::MAX);
         self.open.get_mut(&id)?.place = Some((group, index));
         Some(group)
     }
@@ -154,11 +157,15 @@ impl Groups {
         let Some(g) = entry.as_mut() else {
             return;
         };
+        let index = index as usize;
+        if index >= g.members.len() {
+            return;
+        }
         g.members.swap_remove(index);
         if let Some(moved) = g.members.get(index) {
             // The last member now sits where the leaver sat.
             if let Some(seat) = self.open.get_mut(&moved.id) {
-                seat.place = Some((group, index));
+                seat.place = Some((group, index as u32));
             }
         }
         if g.members.is_empty() {

@@ -645,4 +645,25 @@ mod tests {
         assert_eq!(seqs(&h.read_from("mid", 1, usize::MAX)), Vec::<Seq>::new());
         assert_eq!(h.position("new").first, 12 - 4 + 1);
     }
+
+    #[test]
+    fn rooms_quiet_past_the_ttl_are_forgotten_unless_kept() {
+        let mut h = history(100, usize::MAX, usize::MAX);
+        say(&mut h, "quiet", "x");
+        say(&mut h, "busy", "x");
+        h.position("empty");
+        let quiet_epoch = h.position("quiet").epoch;
+        let cutoff = Instant::now() + std::time::Duration::from_secs(1);
+        assert!(!h.expire_room("quiet", Instant::now() - std::time::Duration::from_secs(60)));
+        assert_eq!(h.expire_rooms(cutoff, &|room| room == "busy"), 2);
+        assert_eq!(h.rooms(), 1, "busy is kept");
+        assert_eq!(
+            h.held_bytes(),
+            h.read_from("busy", 1, usize::MAX).lines[0].cost()
+        );
+        assert_ne!(h.position("quiet").epoch, quiet_epoch, "begins again");
+        assert_eq!(h.position("quiet").head, 0);
+        assert!(h.expire_room("busy", cutoff));
+        assert_eq!(h.held_bytes(), 0);
+    }
 }

@@ -720,6 +720,10 @@ mod tests {
             ),
             ("DELETE /soc HTTP/1.1\r\nHost: x\r\n\r\n", 405, false),
             ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            ("GET /r/rust HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
+            ("GET /r/%CE%B1 HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
+            ("GET /r/ HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            ("GET /r/a/b HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
             ("GET /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
             ("HEAD /soc HTTP/1.1\r\nHost: x\r\n\r\n", 400, false),
             (

@@ -6,12 +6,14 @@
 //! 1. [`ioloop`]: the event loop. One `mio::Poll`, timers, callbacks, a
 //!    waker. Knows nothing of HTTP or WebSocket.
 //! 2. [`server`]: the listener and the table of connections; dispatches
-//!    readiness to connections and messages to the handler, flushes, reaps.
+//!    readiness to connections and messages to their path's handler,
+//!    flushes, reaps. [`groups`]: who is in which group (room).
 //! 3. [`connection`]: one socket's state machine, HTTP → WebSocket → closing.
 //! 4. [`http`]: pure request-head parsing and routing (httparse).
 //! 5. [`ws`]: tungstenite over an I/O adapter, limits, close codes.
 //! 6. [`output`]: the per-connection output queue and its vectored flush.
-//! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`].
+//! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`],
+//!    [`Routes`].
 //! 8. [`chat`]: the tutorial's chat room, as a handler, with [`rate`]'s
 //!    flood control. [`echo`]: an echo.
 //! 9. [`history`]: what a room remembers, behind one small interface;

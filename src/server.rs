@@ -8,12 +8,15 @@
 //!    [`ServerState::ready`] with its token, the connection's slab slot.
 //! 2. The [`Connection`] reads until `WouldBlock`; tungstenite decodes the
 //!    frame; the connection reports [`Report::Message`].
-//! 3. The report reaches the handler's `on_message`, which serializes the
-//!    JSON once; the [`Outbox`](crate::Outbox) frames it once.
-//! 4. [`ServerState::deliver`] queues that one shared buffer on every open
-//!    connection that keeps up, and marks each *dirty*. A connection whose
-//!    queue the line would take past the cap does not get it: it falls
-//!    behind ([`Feed`]).
+//! 3. The report reaches `on_message` of the handler the connection's path
+//!    was routed to ([`Routes`]), which serializes the JSON once; the
+//!    [`crate::Outbox`] frames it once, addressed to a group (the
+//!    sender's room).
+//! 4. `ServerState::deliver` queues that one shared buffer on each member
+//!    of the group that keeps up, by the group's list of slots
+//!    ([`crate::groups`]), and marks each *dirty*. A member whose queue the
+//!    line would take past the cap does not get it: it falls behind
+//!    ([`Feed`]).
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes every
 //!    dirty connection once (vectored writes of all it got this turn), feeds
 //!    those catching up from history as far as their sockets take, cuts off

@@ -44,3 +44,25 @@ fn a_reply_comes_before_the_close_that_followed_its_message() {
     assert_eq!(read_frame(&mut raw), (0x1, b"last words".to_vec()));
     assert_eq!(read_close_code(&mut raw), 1000);
 }
+
+#[test]
+fn the_echo_route_serves_beside_the_chat_route() {
+    let config = config();
+    let routes = eddy::chat::routes(&config).route("/echo", EchoHandler);
+    let server = TestServer::with_routes(config, routes);
+    let (mut echo, response) =
+        tungstenite::client(format!("ws://{}/echo", server.addr), tcp(server.addr))
+            .expect("handshake on /echo");
+    assert_eq!(response.status(), 101);
+    let mut chat = join(server.addr);
+    send(&mut echo, "back to me");
+    assert_eq!(recv_text(&mut echo), "back to me", "no greeting on /echo");
+    send(&mut chat, "to the room");
+    assert_eq!(recv_user_line(&mut chat)["message"], "to the room");
+    // The echo's connections are in no room: the chat line never reached it.
+    send(&mut echo, "still only mine");
+    assert_eq!(recv_text(&mut echo), "still only mine");
+    // A path nobody routed is no WebSocket.
+    let request = upgrade_request(server.addr, "").replacen("/soc", "/nowhere", 1);
+    assert!(http_exchange(server.addr, request.as_bytes()).starts_with("HTTP/1.1 404 "));
+}

@@ -17,6 +17,16 @@
 //! A `reset` notice (a new epoch) starts the check afresh. The peers number
 //! nothing, and only the first check applies to them.
 //!
+//! Rooms (`rooms` > 1, Eddy only): client `k` joins room `r<k mod rooms>`
+//! (`/soc?room=r<k mod rooms>`), so sender `s` speaks in room `s mod rooms`.
+//! Each client then expects the lines of its own room's senders only, and
+//! checks them as above; a line of a sender from another room is counted
+//! apart (it must never come), and so is a welcome that does not name the
+//! client's room. The welcome's `head` (the room's last number) is where
+//! the client's check of the room's numbers starts (for every server that
+//! sends one): in a new room (head 0) the first line must be 1. Each client
+//! hears only its own room's joins.
+//!
 //! Closed loop: a sender sends its next line when its previous one has come
 //! back to it. Open loop (`rate`): the senders together send `rate` lines a
 //! second on a fixed schedule, whatever comes back.
@@ -87,8 +97,13 @@ pub struct Plan {
     /// Open loop at this many lines a second (all senders together);
     /// `None`: closed loop.
     pub rate: Option<f64>,
-    /// Join lines to wait for before sending (N(N−1)/2 when every join is
-    /// announced, 0 when none is).
+    /// Rooms the clients are spread over (client `k` in room `k mod
+    /// rooms`); 1: every client in the server's one (default) room, on
+    /// plain `/soc`, as every server has it.
+    pub rooms: usize,
+    /// Join lines to wait for before sending (N(N−1)/2 in each room of N
+    /// when every join is announced, 0 when none is): see
+    /// [`joins_announced`].
     pub joins_expected: u64,
     pub threads: usize,
     /// Client sockets are bound to 127.0.0.1 … 127.0.0.<source_addrs>
@@ -126,10 +141,52 @@ impl Plan {
         }
     }
 
-    /// The lines every client must have.
-    fn lines_per_client(&self) -> usize {
-        self.senders * self.lines_per_sender
+    /// The room of client (or sender) `index`.
+    pub fn room_of(&self, index: usize) -> usize {
+        index % self.rooms.max(1)
     }
+
+    /// How many of the senders speak in `room`.
+    fn senders_in(&self, room: usize) -> usize {
+        let rooms = self.rooms.max(1);
+        self.senders / rooms + usize::from(room < self.senders % rooms)
+    }
+
+    /// A sender's index among its room's senders (sender `s` is the
+    /// `s / rooms`th of room `s mod rooms`).
+    fn sender_in_room(&self, sender: usize) -> usize {
+        sender / self.rooms.max(1)
+    }
+
+    /// The lines client `index` must have: its room's senders' lines.
+    fn lines_for(&self, index: usize) -> usize {
+        self.senders_in(self.room_of(index)) * self.lines_per_sender
+    }
+
+    /// The request target client `index` opens: plain `/soc` with one room
+    /// (every server knows it), else its room's.
+    fn path(&self, index: usize) -> String {
+        if self.rooms > 1 {
+            format!("/soc?room=r{}", self.room_of(index))
+        } else {
+            "/soc".to_owned()
+        }
+    }
+}
+
+/// The join lines `clients` spread over `rooms` hear in all, when a join is
+/// announced to the others of its room while the room, the newcomer
+/// counted, has at most `up_to` members: m(m−1)/2 in a room of n, where m
+/// is the smaller of n and `up_to`.
+pub fn joins_announced(clients: usize, rooms: usize, up_to: usize) -> u64 {
+    let rooms = rooms.max(1);
+    (0..rooms)
+        .map(|room| {
+            let members = clients / rooms + usize::from(room < clients % rooms);
+            let announced = members.min(up_to) as u64;
+            announced * announced.saturating_sub(1) / 2
+        })
+        .sum()
 }
 
 /// What one run measured.
@@ -169,6 +226,11 @@ pub struct Outcome {
     pub resets: u64,
     /// `caught_up` notices (a client that had fallen behind is live again).
     pub caught_up: u64,
+    /// Lines of a sender of another room (with rooms: must be 0).
+    pub foreign: u64,
+    /// Welcomes that did not name the client's room (with rooms: must be
+    /// 0).
+    pub wrong_room: u64,
     /// Latencies in microseconds, sorted: fast clients'.
     pub latencies_us: Vec<u32>,
     /// Latencies in microseconds, sorted: slow readers'.
@@ -245,6 +307,8 @@ struct Tally {
     seq_backs: u64,
     resets: u64,
     caught_up: u64,
+    foreign: u64,
+    wrong_room: u64,
 }
 
 impl Tally {
@@ -263,6 +327,8 @@ impl Tally {
         self.seq_backs += other.seq_backs;
         self.resets += other.resets;
         self.caught_up += other.caught_up;
+        self.foreign += other.foreign;
+        self.wrong_room += other.wrong_room;
     }
 }
 
@@ -415,6 +481,8 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u6
     outcome.seq_backs = tally.seq_backs;
     outcome.resets = tally.resets;
     outcome.caught_up = tally.caught_up;
+    outcome.foreign = tally.foreign;
+    outcome.wrong_room = tally.wrong_room;
     outcome
 }
 
@@ -487,6 +555,8 @@ impl Bucket {
 struct Client {
     /// Index among all clients; senders are 0..S.
     index: usize,
+    /// Its room ([`Plan::room_of`]).
+    room: usize,
     /// [`FAST`] or [`SLOW`].
     pace: usize,
     stream: Option<TcpStream>,
@@ -496,15 +566,17 @@ struct Client {
     failed_before_sending: bool,
     input: Vec<u8>,
     output: Vec<u8>,
-    /// Per sender: the next line number expected.
+    /// Per sender of its room: the next line number expected.
     next_line: Vec<usize>,
-    /// One bit per line of the run (sender × M + number): had it already?
-    /// Exact, so a line had twice is told from one that came late.
+    /// One bit per line of its room (sender in the room × M + number): had
+    /// it already? Exact, so a line had twice is told from one that came
+    /// late.
     had: Vec<u64>,
     /// How many distinct lines it has had.
     distinct: usize,
-    /// The server's `"seq"` of the last line (or the end of the last gap);
-    /// `None` until the first, or after a `reset` notice.
+    /// The server's `"seq"` of the last line (or the end of the last gap,
+    /// or the welcome's `head`); `None` until the first, or after a `reset`
+    /// notice.
     room_seq: Option<u64>,
     /// A slow reader's bucket, filled from the first read of the send
     /// phase.
@@ -526,7 +598,12 @@ impl Client {
 /// What a text message from the server is.
 #[derive(Debug, PartialEq)]
 enum Incoming {
-    Welcome,
+    /// The welcome, with the room's last number (`head`) and, if it names
+    /// a room of ours (`r<k>`), its index.
+    Welcome {
+        head: Option<u64>,
+        room: Option<u64>,
+    },
     Join,
     /// A chat line: ours, if it carries our marker, and the server's
     /// number for it, if the server numbers lines.
@@ -582,14 +659,15 @@ impl ClientLoop {
             .step_by(plan.threads)
             .map(|index| Client {
                 index,
+                room: plan.room_of(index),
                 pace: if plan.is_slow(index) { SLOW } else { FAST },
                 stream: None,
                 stage: Stage::Waiting,
                 failed_before_sending: false,
                 input: Vec::new(),
                 output: Vec::new(),
-                next_line: vec![0; plan.senders],
-                had: vec![0; plan.lines_per_client().div_ceil(64)],
+                next_line: vec![0; plan.senders_in(plan.room_of(index))],
+                had: vec![0; plan.lines_for(index).div_ceil(64)],
                 distinct: 0,
                 room_seq: None,
                 bucket: None,
@@ -660,8 +738,8 @@ impl ClientLoop {
                 let _ = self.shared.connected_at.set(Instant::now());
             }
         }
-        let lines = self.shared.plan.lines_per_client();
         for client in self.clients.iter().filter(|c| !c.failed_before_sending) {
+            let lines = self.shared.plan.lines_for(client.index);
             self.tally.lost[client.pace] += (lines - client.distinct.min(lines)) as u64;
         }
         self.shared
@@ -733,8 +811,9 @@ impl ClientLoop {
         )?;
         client.output.extend_from_slice(
             format!(
-                "GET /soc HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                plan.path(client.index),
                 plan.addr
             )
             .as_bytes(),
@@ -745,8 +824,8 @@ impl ClientLoop {
     }
 
     fn fail(&mut self, i: usize) {
-        let lines = self.shared.plan.lines_per_client();
         let client = &mut self.clients[i];
+        let lines = self.shared.plan.lines_for(client.index);
         if client.stage == Stage::Done {
             return;
         }
@@ -908,13 +987,31 @@ impl ClientLoop {
     /// Acts on one text message for client `i`.
     fn message(&mut self, i: usize, incoming: Incoming, now: u64) {
         match incoming {
-            Incoming::Welcome => {
+            Incoming::Welcome { head, room } => {
                 self.shared.welcomed.fetch_add(1, Ordering::Relaxed);
+                let client = &mut self.clients[i];
+                if self.shared.plan.rooms > 1 && room != Some(client.room as u64) {
+                    self.tally.wrong_room += 1;
+                }
+                // The room's numbering so far: the next line must follow
+                // it (no line is sent before every client is in).
+                if head.is_some() {
+                    client.room_seq = head;
+                }
             }
             Incoming::Join => {
                 self.shared.joins.fetch_add(1, Ordering::Relaxed);
             }
             Incoming::Line { ours, seq } => {
+                let plan = &self.shared.plan;
+                if let Some(sender) = ours.as_ref().map(|o| o.sender) {
+                    if sender < plan.senders && plan.room_of(sender) != self.clients[i].room {
+                        // Another room's line, and its number another
+                        // room's: neither is checked against this room.
+                        self.tally.foreign += 1;
+                        return;
+                    }
+                }
                 if let Some(seq) = seq {
                     self.tally.seq_lines += 1;
                     self.follow_seq(i, seq, seq);
@@ -955,9 +1052,11 @@ impl ClientLoop {
         if ours.sender >= plan.senders || ours.number >= plan.lines_per_sender {
             return; // not a line of this run
         }
-        let lines = plan.lines_per_client();
         let client = &mut self.clients[i];
-        let bit = ours.sender * plan.lines_per_sender + ours.number;
+        let lines = plan.lines_for(client.index);
+        // A line of its own room (`message` set the others apart).
+        let in_room = plan.sender_in_room(ours.sender);
+        let bit = in_room * plan.lines_per_sender + ours.number;
         let again = client.had[bit / 64] & (1 << (bit % 64)) != 0;
         if again {
             self.tally.twice += 1;
@@ -971,7 +1070,7 @@ impl ClientLoop {
                 self.shared.complete[client.pace].fetch_add(1, Ordering::Relaxed);
             }
         }
-        let next = &mut client.next_line[ours.sender];
+        let next = &mut client.next_line[in_room];
         if ours.number != *next && !again {
             self.tally.out_of_order += 1;
         }
@@ -1094,6 +1193,9 @@ fn classify(text: &[u8]) -> Incoming {
             },
             b"caught_up" => Incoming::CaughtUp,
             b"reset" => Incoming::Reset,
+            // Eddy's join notices with rooms ("event":"join", "id",
+            // "count", maybe "name"); the peers' carry no event.
+            b"join" => Incoming::Join,
             _ => Incoming::Other,
         };
     }
@@ -1106,7 +1208,12 @@ fn classify(text: &[u8]) -> Incoming {
     if find(text, b"has joined").is_some() {
         Incoming::Join
     } else if find(text, b"Welcome to WebSocket").is_some() {
-        Incoming::Welcome
+        Incoming::Welcome {
+            head: json_u64(text, b"\"head\""),
+            room: json_str(text, b"\"room\"")
+                .and_then(|room| room.strip_prefix(b"r"))
+                .and_then(|index| number(Some(index))),
+        }
     } else {
         Incoming::Other
     }

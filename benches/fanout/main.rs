@@ -14,7 +14,7 @@
 //! use is reported, and where it is near one full CPU the server's figures
 //! are marked as lower bounds.
 //!
-//! Besides the plain fan-out, two kinds of scenario:
+//! Besides the plain fan-out, three kinds of scenario:
 //!
 //! - **Slow readers**: 10 % of the non-senders read ten times slower than
 //!   the rest. "Ten times slower" is measured, not guessed: the same
@@ -29,6 +29,15 @@
 //!   history capped at 32 MiB (`--history-memory`, `--history-bytes`), and
 //!   one sender's 70,000 lines of 1 KiB, over twice that, to a few clients;
 //!   the server's RSS before the lines and after them, beside the cap.
+//! - **Many rooms** (Eddy only; the peers have no rooms and show n/a):
+//!   10,000 clients in 1,000 rooms of 10 (`/soc?room=r<k>`), one sender a
+//!   room, 100 lines each: as many deliveries as the single-room 1,000 × 10
+//!   × 100 scenario, which runs beside it. Every client checks its own
+//!   room's lines (none lost, out of order or twice, `seq` dense in each
+//!   room from the `head` its welcome gave) and that no line of another
+//!   room reaches it, and that its welcome names its room. A table compares it with that single-room run
+//!   (the issue's target: deliveries/s at least as high, server CPU per
+//!   delivery no higher).
 //!
 //! Sets: `EDDY_BENCH=quick` (the default: minutes), `full` (adds 10,000
 //! clients and 19,000 held connections; about an hour, mostly Tornado), or
@@ -40,6 +49,10 @@
 //! for that percent of slow readers (its all-fast run comes first), or
 //! `EDDY_BENCH_HISTORY=1` for the history memory scenario, 10 clients × 1
 //! sender × 70,000 lines unless the counts are given).
+//! `EDDY_BENCH_ONLY=A|B` keeps the set's scenarios whose name contains
+//! `A` or `B` (with the all-fast runs slow-reader scenarios need):
+//! `EDDY_BENCH_ONLY='rooms|1,000 clients × 10 senders × 100 lines'`
+//! runs the many-rooms scenario and its single-room comparison alone.
 //! `EDDY_BENCH_RUNS` overrides the runs per scenario;
 //! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`,
 //! `eddy-before`, `tornado`, `tokio`).
@@ -112,6 +125,10 @@ struct Scenario {
     /// default: a smaller cap lets a slow reader's backlog pass it with
     /// fewer lines, and so a shorter run.
     pending_cap: Option<usize>,
+    /// Rooms the clients are spread over, evenly, the senders too (see
+    /// [`loadgen::Plan::rooms`]); 1: one room, plain `/soc`. Above 1, Eddy
+    /// only: the peers have no rooms.
+    rooms: usize,
 }
 
 impl Scenario {
@@ -129,6 +146,27 @@ impl Scenario {
             history_budget: None,
             without_tornado: false,
             pending_cap: None,
+            rooms: 1,
+        }
+    }
+
+    /// Many rooms: `rooms` rooms of `room_size` clients, `senders_per_room`
+    /// of them sending `lines_per_sender` lines each, in their room only.
+    const fn many_rooms(
+        rooms: usize,
+        room_size: usize,
+        senders_per_room: usize,
+        lines_per_sender: usize,
+        limit_s: u64,
+    ) -> Self {
+        Scenario {
+            rooms,
+            ..Scenario::new(
+                rooms * room_size,
+                rooms * senders_per_room,
+                lines_per_sender,
+                limit_s,
+            )
         }
     }
 
@@ -182,7 +220,30 @@ impl Scenario {
 
     /// Whether only Eddy runs it.
     const fn eddy_only(&self) -> bool {
+        self.is_history() || self.rooms > 1
+    }
+
+    /// Whether it is the history memory scenario (a table of its own).
+    const fn is_history(&self) -> bool {
         self.history_budget.is_some()
+    }
+
+    /// The lines to deliver in all: each client has its room's senders'
+    /// lines.
+    const fn deliveries(&self) -> usize {
+        self.clients * (self.senders / self.rooms) * self.lines_per_sender
+    }
+
+    /// Whether it is the plain single-room fan-out, closed loop, every
+    /// client fast, every server as the bench sets it: the kind a
+    /// many-rooms scenario is compared with.
+    const fn is_plain(&self) -> bool {
+        self.rooms == 1
+            && !self.defaults
+            && self.rate.is_none()
+            && self.slow_percent == 0
+            && self.history_budget.is_none()
+            && self.pending_cap.is_none()
     }
 
     fn slow_clients(&self) -> usize {
@@ -206,11 +267,26 @@ impl Scenario {
     }
 
     fn name(&self) -> String {
+        let who = if self.rooms > 1 {
+            let per_room = self.senders / self.rooms;
+            format!(
+                "{} clients in {} rooms of {} × {} sender{} a room",
+                thousands(self.clients),
+                thousands(self.rooms),
+                thousands(self.clients / self.rooms),
+                per_room,
+                if per_room == 1 { "" } else { "s" },
+            )
+        } else {
+            format!(
+                "{} clients × {} sender{}",
+                thousands(self.clients),
+                self.senders,
+                if self.senders == 1 { "" } else { "s" },
+            )
+        };
         format!(
-            "{} clients × {} sender{} × {} line{}{}{}{}{}{}",
-            thousands(self.clients),
-            self.senders,
-            if self.senders == 1 { "" } else { "s" },
+            "{who} × {} line{}{}{}{}{}{}",
             thousands(self.lines_per_sender),
             if self.lines_per_sender == 1 { "" } else { "s" },
             if self.line_bytes == loadgen::LINE_BYTES {
@@ -232,6 +308,29 @@ impl Scenario {
                 .unwrap_or_default(),
         )
     }
+}
+
+/// The scenarios whose name contains one of the `|`-separated parts of
+/// `EDDY_BENCH_ONLY` (all of them if it is unset or empty).
+fn only(scenarios: Vec<Scenario>) -> Vec<Scenario> {
+    let wanted = std::env::var("EDDY_BENCH_ONLY").unwrap_or_default();
+    let parts: Vec<&str> = wanted
+        .split('|')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return scenarios;
+    }
+    let kept: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|s| parts.iter().any(|p| s.name().contains(p)))
+        .collect();
+    if kept.is_empty() {
+        eprintln!("EDDY_BENCH_ONLY={wanted}: no scenario of the set matches");
+        std::process::exit(2);
+    }
+    kept
 }
 
 /// `scenarios`, each one with slow readers preceded by its all-fast
@@ -278,6 +377,10 @@ struct Summary {
     seq_backs: u64,
     /// History `reset` notices.
     resets: u64,
+    /// Lines of another room's senders, and welcomes that did not name the
+    /// client's room (with rooms; both must be 0).
+    foreign: u64,
+    wrong_room: u64,
     failed_clients: u64,
     server_cpu_s_per_million: Option<f64>,
     idle_kib_per_conn: Option<f64>,
@@ -323,6 +426,8 @@ impl Summary {
             (self.twice, "twice"),
             (self.seq_jumps, "seq jumps"),
             (self.seq_backs, "seq steps back"),
+            (self.foreign, "lines from another room"),
+            (self.wrong_room, "welcomes not naming the client's room"),
         ] {
             if count > 0 {
                 faults.push(format!("{count} {what}"));
@@ -346,6 +451,9 @@ fn main() {
             vec![
                 Scenario::new(10, 1, 20, 60),
                 Scenario::new(10, 2, 20, 60),
+                // 4 rooms of 10, 400 deliveries as the scenario above: the
+                // rooms table compares the two.
+                Scenario::many_rooms(4, 10, 1, 10, 60),
                 Scenario {
                     rate: Some(200.0),
                     ..Scenario::new(10, 2, 20, 60)
@@ -364,6 +472,9 @@ fn main() {
                 Scenario::new(100, 10, 200, 120),
                 Scenario::new(1000, 1, 100, 120),
                 Scenario::new(1000, 10, 100, 120),
+                // As many deliveries as the scenario above (1,000,000),
+                // spread over 1,000 rooms of 10: compared with it.
+                Scenario::many_rooms(1000, 10, 1, 100, 120),
                 // 3,000 lines, ~420 KB to each client: a slow reader's
                 // backlog, past what the kernel's buffers take, passes a
                 // 64 KiB --max-pending-bytes, so Eddy feeds it from
@@ -424,6 +535,7 @@ fn main() {
                 Scenario::new(100, 10, 200, 300),
                 Scenario::new(1000, 1, 100, 300),
                 Scenario::new(1000, 10, 100, 300),
+                Scenario::many_rooms(1000, 10, 1, 100, 300),
                 Scenario::new(1000, 10, 300, 300)
                     .with_slow(10)
                     .with_pending_cap(64 * 1024)
@@ -441,7 +553,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let scenarios = with_references(scenarios);
+    let scenarios = with_references(only(scenarios));
     let runs = std::env::var("EDDY_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -511,7 +623,7 @@ fn main() {
                     } else {
                         String::new()
                     },
-                    if scenario.eddy_only() {
+                    if scenario.is_history() {
                         format!(
                             ", RSS {} MiB before the lines, {} MiB after",
                             opt(s.rss_idle_kib.map(mib), 1),
@@ -631,17 +743,18 @@ fn measure(
             lines_per_sender: scenario.lines_per_sender,
             line_bytes: scenario.line_bytes,
             rate: scenario.rate,
+            rooms: scenario.rooms,
             joins_expected: {
-                // Each newcomer is announced to those before it, while the
-                // room is within the server's announcing size (the
-                // baseline's default is taken to be today's).
-                let announced = match recipe.kind {
-                    kind if kind.is_eddy() && scenario.defaults => scenario
-                        .clients
-                        .min(eddy::config::DEFAULT_ANNOUNCE_JOINS_UP_TO),
+                // Each newcomer is announced to those before it in its
+                // room, while the room is within the server's announcing
+                // size (the baseline's default is taken to be today's).
+                let up_to = match recipe.kind {
+                    kind if kind.is_eddy() && scenario.defaults => {
+                        eddy::config::DEFAULT_ANNOUNCE_JOINS_UP_TO
+                    }
                     _ => scenario.clients,
                 };
-                (announced * announced.saturating_sub(1) / 2) as u64
+                loadgen::joins_announced(scenario.clients, scenario.rooms, up_to)
             },
             threads,
             source_addrs: 8,
@@ -702,6 +815,8 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
         seq_jumps: worst(&|o| o.seq_jumps),
         seq_backs: worst(&|o| o.seq_backs),
         resets: worst(&|o| o.resets),
+        foreign: worst(&|o| o.foreign),
+        wrong_room: worst(&|o| o.wrong_room),
         failed_clients: worst(&|o| o.failed_clients),
         server_cpu_s_per_million: per(&|r| {
             let o = &r.outcome;
@@ -808,6 +923,7 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
         }
     );
     fanout_table(&mut out, rows);
+    rooms_table(&mut out, rows);
     slow_table(&mut out, rows);
     history_table(&mut out, rows);
     let mut notes: Vec<String> = Vec::new();
@@ -835,9 +951,9 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
     out
 }
 
-/// The main table: every scenario but the Eddy-only ones, every server.
+/// The main table: every scenario but the history's, every server.
 fn fanout_table(out: &mut String, rows: &[Row]) {
-    if rows.iter().all(|r| r.scenario.eddy_only()) {
+    if rows.iter().all(|r| r.scenario.is_history()) {
         return;
     }
     let _ = writeln!(
@@ -848,7 +964,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
         out,
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
-    for row in rows.iter().filter(|r| !r.scenario.eddy_only()) {
+    for row in rows.iter().filter(|r| !r.scenario.is_history()) {
         let eddy = eddy_summary(rows, &row.scenario).and_then(|s| s.deliveries_per_s);
         match &row.result {
             Ok(s) => {
@@ -905,8 +1021,110 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
          server's line numbers, checked at every client to go up by one (ok; or jumps, numbers \
          skipped with no gap notice, and steps back, numbers repeated or reordered); – where the \
          server numbers none. With slow readers, latencies and deliveries/s are the fast \
-         clients' (deliveries/s until each of them had every line); lost counts everyone's."
+         clients' (deliveries/s until each of them had every line); lost counts everyone's. \
+         In rooms (Eddy only), each client expects its own room's lines, and seq counts from the \
+         room's head at its welcome."
     );
+}
+
+/// Many rooms beside the single-room run with as many deliveries: the
+/// issue's target is at least its deliveries/s at no more server CPU per
+/// delivery.
+fn rooms_table(out: &mut String, rows: &[Row]) {
+    let many: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario.rooms > 1 && r.kind == Kind::Eddy)
+        .collect();
+    if many.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n**Many rooms.** Clients spread evenly over rooms (`/soc?room=r<k>`), one sender a \
+         room, beside the single-room scenario of the run with as many deliveries (closed loop \
+         both). Every client checks that no line of another room reaches it and that its welcome \
+         names its room. Target: deliveries/s at least the single room's, server CPU per \
+         delivery no higher. Eddy only.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | server | single room | deliveries/s | single room's | × | server CPU s / M deliveries | single room's | × | p50 ms | p99 ms | lines from other rooms | welcomes in the wrong room | target |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    );
+    for row in many {
+        let s = match &row.result {
+            Ok(s) => s,
+            Err(why) => {
+                error_row(out, row, why, 12);
+                continue;
+            }
+        };
+        let single = rows.iter().find(|r| {
+            r.kind == row.kind
+                && r.scenario.is_plain()
+                && r.scenario.line_bytes == row.scenario.line_bytes
+                && r.scenario.deliveries() == row.scenario.deliveries()
+        });
+        let reference = single.and_then(|r| r.result.as_ref().ok());
+        // A ratio only of figures above 0: CPU time comes in clock ticks
+        // (10 ms), and a tiny run may be measured at none.
+        let ratio = |now: Option<f64>, before: Option<f64>| {
+            now.zip(before.filter(|b| *b > 0.0))
+                .filter(|(n, _)| *n > 0.0)
+                .map(|(n, b)| n / b)
+        };
+        let speed = ratio(
+            s.deliveries_per_s,
+            reference.and_then(|r| r.deliveries_per_s),
+        );
+        let cpu = ratio(
+            s.server_cpu_s_per_million,
+            reference.and_then(|r| r.server_cpu_s_per_million),
+        );
+        let mut missed = Vec::new();
+        match speed {
+            Some(x) if x >= 1.0 => {}
+            Some(x) => missed.push(format!("deliveries ×{x:.2}")),
+            None => missed.push("no single-room deliveries to compare".into()),
+        }
+        match cpu {
+            Some(x) if x <= 1.0 => {}
+            Some(x) => missed.push(format!("CPU ×{x:.2}")),
+            None => missed.push("no single-room CPU to compare".into()),
+        }
+        let faults = s.faults();
+        if !faults.is_empty() {
+            missed.push(faults.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.scenario.name(),
+            row.kind.name(),
+            single.map_or("–".into(), |r| r.scenario.name()),
+            s.deliveries_per_s
+                .map_or("–".into(), |d| thousands(d as usize)),
+            reference
+                .and_then(|r| r.deliveries_per_s)
+                .map_or("–".into(), |d| thousands(d as usize)),
+            opt(speed, 3),
+            opt(s.server_cpu_s_per_million, 2),
+            opt(reference.and_then(|r| r.server_cpu_s_per_million), 2),
+            opt(cpu, 3),
+            opt(s.p50_ms, 2),
+            opt(s.p99_ms, 2),
+            s.foreign,
+            s.wrong_room,
+            if missed.is_empty() {
+                "met".into()
+            } else {
+                format!("missed: {}", missed.join("; "))
+            },
+        );
+    }
 }
 
 /// Eddy's figures in `scenario`, if it ran.
@@ -1024,7 +1242,7 @@ fn slow_table(out: &mut String, rows: &[Row]) {
 /// The history's memory: Eddy's RSS before and after more lines than its
 /// history may keep, beside the cap.
 fn history_table(out: &mut String, rows: &[Row]) {
-    let history: Vec<&Row> = rows.iter().filter(|r| r.scenario.eddy_only()).collect();
+    let history: Vec<&Row> = rows.iter().filter(|r| r.scenario.is_history()).collect();
     let Some(first) = history.first() else {
         return;
     };
@@ -1118,7 +1336,7 @@ fn proc_meminfo_gib() -> f64 {
 
 fn plot_data(rows: &[Row]) -> Vec<plot::Group> {
     let mut groups: Vec<plot::Group> = Vec::new();
-    for row in rows.iter().filter(|r| !r.scenario.eddy_only()) {
+    for row in rows.iter().filter(|r| !r.scenario.is_history()) {
         let name = row.scenario.name();
         if !groups.iter().any(|g| g.label == name) {
             groups.push(plot::Group {

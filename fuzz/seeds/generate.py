@@ -34,6 +34,8 @@ HTTP_HEAD = {
         "sec-websocket-version: 13\r\norigin: https://chat.example/\r\n\r\n"
     ).encode(),
     "upgrade_bad_origin": upgrade("Origin: http://evil.example\r\n"),
+    "upgrade_other_route": upgrade(target="/echo"),
+    "room_page": b"GET /r/rust HTTP/1.1\r\nHost: h\r\n\r\n",
     "upgrade_bad_version": upgrade(version="8"),
     "upgrade_bad_key": upgrade(key="dGhlIHNhbXBsZSBub25jZR=="),
     "upgrade_no_connection": upgrade().replace(b"Connection: Upgrade\r\n", b""),
@@ -118,6 +120,10 @@ CONNECTION = {
     + upgrade(target="/soc?since=!&epoch=e")
     + text("never read"),
     "handshake_with_query": header() + upgrade(target="/soc?since=3&epoch=q3k9x2aa81") + text("resumed"),
+    "handshake_into_a_room": header()
+    + upgrade(target="/soc?room=Rust&name=al&resume=7.0123456789abcdef")
+    + text("/nick bob")
+    + text("/me waves"),
 }
 
 
