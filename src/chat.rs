@@ -369,15 +369,23 @@ fn parse_resume(since: &str, epoch: &str) -> Result<Resume, &'static str> {
     })
 }
 
-/// A room's canonical name: 1-64 letters or digits of any script, `-`, `_`
-/// or `.`, folded to lower case (`Rust` and `rust` are one room).
+/// A room's canonical name: folded to lower case (`Rust` and `rust` are
+/// one room), then 1-64 letters or digits of any script, `-`, `_` or `.`,
+/// not only dots (a browser turns `/r/..` into `/`). The folded name is
+/// what is checked, so the canonical name the welcome gives is always one
+/// a client can send back (folding can lengthen a name, or add a mark that
+/// is no letter: `İ` folds to `i` and a combining dot).
 pub fn canonical_room(raw: &str) -> Result<String, &'static str> {
+    let room = raw.to_lowercase();
     let valid = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let chars = raw.chars().count();
-    if chars == 0 || chars > MAX_ROOM_CHARS || !raw.chars().all(valid) {
-        return Err("room must be 1-64 letters, digits, '-', '_' or '.'");
+    let chars = room.chars().count();
+    if chars == 0 || chars > MAX_ROOM_CHARS || !room.chars().all(valid) {
+        return Err("room must be 1-64 letters, digits, '-', '_' or '.' (once in lower case)");
     }
-    Ok(raw.to_lowercase())
+    if room.chars().all(|c| c == '.') {
+        return Err("room may not be only dots");
+    }
+    Ok(room)
 }
 
 /// A display name, trimmed: 1-32 characters, none of them a control,
@@ -455,9 +463,10 @@ fn now_ms() -> u64 {
 
 /// What the chat knows of one connection besides where it is (the
 /// server's groups keep that) and its id in the protocol (its connection's
-/// own but after a resume: [`ChatRoom::member_id`]). Small on purpose: every
-/// idle connection has one.
-#[derive(Debug)]
+/// own but after a resume: [`ChatRoom::member_id`]). Kept only for a
+/// connection that has a name or a bucket: an anonymous one with no rate
+/// limit costs the chat nothing.
+#[derive(Debug, Default)]
 struct Person {
     /// Its display name.
     name: Option<Box<str>>,
@@ -477,7 +486,7 @@ struct Departed {
 /// The chat: every room, with its memory. Everyone in a room hears
 /// everyone in it; a newcomer or a returning client hears what it missed.
 pub struct ChatRoom {
-    /// Each open connection's id, name and bucket.
+    /// Each open connection's name and bucket, if it has either.
     people: HashMap<ConnId, Person>,
     /// The connection of a member whose id is not its connection's own (it
     /// resumed an earlier session), by that id; and the other way round.
@@ -610,9 +619,9 @@ impl ChatRoom {
         self.announce_up_to.is_none_or(|up_to| members <= up_to)
     }
 
-    /// How many people are in the chat, in every room.
-    pub fn members(&self) -> usize {
-        self.people.len()
+    /// The name of the connection `id`, if it has one.
+    fn name_of(&self, id: ConnId) -> Option<&str> {
+        self.people.get(&id)?.name.as_deref()
     }
 
     /// The token that brings `id` back to `room`: the id, a dot, and a MAC
@@ -642,10 +651,12 @@ impl ChatRoom {
         out: &Outbox,
     ) -> Option<(u64, Option<Box<str>>, Option<ConnId>)> {
         let member = self.redeem(room, token)?;
-        if let Some(old) = self.connection_of(member) {
+        if let Some(old) = self.connection_of(member, out.groups()) {
             let there = out.groups().group_of(old).map(|g| &**g.name()) == Some(room);
-            let person = self.people.get(&old).filter(|_| there)?;
-            let name = person.name.clone();
+            if !there {
+                return None;
+            }
+            let name = self.name_of(old).map(Box::from);
             self.replaced.insert(old);
             return Some((member, name, Some(old)));
         }
@@ -657,9 +668,9 @@ impl ChatRoom {
     }
 
     /// The open connection whose member id is `id`, if any.
-    fn connection_of(&self, id: u64) -> Option<ConnId> {
+    fn connection_of(&self, id: u64, groups: &Groups) -> Option<ConnId> {
         let conn = self.aliases.get(&id).copied().unwrap_or(ConnId(id));
-        let open = self.people.contains_key(&conn) && !self.replaced.contains(&conn);
+        let open = groups.is_open(conn) && !self.replaced.contains(&conn);
         (open && self.member_id(conn) == id).then_some(conn)
     }
 
@@ -683,11 +694,10 @@ impl ChatRoom {
             .unwrap_or_default()
             .iter()
             .filter(|m| !self.replaced.contains(&m.id))
-            .filter_map(|m| Some((m.id, self.people.get(&m.id)?)))
             .take(limit)
-            .map(|(conn, p)| Presence {
-                id: self.member_id(conn),
-                name: p.name.as_deref(),
+            .map(|m| Presence {
+                id: self.member_id(m.id),
+                name: self.name_of(m.id),
             })
             .collect()
     }
@@ -723,7 +733,10 @@ impl ChatRoom {
     /// telling it it may not (or closing a flooder).
     fn allowed(&mut self, id: ConnId, now: Instant, out: &mut Outbox) -> bool {
         let verdict = match self.people.get_mut(&id).and_then(|p| p.bucket.as_mut()) {
-            Some(bucket) => bucket.take(now),
+            Some(bucket) => match self.limit {
+                Some(limit) => bucket.take(limit, now),
+                None => Verdict::Allowed,
+            },
             None => Verdict::Allowed,
         };
         match verdict {
@@ -770,14 +783,14 @@ impl ChatRoom {
     /// A line (or an action) from `id`: into its room's history, and out to
     /// the room once the history confirms it.
     fn line(&mut self, id: ConnId, text: &str, ts: u64, action: bool, out: &mut Outbox) {
-        let (Some(person), Some(room)) = (self.people.get(&id), out.groups().group_of(id)) else {
+        let Some(room) = out.groups().group_of(id) else {
             return;
         };
         let draft = Draft {
             id: self.member_id(id),
             text,
             ts,
-            name: person.name.as_deref(),
+            name: self.people.get(&id).and_then(|p| p.name.as_deref()),
             action,
         };
         self.history.append(room.name(), draft);
@@ -794,9 +807,7 @@ impl ChatRoom {
             }
         };
         let member = self.member_id(id);
-        let Some(person) = self.people.get_mut(&id) else {
-            return;
-        };
+        let person = self.people.entry(id).or_default();
         let was = match person.name.replace(name.as_str().into()) {
             Some(old) => old.into_string(),
             None => member.to_string(),
@@ -924,13 +935,13 @@ impl WebSocketHandler for ChatRoom {
             self.aliases.insert(member, id);
             self.member_ids.insert(id, member);
         }
-        self.people.insert(
-            id,
-            Person {
-                name,
-                bucket: self.limit.map(|limit| Bucket::new(limit, now)),
-            },
-        );
+        let person = Person {
+            name,
+            bucket: self.limit.map(|limit| Bucket::new(limit, now)),
+        };
+        if person.name.is_some() || person.bucket.is_some() {
+            self.people.insert(id, person);
+        }
         let Some(group) = out.join(id, room) else {
             return;
         };
@@ -938,8 +949,7 @@ impl WebSocketHandler for ChatRoom {
         let groups = out.groups();
         let count = self.count(groups, Some(group));
         let token = self.token(room, member);
-        let person = self.people.get(&id);
-        let name = person.and_then(|p| p.name.as_deref());
+        let name = self.name_of(id);
         let welcome = ChatEvent::Welcome {
             message: WELCOME,
             id: member,
@@ -1007,9 +1017,7 @@ impl WebSocketHandler for ChatRoom {
     }
 
     fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
-        let Some(person) = self.people.remove(&id) else {
-            return;
-        };
+        let person = self.people.remove(&id).unwrap_or_default();
         let member = self.member_ids.remove(&id).unwrap_or(id.0);
         if self.aliases.get(&member) == Some(&id) {
             self.aliases.remove(&member);
@@ -1364,8 +1372,27 @@ mod tests {
             Ok("ελληνικά-2.0_x")
         );
         assert_eq!(canonical_room(&"a".repeat(64)).map(|r| r.len()), Ok(64));
-        for bad in ["", "a b", "a/b", "<b>", "a\u{202E}", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "<b>",
+            "a\u{202E}",
+            &"a".repeat(65),
+            ".",
+            "..",
+            "İstanbul",
+        ] {
             assert!(canonical_room(bad).is_err(), "{bad:?}");
+        }
+        // What it gives is what it takes.
+        for good in ["Rust", "ΣΟΦΙΑ", "a.b-c_d", "ǅemal"] {
+            let room = canonical_room(good).unwrap();
+            assert_eq!(
+                canonical_room(&room).as_deref(),
+                Ok(room.as_str()),
+                "{good}"
+            );
         }
         assert_eq!(display_name("  alice ").as_deref(), Ok("alice"));
         assert_eq!(display_name("<b>x</b>").as_deref(), Ok("<b>x</b>"));
@@ -1769,6 +1796,11 @@ mod tests {
                     .into()
             )]
         );
-        assert_eq!(h.chat.members(), 2);
+        assert_eq!(h.out.groups().count("lobby"), 1);
+        assert_eq!(
+            h.chat.people.len(),
+            0,
+            "no name, no rate limit: nothing kept"
+        );
     }
 }

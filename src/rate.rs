@@ -47,7 +47,6 @@ pub enum Verdict {
 /// One client's bucket.
 #[derive(Debug, Clone)]
 pub struct Bucket {
-    limit: RateLimit,
     /// Lines that may be sent now (fractions accrue over time).
     tokens: f64,
     /// Refused lines not yet forgiven.
@@ -57,29 +56,31 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// A full bucket.
+    /// A full bucket. (The limit is not kept in it but passed to
+    /// [`Bucket::take`]: it is the same for everyone, and every idle
+    /// connection has a bucket.)
     pub fn new(limit: RateLimit, now: Instant) -> Bucket {
         Bucket {
-            limit,
             tokens: f64::from(limit.burst),
             debt: 0.0,
             updated: now,
         }
     }
 
-    /// Judges one line sent at `now`.
-    pub fn take(&mut self, now: Instant) -> Verdict {
+    /// Judges one line sent at `now`, under `limit` (the one the bucket
+    /// was made with).
+    pub fn take(&mut self, limit: RateLimit, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.updated = now;
-        let earned = elapsed * self.limit.per_second;
-        self.tokens = (self.tokens + earned).min(f64::from(self.limit.burst));
+        let earned = elapsed * limit.per_second;
+        self.tokens = (self.tokens + earned).min(f64::from(limit.burst));
         self.debt = (self.debt - earned).max(0.0);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Verdict::Allowed
         } else {
             self.debt += 1.0;
-            if self.debt > FLOOD_DEBT_BURSTS * f64::from(self.limit.burst) {
+            if self.debt > FLOOD_DEBT_BURSTS * f64::from(limit.burst) {
                 Verdict::Flooding
             } else {
                 Verdict::Refused
@@ -114,7 +115,7 @@ mod tests {
     fn a_burst_passes_then_the_rate_applies() {
         let start = Instant::now();
         let mut bucket = Bucket::new(LIMIT, start);
-        let verdicts: Vec<_> = (0..4).map(|_| bucket.take(start)).collect();
+        let verdicts: Vec<_> = (0..4).map(|_| bucket.take(LIMIT, start)).collect();
         assert_eq!(
             verdicts,
             [
@@ -126,16 +127,16 @@ mod tests {
         );
         // Half a second earns one line at 2 a second.
         assert_eq!(
-            bucket.take(start + Duration::from_millis(500)),
+            bucket.take(LIMIT, start + Duration::from_millis(500)),
             Verdict::Allowed
         );
         assert_eq!(
-            bucket.take(start + Duration::from_millis(500)),
+            bucket.take(LIMIT, start + Duration::from_millis(500)),
             Verdict::Refused
         );
         // A long pause refills the burst, not more.
         let later = start + Duration::from_secs(60);
-        let after_pause: Vec<_> = (0..4).map(|_| bucket.take(later)).collect();
+        let after_pause: Vec<_> = (0..4).map(|_| bucket.take(LIMIT, later)).collect();
         assert_eq!(
             after_pause,
             [
@@ -152,8 +153,9 @@ mod tests {
         let start = Instant::now();
         // Ten times the rate: 20 lines a second for 10 seconds.
         let mut flooder = Bucket::new(LIMIT, start);
-        let flooded_at = (0..200)
-            .position(|i| flooder.take(start + Duration::from_millis(50 * i)) == Verdict::Flooding);
+        let flooded_at = (0..200).position(|i| {
+            flooder.take(LIMIT, start + Duration::from_millis(50 * i)) == Verdict::Flooding
+        });
         assert!(
             flooded_at.is_some_and(|i| i < 100),
             "flooding judged within 5 s: {flooded_at:?}"
@@ -162,7 +164,7 @@ mod tests {
         let mut eager = Bucket::new(LIMIT, start);
         for i in 0..240 {
             assert_ne!(
-                eager.take(start + Duration::from_millis(250 * i)),
+                eager.take(LIMIT, start + Duration::from_millis(250 * i)),
                 Verdict::Flooding
             );
         }

@@ -97,6 +97,11 @@ pub struct Plan {
     /// Open loop at this many lines a second (all senders together);
     /// `None`: closed loop.
     pub rate: Option<f64>,
+    /// Closed loop: how many of its lines a sender may have sent and not
+    /// yet seen come back (1: one at a time). A client of one room with S
+    /// senders has S lines in flight towards it; one sender a room with a
+    /// window of S gives each client of a room as many.
+    pub window: usize,
     /// Rooms the clients are spread over (client `k` in room `k mod
     /// rooms`); 1: every client in the server's one (default) room, on
     /// plain `/soc`, as every server has it.
@@ -583,10 +588,10 @@ struct Client {
     bucket: Option<Bucket>,
     /// Whether it is in its thread's `throttled` list.
     throttled: bool,
-    /// A sender's next line to send, and (closed loop) whether the last one
-    /// came back.
+    /// A sender's next line to send, and (closed loop) how many of its
+    /// lines have come back (`sent - echoed` are in flight).
     sent: usize,
-    awaiting_echo: bool,
+    echoed: usize,
 }
 
 impl Client {
@@ -673,7 +678,7 @@ impl ClientLoop {
                 bucket: None,
                 throttled: false,
                 sent: 0,
-                awaiting_echo: false,
+                echoed: 0,
             })
             .collect();
         let senders = clients
@@ -1077,8 +1082,8 @@ impl ClientLoop {
         if ours.number >= *next {
             *next = ours.number + 1;
         }
-        if ours.sender == client.index && ours.number + 1 == client.sent {
-            client.awaiting_echo = false;
+        if ours.sender == client.index {
+            client.echoed = client.echoed.max(ours.number + 1);
         }
     }
 
@@ -1090,34 +1095,36 @@ impl ClientLoop {
         let started = *shared.send_started.get().expect("set before sending");
         for s in 0..self.senders.len() {
             let i = self.senders[s];
-            let client = &self.clients[i];
-            if client.stage != Stage::Open || client.sent >= lines {
-                continue;
-            }
-            let due = match plan.rate {
-                None => !client.awaiting_echo,
-                Some(rate) => {
-                    // Sender k's line n is due at (n × S + k) / rate.
-                    let slot = client.sent as f64 * plan.senders as f64 + client.index as f64;
-                    started.elapsed().as_secs_f64() >= slot / rate
+            loop {
+                let client = &self.clients[i];
+                if client.stage != Stage::Open || client.sent >= lines {
+                    break;
                 }
-            };
-            if !due {
-                continue;
-            }
-            let sent_at = self.shared.base.elapsed().as_nanos() as u64;
-            let mut line = format!("~L~{:05} {:09} {:020} ", client.index, client.sent, sent_at);
-            line.extend(std::iter::repeat_n(
-                'x',
-                plan.line_bytes.saturating_sub(line.len()),
-            ));
-            let client = &mut self.clients[i];
-            client.sent += 1;
-            client.awaiting_echo = true;
-            self.send_frame(i, 0x1, line.as_bytes());
-            let all = shared.lines_sent.fetch_add(1, Ordering::Relaxed) + 1;
-            if all >= (plan.senders * lines) as u64 {
-                let _ = shared.all_sent_at.set(Instant::now());
+                let due = match plan.rate {
+                    None => client.sent < client.echoed + plan.window.max(1),
+                    Some(rate) => {
+                        // Sender k's line n is due at (n × S + k) / rate.
+                        let slot = client.sent as f64 * plan.senders as f64 + client.index as f64;
+                        started.elapsed().as_secs_f64() >= slot / rate
+                    }
+                };
+                if !due {
+                    break;
+                }
+                let sent_at = self.shared.base.elapsed().as_nanos() as u64;
+                let mut line =
+                    format!("~L~{:05} {:09} {:020} ", client.index, client.sent, sent_at);
+                line.extend(std::iter::repeat_n(
+                    'x',
+                    plan.line_bytes.saturating_sub(line.len()),
+                ));
+                let client = &mut self.clients[i];
+                client.sent += 1;
+                self.send_frame(i, 0x1, line.as_bytes());
+                let all = shared.lines_sent.fetch_add(1, Ordering::Relaxed) + 1;
+                if all >= (plan.senders * lines) as u64 {
+                    let _ = shared.all_sent_at.set(Instant::now());
+                }
             }
         }
     }

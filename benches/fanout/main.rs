@@ -129,6 +129,9 @@ struct Scenario {
     /// [`loadgen::Plan::rooms`]); 1: one room, plain `/soc`. Above 1, Eddy
     /// only: the peers have no rooms.
     rooms: usize,
+    /// Lines a sender may have in flight, closed loop (see
+    /// [`loadgen::Plan::window`]).
+    window: usize,
 }
 
 impl Scenario {
@@ -147,6 +150,15 @@ impl Scenario {
             without_tornado: false,
             pending_cap: None,
             rooms: 1,
+            window: 1,
+        }
+    }
+
+    /// The same with each sender keeping `lines` in flight.
+    const fn with_window(self, lines: usize) -> Self {
+        Scenario {
+            window: lines,
+            ..self
         }
     }
 
@@ -286,7 +298,7 @@ impl Scenario {
             )
         };
         format!(
-            "{who} × {} line{}{}{}{}{}{}",
+            "{who} × {} line{}{}{}{}{}{}{}",
             thousands(self.lines_per_sender),
             if self.lines_per_sender == 1 { "" } else { "s" },
             if self.line_bytes == loadgen::LINE_BYTES {
@@ -295,6 +307,11 @@ impl Scenario {
                 format!(" of {} B", thousands(self.line_bytes))
             },
             if self.defaults { " (defaults)" } else { "" },
+            if self.window > 1 {
+                format!(", {} in flight a sender", self.window)
+            } else {
+                String::new()
+            },
             self.rate
                 .map(|r| format!(", open loop at {r} lines/s"))
                 .unwrap_or_default(),
@@ -454,6 +471,7 @@ fn main() {
                 // 4 rooms of 10, 400 deliveries as the scenario above: the
                 // rooms table compares the two.
                 Scenario::many_rooms(4, 10, 1, 10, 60),
+                Scenario::many_rooms(4, 10, 1, 10, 60).with_window(2),
                 Scenario {
                     rate: Some(200.0),
                     ..Scenario::new(10, 2, 20, 60)
@@ -473,8 +491,11 @@ fn main() {
                 Scenario::new(1000, 1, 100, 120),
                 Scenario::new(1000, 10, 100, 120),
                 // As many deliveries as the scenario above (1,000,000),
-                // spread over 1,000 rooms of 10: compared with it.
+                // spread over 1,000 rooms of 10: compared with it. One line
+                // in flight a sender, then ten: as many lines in flight
+                // towards each client as in the single room of 10 senders.
                 Scenario::many_rooms(1000, 10, 1, 100, 120),
+                Scenario::many_rooms(1000, 10, 1, 100, 120).with_window(10),
                 // 3,000 lines, ~420 KB to each client: a slow reader's
                 // backlog, past what the kernel's buffers take, passes a
                 // 64 KiB --max-pending-bytes, so Eddy feeds it from
@@ -536,6 +557,7 @@ fn main() {
                 Scenario::new(1000, 1, 100, 300),
                 Scenario::new(1000, 10, 100, 300),
                 Scenario::many_rooms(1000, 10, 1, 100, 300),
+                Scenario::many_rooms(1000, 10, 1, 100, 300).with_window(10),
                 Scenario::new(1000, 10, 300, 300)
                     .with_slow(10)
                     .with_pending_cap(64 * 1024)
@@ -743,6 +765,7 @@ fn measure(
             lines_per_sender: scenario.lines_per_sender,
             line_bytes: scenario.line_bytes,
             rate: scenario.rate,
+            window: scenario.window,
             rooms: scenario.rooms,
             joins_expected: {
                 // Each newcomer is announced to those before it in its
@@ -1002,7 +1025,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
                     s.twice,
                     seq_cell(s),
                     opt(s.server_cpu_s_per_million, 2),
-                    opt(s.idle_kib_per_conn, 1),
+                    opt(s.idle_kib_per_conn, 2),
                     opt(s.peak_kib_per_conn, 1),
                     s.loadgen_cpu
                         .map_or("–".into(), |c| format!("{:.0} %", c * 100.0)),
