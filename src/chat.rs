@@ -689,33 +689,28 @@ impl ChatRoom {
         limit: usize,
     ) -> Vec<Presence<'a>> {
         groups
-            .get(group)
-            .map(|g| g.members())
-            .unwrap_or_default()
-            .iter()
-            .filter(|m| !self.replaced.contains(&m.id))
+            .members(group)
+            .filter(|id| !self.replaced.contains(id))
             .take(limit)
-            .map(|m| Presence {
-                id: self.member_id(m.id),
-                name: self.name_of(m.id),
+            .map(|id| Presence {
+                id: self.member_id(id),
+                name: self.name_of(id),
             })
             .collect()
     }
 
     /// How many are in `group`, not counting a connection being replaced.
     fn count(&self, groups: &Groups, group: Option<GroupId>) -> usize {
-        let Some(group) = group.and_then(|g| groups.get(g)) else {
+        let Some((id, members)) = group.and_then(|g| Some((g, groups.get(g)?))) else {
             return 0;
         };
-        if self.replaced.is_empty() {
-            return group.len(); // the usual case: no walk
-        }
-        let replaced = group
-            .members()
+        // Almost always empty: a connection is replaced for an instant.
+        let replaced = self
+            .replaced
             .iter()
-            .filter(|m| self.replaced.contains(&m.id))
+            .filter(|&&conn| groups.group_id_of(conn) == Some(id))
             .count();
-        group.len() - replaced
+        members.len() - replaced
     }
 
     /// The presence list of a small room (`None` for a large one).

@@ -7,11 +7,14 @@
 //! joins which group ([`crate::Outbox::join`]) and reads the groups (how
 //! many, who) through its [`Outbox`](crate::Outbox); it never sees a slot.
 //!
-//! A group is a list of `(ConnId, slot)` pairs, so a line in a room of 10
-//! costs 10 queue pushes, not a walk over every connection. Each open
-//! connection's `Seat` says where it sits in that list, so leaving is a
-//! `swap_remove`: O(1), at the price of the order of members (which nothing
-//! relies on). A group with no members is forgotten at once.
+//! A group is the list of its members' slots in the server's table, so a
+//! line in a room of 10 costs 10 queue pushes, not a walk over every
+//! connection. Every idle connection pays for this, so it is kept small: a
+//! slot is a `u32` in its group's list, and an open connection's entry
+//! (its slot and group) is 8 bytes, as the bare slot was before groups.
+//! Leaving finds the slot in its group's list by a scan (a few microseconds
+//! in a room of 10,000) and `swap_remove`s it, so the order of members
+//! means nothing. A group with no members is forgotten at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,28 +27,14 @@ use crate::handler::ConnId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GroupId(u32);
 
-/// One member of a group: its identity (for the handler) and its slot in
-/// the server's connection table (for delivery).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Member {
-    /// The connection.
-    pub id: ConnId,
-    /// Its slot in the server's table (the mio token).
-    slot: usize,
-}
+/// No group (in a [`Seat`]).
+const NO_GROUP: u32 = u32::MAX;
 
-impl Member {
-    /// The connection's slot in the server's table.
-    pub(crate) fn slot(&self) -> usize {
-        self.slot
-    }
-}
-
-/// A group: its name and its members, in no particular order.
+/// A group: its name and its members' slots, in no particular order.
 #[derive(Debug)]
 pub struct Group {
     name: Arc<str>,
-    members: Vec<Member>,
+    slots: Vec<u32>,
 }
 
 impl Group {
@@ -54,30 +43,28 @@ impl Group {
         &self.name
     }
 
-    /// Its members (connections in it), in no particular order.
-    pub fn members(&self) -> &[Member] {
-        &self.members
+    /// Its members' slots in the server's table (the mio tokens).
+    pub(crate) fn slots(&self) -> &[u32] {
+        &self.slots
     }
 
     /// How many members it has (at least one: an empty group is removed).
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.slots.len()
     }
 
     /// Always false: a group that empties is removed.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.slots.is_empty()
     }
 }
 
-/// Where an open connection is: its slot, and its place in a group. 16
-/// bytes (u32s: four billion slots or members is past any server), since
-/// every idle connection has one.
+/// Where an open connection is: its slot, and its group ([`NO_GROUP`] if
+/// none). u32s: four billion slots or groups is past any server.
 #[derive(Debug, Clone, Copy)]
 struct Seat {
     slot: u32,
-    /// Its group and its index in the group's member list.
-    place: Option<(GroupId, u32)>,
+    group: u32,
 }
 
 /// Every open connection and every group with members.
@@ -85,6 +72,9 @@ struct Seat {
 pub struct Groups {
     /// Open connections (from the handler's `open` until its `on_close`).
     open: HashMap<ConnId, Seat>,
+    /// The open connection in each slot (`ConnId(0)`: none), for the ids
+    /// of a group's members.
+    by_slot: Vec<ConnId>,
     /// Groups by handle; `None` marks a free index.
     groups: Vec<Option<Group>>,
     /// Free indexes in `groups`, reused first.
@@ -102,15 +92,29 @@ impl Groups {
     /// A connection opened, in `slot`: it can be addressed, and can join a
     /// group. (Called by the server only.)
     pub(crate) fn open(&mut self, id: ConnId, slot: usize) {
-        let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-        self.open.insert(id, Seat { slot, place: None });
+        let Ok(slot32) = u32::try_from(slot) else {
+            return; // the server's table never grows this far
+        };
+        if self.by_slot.len() <= slot {
+            self.by_slot.resize(slot + 1, ConnId(0));
+        }
+        self.by_slot[slot] = id;
+        let seat = Seat {
+            slot: slot32,
+            group: NO_GROUP,
+        };
+        self.open.insert(id, seat);
     }
 
     /// A connection left: out of its group, and no longer addressable.
     /// (Called by the server only, after the handler's `on_close`.)
     pub(crate) fn close(&mut self, id: ConnId) {
         self.leave(id);
-        self.open.remove(&id);
+        if let Some(seat) = self.open.remove(&id) {
+            if let Some(slot) = self.by_slot.get_mut(seat.slot as usize) {
+                *slot = ConnId(0);
+            }
+        }
     }
 
     /// The slot of an open connection.
@@ -132,53 +136,50 @@ impl Groups {
     /// leaving the group it was in. Returns the group, or `None` if `id` is
     /// not open.
     pub fn join(&mut self, id: ConnId, name: &str) -> Option<GroupId> {
-        let slot = self.open.get(&id)?.slot as usize;
+        self.open.get(&id)?;
         self.leave(id);
         let group = match self.by_name.get(name) {
             Some(&group) => group,
             None => self.create(name),
         };
-        let members = &mut self.groups[group.0 as usize].as_mut()?.members;
-        members.push(Member { id, slot });
-        let index = u32::try_from(members.len() - 1).unwrap_or(u32::MAX);
-        self.open.get_mut(&id)?.place = Some((group, index));
+        let seat = self.open.get_mut(&id)?;
+        self.groups
+            .get_mut(group.0 as usize)?
+            .as_mut()?
+            .slots
+            .push(seat.slot);
+        seat.group = group.0;
         Some(group)
     }
 
     /// Takes `id` out of its group, if it is in one; a group left empty is
     /// removed.
     pub fn leave(&mut self, id: ConnId) {
-        let Some((group, index)) = self.open.get_mut(&id).and_then(|seat| seat.place.take()) else {
+        let Some(seat) = self.open.get_mut(&id) else {
             return;
         };
-        let Some(entry) = self.groups.get_mut(group.0 as usize) else {
+        let group = std::mem::replace(&mut seat.group, NO_GROUP);
+        let slot = seat.slot;
+        let Some(entry) = self.groups.get_mut(group as usize) else {
             return;
         };
         let Some(g) = entry.as_mut() else {
             return;
         };
-        let index = index as usize;
-        if index >= g.members.len() {
-            return;
+        if let Some(at) = g.slots.iter().position(|&s| s == slot) {
+            g.slots.swap_remove(at);
         }
-        g.members.swap_remove(index);
-        if let Some(moved) = g.members.get(index) {
-            // The last member now sits where the leaver sat.
-            if let Some(seat) = self.open.get_mut(&moved.id) {
-                seat.place = Some((group, index as u32));
-            }
-        }
-        if g.members.is_empty() {
+        if g.slots.is_empty() {
             self.by_name.remove(&g.name);
             *entry = None;
-            self.free.push(group.0);
+            self.free.push(group);
         }
     }
 
     fn create(&mut self, name: &str) -> GroupId {
         let group = Group {
             name: name.into(),
-            members: Vec::new(),
+            slots: Vec::new(),
         };
         let name = Arc::clone(&group.name);
         let id = match self.free.pop() {
@@ -187,7 +188,7 @@ impl Groups {
                 GroupId(index)
             }
             None => {
-                let index = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+                let index = u32::try_from(self.groups.len()).unwrap_or(NO_GROUP);
                 self.groups.push(Some(group));
                 GroupId(index)
             }
@@ -196,15 +197,24 @@ impl Groups {
         id
     }
 
+    /// The members of `group`, in no particular order.
+    pub fn members(&self, group: GroupId) -> impl Iterator<Item = ConnId> + '_ {
+        self.get(group)
+            .map(|g| g.slots.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|&slot| self.by_slot.get(slot as usize).copied())
+    }
+
     /// The group `id` is in.
     pub fn group_of(&self, id: ConnId) -> Option<&Group> {
-        let (group, _) = self.open.get(&id)?.place?;
-        self.get(group)
+        self.get(self.group_id_of(id)?)
     }
 
     /// The handle of `id`'s group.
     pub fn group_id_of(&self, id: ConnId) -> Option<GroupId> {
-        self.open.get(&id)?.place.map(|(group, _)| group)
+        let group = self.open.get(&id)?.group;
+        (group != NO_GROUP).then_some(GroupId(group))
     }
 
     /// A group by handle.
@@ -242,9 +252,9 @@ impl Groups {
 mod tests {
     use super::*;
 
-    fn ids(group: Option<&Group>) -> Vec<u64> {
+    fn ids(groups: &Groups, group: Option<GroupId>) -> Vec<u64> {
         let mut ids: Vec<u64> = group
-            .map(|g| g.members().iter().map(|m| m.id.0).collect())
+            .map(|g| groups.members(g).map(|id| id.0).collect())
             .unwrap_or_default();
         ids.sort_unstable();
         ids
@@ -261,15 +271,17 @@ mod tests {
         groups.join(ConnId(2), "a");
         groups.join(ConnId(3), "a");
         groups.join(ConnId(4), "b");
-        assert_eq!(ids(groups.named("a")), [1, 2, 3]);
+        assert_eq!(ids(&groups, groups.id_of("a")), [1, 2, 3]);
+        assert_eq!(groups.get(a).unwrap().slots().len(), 3);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups.slot(ConnId(3)), Some(30));
 
         // The first leaves: the last takes its place, and can still leave.
         groups.close(ConnId(1));
-        assert_eq!(ids(groups.get(a)), [2, 3]);
+        assert_eq!(ids(&groups, Some(a)), [2, 3]);
+        assert!(!groups.is_open(ConnId(1)));
         groups.leave(ConnId(3));
-        assert_eq!(ids(groups.get(a)), [2]);
+        assert_eq!(ids(&groups, Some(a)), [2]);
         assert_eq!(groups.group_of(ConnId(3)).map(|g| &**g.name()), None);
 
         // Moving to another group leaves the first; an empty group goes.
@@ -281,5 +293,10 @@ mod tests {
         assert_eq!(groups.join(ConnId(3), "c"), Some(a));
         assert_eq!(&**groups.group_of(ConnId(3)).unwrap().name(), "c");
         assert_eq!(groups.open_count(), 3);
+        // A slot reused by a newer connection names the newer one.
+        groups.close(ConnId(3));
+        groups.open(ConnId(5), 30);
+        groups.join(ConnId(5), "b");
+        assert_eq!(ids(&groups, groups.id_of("b")), [2, 4, 5]);
     }
 }

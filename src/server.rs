@@ -576,12 +576,12 @@ impl ServerState {
                         let Some(members) = self.app.outbox.groups().get(group) else {
                             continue; // everyone left
                         };
-                        for member in members.members() {
-                            if !to.includes(member.id, Some(group)) {
+                        for &slot in members.slots() {
+                            let key = slot as usize;
+                            let Some(entry) = self.connections.get_mut(key) else {
                                 continue;
-                            }
-                            let key = member.slot();
-                            if let Some(entry) = self.connections.get_mut(key) {
+                            };
+                            if to.includes(entry.conn.id(), Some(group)) {
                                 offer(entry, key, seq, &frame, cap, &mut self.dirty);
                             }
                         }
