@@ -641,7 +641,7 @@ impl ChatRoom {
     }
 
     /// A comeback to `room` with `token`: the member's id, its name, and
-    /// its old connection if that is still open there (now marked quiet,
+    /// its old connection if that is still open there (now listed as replaced,
     /// to be replaced); `None` if the token cannot be honoured.
     fn come_back(
         &mut self,
