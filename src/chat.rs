@@ -641,8 +641,8 @@ impl ChatRoom {
     }
 
     /// A comeback to `room` with `token`: the member's id, its name, and
-    /// its old connection if that is still open there (now listed as replaced,
-    /// to be replaced); `None` if the token cannot be honoured.
+    /// its old connection if that is still open there (now listed in
+    /// `replaced`, to be closed); `None` if the token cannot be honoured.
     fn come_back(
         &mut self,
         room: &str,
