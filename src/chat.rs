@@ -286,6 +286,26 @@ fn gap_json(from: Seq, to: Seq) -> String {
     .to_json()
 }
 
+/// The JSON of a join or leave notice (`event` is `join` or `leave`): the
+/// member by name if it has one, else by id, and the room's count after it.
+fn presence_json(event: &str, member: u64, name: Option<&str>, count: usize) -> String {
+    let verb = if event == "join" { "joined" } else { "left" };
+    let message = match name {
+        Some(name) => format!("{name} has {verb}"),
+        None => format!("{member} has {verb}"),
+    };
+    ChatEvent::Event {
+        message: &message,
+        event,
+        detail: EventDetail::Presence {
+            id: member,
+            name,
+            count,
+        },
+    }
+    .to_json()
+}
+
 /// What a client asked for with `?since=S&epoch=E`: it has every line up
 /// to `since` of the history named `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -830,7 +850,10 @@ impl ChatRoom {
     /// `/who`: the room, how many, and who, to the asker alone.
     fn who(&self, id: ConnId, out: &mut Outbox) {
         let groups = out.groups();
-        let (Some(group), Some(room)) = (groups.group_id_of(id), groups.group_of(id)) else {
+        let Some((group, room)) = groups
+            .group_id_of(id)
+            .and_then(|g| Some((g, groups.get(g)?)))
+        else {
             return;
         };
         let count = self.count(groups, Some(group));
@@ -957,20 +980,10 @@ impl WebSocketHandler for ChatRoom {
             name,
         }
         .to_json();
-        let joined = name.map_or_else(
-            || format!("{member} has joined"),
-            |n| format!("{n} has joined"),
-        );
-        let joined = ChatEvent::Event {
-            message: &joined,
-            event: "join",
-            detail: EventDetail::Presence {
-                id: member,
-                name,
-                count,
-            },
-        }
-        .to_json();
+        // Serialized only if it is sent (a large room hears of no join).
+        let joined = self
+            .announces(count)
+            .then(|| presence_json("join", member, name, count));
         out.write_message(id, &welcome);
         if refused {
             let refusal = ChatEvent::Event {
@@ -1002,7 +1015,7 @@ impl WebSocketHandler for ChatRoom {
         if let Some(old) = replacing {
             // The same member, on a new connection: nobody left, nobody came.
             out.close(old, CloseCode::Normal, REPLACED_REASON);
-        } else if self.announces(count) {
+        } else if let Some(joined) = joined {
             out.send_to_group_except(group, id, &joined);
         }
     }
@@ -1021,27 +1034,17 @@ impl WebSocketHandler for ChatRoom {
             return; // replaced by its comeback: no leave
         }
         let groups = out.groups();
-        let (Some(group), Some(room)) = (groups.group_id_of(id), groups.group_of(id)) else {
+        let Some((group, room)) = groups
+            .group_id_of(id)
+            .and_then(|g| Some((g, groups.get(g)?.name())))
+        else {
             return;
         };
-        let room = Arc::clone(room.name());
+        let room = Arc::clone(room);
         // It is still in the group while this runs.
         let count = self.count(groups, Some(group)).saturating_sub(1);
-        let announced = self.announces(count + 1);
-        let name = person.name.as_deref();
-        if announced && count > 0 {
-            let left =
-                name.map_or_else(|| format!("{member} has left"), |n| format!("{n} has left"));
-            let left = ChatEvent::Event {
-                message: &left,
-                event: "leave",
-                detail: EventDetail::Presence {
-                    id: member,
-                    name,
-                    count,
-                },
-            }
-            .to_json();
+        if self.announces(count + 1) && count > 0 {
+            let left = presence_json("leave", member, person.name.as_deref(), count);
             out.send_to_group_except(group, id, &left);
         }
         self.departed.insert(

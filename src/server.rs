@@ -52,8 +52,10 @@ use crate::connection::{
     Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Socket, Step, Timeouts,
 };
 use crate::feed::{self, Feed, Member, Pace, Progress};
-use crate::handler::{ConnId, Delivery, Outbox, Payload, Recipients, Refusal, Request, Routes};
-use crate::history::Seq;
+use crate::handler::{
+    ConnId, Delivery, Outbox, Payload, Recipients, Refusal, Request, Routes, WebSocketHandler,
+};
+use crate::history::{RoomHistory, Seq};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
 use crate::{http, limits, templates, ws};
@@ -291,6 +293,18 @@ struct App {
 }
 
 impl App {
+    /// The handler of `route` and the history of the group `id` is in, if
+    /// that handler keeps one: what a member's feed follows.
+    fn followed_history(
+        &self,
+        route: u32,
+        id: ConnId,
+    ) -> Option<(&(dyn WebSocketHandler + Send), RoomHistory<'_>)> {
+        let handler = self.routes.handler(route as usize)?;
+        let group = self.outbox.groups().group_of(id)?;
+        Some((handler, handler.room_history(group.name())?))
+    }
+
     /// Turns a connection's report into a call of its route's handler.
     fn report(&mut self, key: usize, id: ConnId, route: u32, report: Report<'_>) {
         let Some(handler) = self.routes.handler_mut(route as usize) else {
@@ -588,7 +602,8 @@ impl ServerState {
                     }
                     (to, Payload::Frame(frame)) => {
                         for (key, entry) in self.connections.iter_mut() {
-                            if entry.conn.takes_messages() && to.includes(entry.conn.id(), None) {
+                            // `offer` skips a connection that takes no messages.
+                            if to.includes(entry.conn.id(), None) {
                                 offer(entry, key, seq, &frame, cap, &mut self.dirty);
                             }
                         }
@@ -622,16 +637,12 @@ impl ServerState {
             // from history when it is settled at the end of the turn.
             Payload::Follow { from, announce } => {
                 let groups = app.outbox.groups();
-                let handler = app.routes.handler(entry.route as usize);
-                let history = match (handler, groups.group_of(id)) {
-                    (Some(handler), Some(group)) => handler.room_history(group.name()),
-                    _ => None,
-                };
-                let head = history.map_or(0, |h| h.head());
+                let followed = app.followed_history(entry.route, id);
+                let head = followed.map_or(0, |(_, history)| history.head());
                 let (feed, notice) = Feed::start(from, announce, head);
                 entry.feed = feed;
-                let frame = match (notice, handler) {
-                    (Some(notice), Some(handler)) => handler.feed_notice(id, notice, groups),
+                let frame = match (notice, followed) {
+                    (Some(notice), Some((handler, _))) => handler.feed_notice(id, notice, groups),
                     _ => None,
                 };
                 if let Some(frame) = frame {
@@ -657,24 +668,19 @@ impl ServerState {
         entry.conn.flush(&mut |r| app.report(key, id, route, r));
         if entry.feed.is_catching_up() && entry.conn.takes_messages() {
             let groups = app.outbox.groups();
-            let handler = app.routes.handler(route as usize);
             let mut member = Fed {
                 conn: &mut entry.conn,
                 left: false,
             };
-            let history = match (handler, groups.group_of(id)) {
-                (Some(handler), Some(group)) => handler.room_history(group.name()),
-                _ => None,
-            };
-            let progress = match (history, handler) {
-                (Some(history), Some(handler)) => feed::catch_up(
+            let progress = match app.followed_history(route, id) {
+                Some((handler, history)) => feed::catch_up(
                     &mut entry.feed,
                     history,
                     &mut member,
                     &|notice| handler.feed_notice(id, notice, groups),
                     Pace::for_cap(cap),
                 ),
-                _ => Progress::Idle,
+                None => Progress::Idle,
             };
             if member.left {
                 app.report(key, id, route, Report::Closing);
@@ -910,7 +916,6 @@ fn mark_dirty(dirty: &mut Vec<usize>, key: usize, entry: &mut Entry) {
 mod tests {
     use super::*;
     use crate::echo::EchoHandler;
-    use crate::handler::WebSocketHandler;
 
     fn chat_server(config: Config) -> Server {
         let routes = crate::chat::routes(&config);
