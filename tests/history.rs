@@ -15,11 +15,8 @@ use serde_json::{Value, json};
 
 /// Opens `/soc?{query}` and returns the client and its welcome's (id, epoch, head).
 fn join_with(addr: SocketAddr, query: &str) -> (Client, (u64, String, u64)) {
-    let url = format!("ws://{addr}/soc?{query}");
-    let (mut client, response) = tungstenite::client(url, tcp(addr)).expect("handshake");
-    assert_eq!(response.status(), 101);
-    let welcome = welcome(&recv_json(&mut client));
-    (client, welcome)
+    let (client, message) = enter(addr, query);
+    (client, welcome(&message))
 }
 
 /// A client's view of the room: its next messages until (and with) the

@@ -12,25 +12,10 @@ use eddy::Config;
 use serde_json::{Value, json};
 use tungstenite::protocol::frame::coding::CloseCode;
 
-/// Opens `/soc?{query}` and reads the welcome (checked key by key).
-fn enter(addr: SocketAddr, query: &str) -> (Client, Value) {
-    let url = format!("ws://{addr}/soc?{query}");
-    let (mut client, response) = tungstenite::client(url, tcp(addr)).expect("handshake");
-    assert_eq!(response.status(), 101, "{query}");
-    let message = recv_json(&mut client);
-    welcome(&message);
-    (client, message)
-}
-
-/// The next message that is not a ping.
-fn next(client: &mut Client) -> Value {
-    recv_json(client)
-}
-
 /// Sends `text` and returns the sender's next message.
 fn ask(client: &mut Client, text: &str) -> Value {
     send(client, text);
-    next(client)
+    recv_json(client)
 }
 
 /// The HTTP status and body of a WebSocket handshake for `/soc?{query}`.
@@ -60,8 +45,8 @@ fn rooms_are_isolated_and_number_their_own_lines() {
         w["id"].as_u64().unwrap(),
     ];
     // Each first member hears of its room's second only.
-    assert_eq!(next(&mut a1)["id"], a_ids[1]);
-    assert_eq!(next(&mut b1)["event"], "join");
+    assert_eq!(recv_json(&mut a1)["id"], a_ids[1]);
+    assert_eq!(recv_json(&mut b1)["event"], "join");
 
     // Interleaved senders in both rooms.
     for n in 0..20 {
@@ -81,7 +66,7 @@ fn rooms_are_isolated_and_number_their_own_lines() {
     ] {
         let mut seqs = Vec::new();
         while seqs.len() < 10 {
-            let message = next(client);
+            let message = recv_json(client);
             assert_eq!(message["type"], "user", "{room}: {message}");
             let text = message["message"].as_str().unwrap();
             assert!(text.starts_with(&format!("{room}:")), "{room} got {text}");
@@ -101,7 +86,7 @@ fn room_names_fold_to_lower_case_and_bad_ones_get_400_with_a_reason() {
         (w["room"].as_str(), w["count"].as_u64()),
         (Some("rust"), Some(2))
     );
-    assert_eq!(next(&mut first)["event"], "join");
+    assert_eq!(recv_json(&mut first)["event"], "join");
     let (_, w) = enter(server.addr, "room=%CE%95%CE%BB%CE%BB%CE%AC%CE%B4%CE%B1");
     assert_eq!(w["room"], "ελλάδα", "letters of any script");
 
@@ -159,7 +144,7 @@ fn names_commands_and_their_notices() {
         json!([{"id": alice_id, "name": "alice"}, {"id": anon_id}])
     );
     assert_eq!(
-        next(&mut alice),
+        recv_json(&mut alice),
         json!({"type": "sys", "message": format!("{anon_id} has joined"), "event": "join",
                "id": anon_id, "count": 2})
     );
@@ -168,7 +153,7 @@ fn names_commands_and_their_notices() {
     let renamed = json!({"type": "sys", "message": format!("{anon_id} is now known as bob"),
                          "event": "nick", "id": anon_id, "name": "bob"});
     assert_eq!(ask(&mut anon, "/nick bob"), renamed);
-    assert_eq!(next(&mut alice), renamed);
+    assert_eq!(recv_json(&mut alice), renamed);
 
     // Lines carry the name; /me is an action; // escapes a slash.
     let line = ask(&mut alice, "hi");
@@ -176,7 +161,7 @@ fn names_commands_and_their_notices() {
         (line["name"].as_str(), line.get("action")),
         (Some("alice"), None)
     );
-    assert_eq!(next(&mut anon), line);
+    assert_eq!(recv_json(&mut anon), line);
     let action = ask(&mut anon, "/me waves");
     assert_eq!(
         (
@@ -187,13 +172,13 @@ fn names_commands_and_their_notices() {
         (Some("waves"), Some("bob"), Some(true))
     );
     assert_eq!(action["seq"], 2, "an action is a line of history");
-    assert_eq!(next(&mut alice), action);
+    assert_eq!(recv_json(&mut alice), action);
     let slash = ask(&mut alice, "//shrug");
     assert_eq!(
         (slash["message"].as_str(), slash["seq"].as_u64()),
         (Some("/shrug"), Some(3))
     );
-    assert_eq!(next(&mut anon), slash);
+    assert_eq!(recv_json(&mut anon), slash);
 
     // /who, an unknown command and a bad /nick answer the asker alone.
     let who = ask(&mut anon, "/who");
@@ -222,13 +207,13 @@ fn names_commands_and_their_notices() {
     );
     // Alice heard none of it: her next message is the next line.
     let line = ask(&mut anon, "after");
-    assert_eq!(next(&mut alice), line);
+    assert_eq!(recv_json(&mut alice), line);
     assert_eq!(line["seq"], 4, "/nick and /who are not history");
 
     // Leaving, by name.
     drop(anon);
     assert_eq!(
-        next(&mut alice),
+        recv_json(&mut alice),
         json!({"type": "sys", "message": "bob has left", "event": "leave", "id": anon_id,
                "name": "bob", "count": 1})
     );
@@ -251,7 +236,7 @@ fn a_resume_is_within_its_room_and_ends_with_who_is_there() {
     {
         let mut seqs = Vec::new();
         loop {
-            let message = next(&mut back);
+            let message = recv_json(&mut back);
             if message["event"] == "caught_up" {
                 back_id = message["members"][1]["id"].as_u64().unwrap();
                 assert_eq!(
@@ -266,13 +251,13 @@ fn a_resume_is_within_its_room_and_ends_with_who_is_there() {
         }
         assert_eq!(seqs, [3, 4, 5]);
     }
-    assert_eq!(next(&mut x)["id"], back_id);
+    assert_eq!(recv_json(&mut x)["id"], back_id);
 
     // Room x's position means nothing in room y: a reset, then y's replay.
     let (mut wrong, _) = enter(server.addr, &format!("room=y&since=2&epoch={epoch}"));
-    assert_eq!(next(&mut wrong)["event"], "reset");
-    assert_eq!(next(&mut wrong)["message"], "in y");
-    assert_eq!(next(&mut wrong)["event"], "caught_up");
+    assert_eq!(recv_json(&mut wrong)["event"], "reset");
+    assert_eq!(recv_json(&mut wrong)["message"], "in y");
+    assert_eq!(recv_json(&mut wrong)["event"], "caught_up");
 }
 
 #[test]
@@ -284,9 +269,9 @@ fn a_resume_token_brings_back_the_id_and_name_and_replaces_a_half_open_connectio
         w["id"].as_u64().unwrap(),
         w["resume"].as_str().unwrap().to_owned(),
     );
-    assert_eq!(next(&mut watcher)["id"], id);
+    assert_eq!(recv_json(&mut watcher)["id"], id);
     drop(gone);
-    assert_eq!(next(&mut watcher)["event"], "leave");
+    assert_eq!(recv_json(&mut watcher)["event"], "leave");
 
     // Back after a drop: the same id and name; the room hears it return.
     let (mut back, w) = enter(server.addr, &format!("room=t&resume={token}"));
@@ -296,12 +281,12 @@ fn a_resume_token_brings_back_the_id_and_name_and_replaces_a_half_open_connectio
     );
     assert_eq!(w["resume"], token.as_str(), "the token stays the member's");
     assert_eq!(
-        next(&mut watcher),
+        recv_json(&mut watcher),
         json!({"type": "sys", "message": "al has joined", "event": "join", "id": id,
                "name": "al", "count": 2})
     );
     assert_eq!(ask(&mut back, "me again")["id"], id);
-    assert_eq!(next(&mut watcher)["id"], id);
+    assert_eq!(recv_json(&mut watcher)["id"], id);
 
     // Back again while that connection still looks open (a half-open socket
     // the server has not noticed): the old one is closed quietly.
@@ -309,12 +294,12 @@ fn a_resume_token_brings_back_the_id_and_name_and_replaces_a_half_open_connectio
     assert_eq!((w["id"].as_u64(), w["count"].as_u64()), (Some(id), Some(2)));
     assert_eq!(w["name"], "al2", "a name asked for wins over the old one");
     // Without since/epoch it is replayed the room's lines, as a newcomer.
-    while next(&mut again)["event"] != "caught_up" {}
+    while recv_json(&mut again)["event"] != "caught_up" {}
     assert_eq!(recv_close(&mut back), CloseCode::Normal);
     let line = ask(&mut again, "still me");
     assert_eq!(line["id"], id);
     assert_eq!(
-        next(&mut watcher),
+        recv_json(&mut watcher),
         line,
         "no leave, no join: the same member"
     );
@@ -332,16 +317,16 @@ fn a_token_from_another_room_or_after_the_window_is_refused_politely() {
         w["id"].as_u64().unwrap(),
         w["resume"].as_str().unwrap().to_owned(),
     );
-    assert_eq!(next(&mut watcher)["event"], "join");
+    assert_eq!(recv_json(&mut watcher)["event"], "join");
     drop(gone);
-    assert_eq!(next(&mut watcher)["event"], "leave");
+    assert_eq!(recv_json(&mut watcher)["event"], "leave");
     let left_at = Instant::now();
 
     let (mut other, w) = enter(server.addr, &format!("room=elsewhere&resume={token}"));
     assert_ne!(w["id"].as_u64(), Some(id));
     assert!(w.get("name").is_none());
     assert_eq!(
-        next(&mut other),
+        recv_json(&mut other),
         json!({"type": "sys", "message": "Your earlier session could not be resumed: you join as someone new.",
                "event": "resume_refused"})
     );
@@ -349,13 +334,13 @@ fn a_token_from_another_room_or_after_the_window_is_refused_politely() {
     std::thread::sleep(Duration::from_millis(300).saturating_sub(left_at.elapsed()));
     let (mut late, w) = enter(server.addr, &format!("room=t&resume={token}"));
     assert_ne!(w["id"].as_u64(), Some(id));
-    assert_eq!(next(&mut late)["event"], "resume_refused");
+    assert_eq!(recv_json(&mut late)["event"], "resume_refused");
     // A token that is not ours at all.
     let (mut forged, _) = enter(
         server.addr,
         &format!("room=t&resume={id}.0123456789abcdef0123456789abcdef"),
     );
-    assert_eq!(next(&mut forged)["event"], "resume_refused");
+    assert_eq!(recv_json(&mut forged)["event"], "resume_refused");
 }
 
 #[test]

@@ -226,6 +226,17 @@ pub fn connect(addr: SocketAddr) -> Client {
     client
 }
 
+/// Opens `/soc?{query}` and reads the welcome (checked key by key by
+/// [`welcome`]); returns the client and the welcome.
+pub fn enter(addr: SocketAddr, query: &str) -> (Client, Value) {
+    let url = format!("ws://{addr}/soc?{query}");
+    let (mut client, response) = tungstenite::client(url, tcp(addr)).expect("handshake");
+    assert_eq!(response.status(), 101, "{query}");
+    let message = recv_json(&mut client);
+    welcome(&message);
+    (client, message)
+}
+
 /// Opens a chat client and reads its welcome.
 pub fn join(addr: SocketAddr) -> Client {
     join_with_id(addr).0
