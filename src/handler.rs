@@ -375,6 +375,9 @@ impl fmt::Debug for Routes {
 }
 
 impl Routes {
+    /// The most routes a server takes.
+    pub const MAX: usize = u16::MAX as usize;
+
     /// No endpoint yet.
     pub fn new() -> Self {
         Routes::default()
@@ -383,8 +386,18 @@ impl Routes {
     /// Serves WebSockets opened on `path` (exactly; the query is the
     /// handler's) with `handler`. A path routed twice keeps its first
     /// handler.
+    ///
+    /// # Panics
+    ///
+    /// Past [`Routes::MAX`] routes: a connection keeps its route's index in
+    /// two bytes.
     pub fn route(mut self, path: &str, handler: impl WebSocketHandler + Send + 'static) -> Self {
         if self.find(path).is_none() {
+            assert!(
+                self.routes.len() < Self::MAX,
+                "more than {} routes",
+                Self::MAX
+            );
             self.routes.push(Route {
                 path: path.into(),
                 handler: Box::new(handler),
@@ -425,6 +438,22 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection keeps its route's index in two bytes: one route more
+    /// than that is refused loudly, not wrapped onto another route.
+    #[test]
+    #[should_panic(expected = "more than 65535 routes")]
+    fn routes_past_the_most_are_refused() {
+        let mut routes = Routes::new();
+        for n in 0..Routes::MAX {
+            // Pushed directly: `route` checks each path against all before.
+            routes.routes.push(Route {
+                path: n.to_string().into(),
+                handler: Box::new(crate::echo::EchoHandler),
+            });
+        }
+        let _ = routes.route("/one-more", crate::echo::EchoHandler);
+    }
 
     #[test]
     fn recipients_include_the_right_connections() {
