@@ -17,7 +17,8 @@
 //! 8. [`chat`]: the tutorial's chat room, as a handler, with [`rate`]'s
 //!    flood control. [`echo`]: an echo.
 //! 9. [`history`]: what a room remembers, behind one small interface;
-//!    [`feed`]: each member's place in it, live or catching up.
+//!    [`feed`]: each member's place in it, live or catching up. [`log`]:
+//!    one room's history on disk (not wired in yet: issue 11).
 //! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
 //!
 //! ```no_run
@@ -47,6 +48,7 @@ pub mod history;
 pub mod http;
 pub mod ioloop;
 pub mod limits;
+pub mod log;
 pub mod output;
 pub mod rate;
 pub mod server;

@@ -5,6 +5,7 @@ script only documents how they were made and makes new ones easy to add."""
 
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
@@ -127,6 +128,25 @@ CONNECTION = {
 }
 
 
+def record(seq, payload):
+    """One record of a room's log (src/log.rs): len, crc32 of seq and
+    payload, seq, payload; little-endian."""
+    body = struct.pack("<Q", seq) + payload
+    return struct.pack("<II", len(payload), zlib.crc32(body)) + body
+
+
+LINE = b'{"type":"user","id":7,"message":"hi","seq":%d,"ts":1764504000000}'
+LOG_RECORD = {
+    "one": record(1, LINE % 1),
+    "three": b"".join(record(s, LINE % s) for s in (41, 42, 43)),
+    "empty_payload": record(5, b""),
+    "torn": (record(1, LINE % 1) + record(2, LINE % 2))[:-7],
+    "bad_crc": record(1, LINE % 1)[:-1] + b"?",
+    "too_long": struct.pack("<IIQ", (16 << 20) + 1, 0, 1) + b"x" * 8,
+    "zeros_after": record(9, LINE % 9) + b"\0" * 64,
+}
+
+
 def write(target, seeds):
     directory = os.path.join(HERE, target)
     os.makedirs(directory, exist_ok=True)
@@ -137,3 +157,4 @@ def write(target, seeds):
 
 write("http_head", HTTP_HEAD)
 write("connection", CONNECTION)
+write("log_record", LOG_RECORD)
