@@ -44,23 +44,28 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use log::info;
 use serde::Serialize;
 use tungstenite::Bytes;
 
 use crate::config::Config;
+use crate::datadir::DataDirError;
+use crate::disk::DiskHistory;
 use crate::feed::FeedNotice;
 use crate::groups::{GroupId, Groups};
 use crate::handler::{CloseCode, ConnId, Outbox, Refusal, Request, Routes, WebSocketHandler};
 use crate::history::{
-    Confirmed, Draft, History, Limits, MemoryHistory, Position, RoomHistory, Seq,
+    Confirmed, Draft, History, Limits, MemoryHistory, Position, Refused, RoomHistory, Seq,
 };
 use crate::rate::{Bucket, RateLimit, Verdict};
 use crate::{http, ws};
 
 /// The chat's routes: [`ChatRoom`] at `/soc` ([`http::WEBSOCKET_PATH`]), as
-/// `config` describes it. What `eddy` serves.
-pub fn routes(config: &Config) -> Routes {
-    Routes::new().route(http::WEBSOCKET_PATH, ChatRoom::from_config(config))
+/// `config` describes it. What `eddy` serves. With a
+/// [`Config::data_dir`], its history is opened there (locked, recovered):
+/// an error says why it cannot be.
+pub fn routes(config: &Config) -> Result<Routes, DataDirError> {
+    Ok(Routes::new().route(http::WEBSOCKET_PATH, ChatRoom::open(config)?))
 }
 
 /// The newcomer's greeting, as in the tutorial.
@@ -71,6 +76,10 @@ pub const TOO_FAST: &str = "You are sending too fast: that line was not delivere
 
 /// The close reason for a client that kept flooding.
 pub const FLOODING_REASON: &str = "flooding: far over the rate limit";
+
+/// What a client hears when the history could not keep a line of its (a
+/// full disk, say): nobody got it.
+pub const NOT_KEPT: &str = "Your line was not delivered: the room's history cannot be written just now. Try again shortly.";
 
 /// What a client hears when it has every line up to the head.
 pub const CAUGHT_UP: &str = "You are up to date.";
@@ -360,11 +369,12 @@ pub fn parse_query(query: &str) -> Result<Query, &'static str> {
         _ => return Err("since and epoch go together: give both or neither"),
     };
     let valid_token_char = |b: u8| b.is_ascii_alphanumeric() || b == b'.';
-    if let Some(token) = &token {
-        if token.is_empty() || token.len() > MAX_TOKEN_CHARS || !token.bytes().all(valid_token_char)
-        {
-            return Err("resume must be the resume token of a welcome");
-        }
+    if let Some(token) = &token
+        && (token.is_empty()
+            || token.len() > MAX_TOKEN_CHARS
+            || !token.bytes().all(valid_token_char))
+    {
+        return Err("resume must be the resume token of a welcome");
     }
     Ok(Query {
         room,
@@ -545,6 +555,8 @@ pub struct ChatRoom {
     /// Lines confirmed by the history and not yet broadcast (kept for its
     /// allocation).
     confirmed: Vec<Confirmed>,
+    /// Lines the history refused, whose speakers are not told yet.
+    refused: Vec<Refused>,
     /// When expired rooms and departures are next swept.
     next_sweep: Instant,
 }
@@ -597,8 +609,44 @@ impl ChatRoom {
             history: Box::new(MemoryHistory::new(limits, seal)),
             replay: config.replay,
             confirmed: Vec::new(),
+            refused: Vec::new(),
             next_sweep: Instant::now() + SWEEP_EVERY.min(config.history_ttl),
         }
+    }
+
+    /// The chat `config` describes, its history kept in
+    /// [`Config::data_dir`] if it names one ([`DiskHistory`]), else in
+    /// memory. Logs where the history is and what it holds.
+    pub fn open(config: &Config) -> Result<Self, DataDirError> {
+        let chat = ChatRoom::from_config(config);
+        let Some(dir) = &config.data_dir else {
+            return Ok(chat);
+        };
+        let limits = Limits {
+            lines: config.history_lines,
+            bytes: config.history_bytes,
+            memory: config.history_memory,
+        };
+        let started = Instant::now();
+        let (history, opened) = DiskHistory::open(dir, limits, config.fsync, seal)?;
+        info!(
+            "history in {}: {} rooms, {} lines, {} bytes, opened in {:.0?} (--fsync {}){}",
+            history.path().display(),
+            opened.rooms,
+            opened.lines,
+            opened.bytes,
+            started.elapsed(),
+            config.fsync.as_str(),
+            if opened.cut > 0 || opened.new_epochs > 0 {
+                format!(
+                    "; after an unclean shutdown, {} logs cut, {} rooms in a new epoch",
+                    opened.cut, opened.new_epochs
+                )
+            } else {
+                String::new()
+            }
+        );
+        Ok(chat.with_history(Box::new(history)))
     }
 
     /// An empty chat whose members may each send at most `limit` lines.
@@ -890,6 +938,23 @@ impl ChatRoom {
         }
     }
 
+    /// Tells each speaker whose line the history could not keep that it
+    /// was not delivered (nobody got it).
+    fn tell_refused(&mut self, out: &mut Outbox) {
+        self.history.take_refused(&mut self.refused);
+        for Refused { room, id } in self.refused.drain(..) {
+            let conn = self.aliases.get(&id).copied().unwrap_or(ConnId(id));
+            // Unless it has left the room meanwhile.
+            if out
+                .groups()
+                .group_of(conn)
+                .is_some_and(|g| **g.name() == *room)
+            {
+                out.write_message(conn, &notice(NOT_KEPT));
+            }
+        }
+    }
+
     /// The first line a newcomer gets: the newest `--replay` lines, as far
     /// as the history still holds them.
     fn replay_from(&self, position: &Position) -> Seq {
@@ -995,9 +1060,7 @@ impl WebSocketHandler for ChatRoom {
         }
         let newcomer_from = self.replay_from(&position);
         match query.resume {
-            Some(resume)
-                if resume.epoch == position.epoch.as_str() && resume.since <= position.head =>
-            {
+            Some(resume) if position.continues(&resume.epoch, resume.since) => {
                 out.follow(id, resume.since + 1, true);
             }
             Some(_) => {
@@ -1058,7 +1121,11 @@ impl WebSocketHandler for ChatRoom {
     }
 
     fn on_turn_end(&mut self, out: &mut Outbox) {
+        // The turn's lines are kept (one write per room, for a disk log)
+        // before any of them goes out.
+        self.history.commit();
         self.deliver_confirmed(out);
+        self.tell_refused(out);
         self.sweep(out.groups());
     }
 

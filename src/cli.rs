@@ -60,6 +60,7 @@ pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--all
                          [--replay N] [--history-lines N] [--history-bytes N] \
                          [--history-memory N] [--history-ttl DURATION] [--max-rooms N] \
                          [--presence-list-up-to N] [--resume-window SECS] \
+                         [--data-dir DIR|off] [--fsync always|everysec|no] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -102,11 +103,12 @@ Options:
                            (0: never; all: always, as the seed does) [default: {announce}]
   --replay N               Newest lines a newcomer gets after the welcome; 0: none, as the
                            seed [default: {replay}]
-  --history-lines N        Lines kept per room, for newcomers, resumes and slow readers
-                           [default: {history_lines}]
+  --history-lines N        Lines kept per room (on disk with --data-dir), for newcomers,
+                           resumes and slow readers [default: {history_lines}]
   --history-bytes N        Bytes of lines kept per room [default: {history_bytes}]
-  --history-memory N       Bytes of history kept over all rooms; beyond it the least recently
-                           active rooms' history is dropped [default: {history_memory}]
+  --history-memory N       Bytes of history kept in memory over all rooms: with --data-dir, the
+                           cache of the newest lines; with --data-dir off, all there is, the
+                           least recently active rooms' dropped beyond it [default: {history_memory}]
   --history-ttl DURATION   A room nobody is in and nobody spoke in for this long is forgotten:
                            history, seqs, epoch; seconds, or with s, m, h or d [default: {ttl}d]
   --max-rooms N            Most rooms with people in them at once; a connection that would open
@@ -115,6 +117,15 @@ Options:
                            only their count [default: {presence}]
   --resume-window SECS     How long after a connection closed its resume token still brings
                            back its id and name [default: {resume}]
+  --data-dir DIR|off       Where the rooms' history is kept, so it survives restarts and
+                           crashes; created if missing, one server per directory; off: in
+                           memory only [default: {data_dir}]
+  --fsync always|everysec|no
+                           When the history is synced to the disk: always, before any client
+                           gets a line (survives a power cut; slower); everysec, by a helper
+                           thread once a second (a power cut loses at most ~1 s); no, when the
+                           kernel likes. A killed server loses nothing a client saw in any
+                           mode [default: {fsync}]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -143,6 +154,8 @@ Environment:
         ttl = config::DEFAULT_HISTORY_TTL.as_secs() / 86_400,
         max_rooms = config::DEFAULT_MAX_ROOMS,
         presence = config::DEFAULT_PRESENCE_LIST_UP_TO,
+        data_dir = config::DEFAULT_DATA_DIR,
+        fsync = config::Fsync::default().as_str(),
         resume = config::DEFAULT_RESUME_WINDOW.as_secs(),
         header = config::DEFAULT_HEADER_TIMEOUT.as_secs(),
         idle = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
@@ -156,7 +169,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_args(args);
     let mut addr = DEFAULT_ADDR.to_owned();
-    let mut config = Config::default();
+    let mut config = Config {
+        data_dir: Some(PathBuf::from(config::DEFAULT_DATA_DIR)),
+        ..Config::default()
+    };
     while let Some(arg) = parser.next()? {
         match arg {
             Long("addr") => addr = parser.value()?.string()?,
@@ -212,6 +228,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             }
             Long("resume-window") => {
                 config.resume_window = seconds("--resume-window", parser.value()?)?;
+            }
+            Long("data-dir") => {
+                let value = parser.value()?;
+                config.data_dir = match value.to_str() {
+                    Some("off") => None,
+                    Some("") => return Err(CliError("--data-dir takes a directory or off".into())),
+                    _ => Some(PathBuf::from(value)),
+                };
+            }
+            Long("fsync") => {
+                let value = parser.value()?.string()?;
+                config.fsync = match value.as_str() {
+                    "always" => config::Fsync::Always,
+                    "everysec" => config::Fsync::EverySec,
+                    "no" => config::Fsync::No,
+                    _ => {
+                        return Err(CliError(format!(
+                            "--fsync takes always, everysec or no, not {value:?}"
+                        )));
+                    }
+                };
             }
             Long("header-timeout") => {
                 config.header_timeout = seconds("--header-timeout", parser.value()?)?;
@@ -333,7 +370,11 @@ mod tests {
             run(&[]).unwrap(),
             Command::Run {
                 addr: DEFAULT_ADDR.parse().unwrap(),
-                config: Box::new(Config::default())
+                // The binary keeps history on disk; the library's default does not.
+                config: Box::new(Config {
+                    data_dir: Some(PathBuf::from("eddy-data")),
+                    ..Config::default()
+                })
             }
         );
     }
@@ -380,6 +421,9 @@ mod tests {
             "--presence-list-up-to=0",
             "--resume-window",
             "30",
+            "--data-dir",
+            "/var/lib/eddy",
+            "--fsync=always",
         ])
         .unwrap() else {
             panic!("not a run")
@@ -429,6 +473,13 @@ mod tests {
                 Duration::from_secs(30)
             )
         );
+        assert_eq!(config.data_dir, Some(PathBuf::from("/var/lib/eddy")));
+        assert_eq!(config.fsync, config::Fsync::Always);
+        let Ok(Command::Run { config: off, .. }) = run(&["--data-dir", "off", "--fsync", "no"])
+        else {
+            panic!("not a run");
+        };
+        assert_eq!((off.data_dir, off.fsync), (None, config::Fsync::No));
         for (value, secs) in [("90", 90), ("90s", 90), ("2m", 120), ("7d", 604_800)] {
             let Ok(Command::Run { config, .. }) = run(&["--history-ttl", value]) else {
                 panic!("{value}")
@@ -490,6 +541,8 @@ mod tests {
             (&["--max-rooms", "0"], "at least 1"),
             (&["--presence-list-up-to", "few"], "whole number"),
             (&["--resume-window", "0"], "seconds"),
+            (&["--data-dir", ""], "directory or off"),
+            (&["--fsync", "sometimes"], "always, everysec or no"),
             (&["stray"], "stray"),
         ];
         for (args, expected) in cases {
@@ -529,6 +582,8 @@ mod tests {
             "--max-rooms",
             "--presence-list-up-to",
             "--resume-window",
+            "--data-dir",
+            "--fsync",
         ] {
             assert!(text.contains(flag), "{flag}");
         }
@@ -541,5 +596,7 @@ mod tests {
         assert!(text.contains("[default: 7d]"), "{text}");
         assert!(text.contains("[default: 10000]"), "{text}");
         assert!(text.contains("[default: 120]"), "{text}");
+        assert!(text.contains("[default: eddy-data]"), "{text}");
+        assert!(text.contains("[default: everysec]"), "{text}");
     }
 }

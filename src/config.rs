@@ -181,6 +181,48 @@ pub struct Config {
     pub ping_timeout: Duration,
     /// How long a shutdown waits for clients to take their close frames.
     pub shutdown_timeout: Duration,
+    /// Where the rooms' history is kept on disk (`--data-dir`); `None`: in
+    /// memory only, gone at a restart. `None` by default, so tests and
+    /// embedders never share a directory by accident; the binary's default
+    /// is [`DEFAULT_DATA_DIR`].
+    pub data_dir: Option<PathBuf>,
+    /// When the history on disk is synced (`--fsync`).
+    pub fsync: Fsync,
+}
+
+/// The binary's `--data-dir` when none is given: relative to the working
+/// directory.
+pub const DEFAULT_DATA_DIR: &str = "eddy-data";
+
+/// When a history on disk is synced to the device (`--fsync`): what
+/// survives a power cut or a kernel crash. Whatever the mode, a line is in
+/// its room's log (the kernel's page cache) before any client gets it, so
+/// killing the server loses nothing a client saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fsync {
+    /// Each turn's lines are synced before any of them goes out: nothing a
+    /// client saw is lost even to a power cut. Costs a disk sync per turn
+    /// with lines, on the loop.
+    Always,
+    /// A helper thread syncs every log once a second, as Redis's
+    /// `appendfsync everysec`: a power cut loses at most about the last
+    /// second. The loop never waits for the disk.
+    #[default]
+    EverySec,
+    /// Never synced by Eddy (the kernel writes back when it likes, about
+    /// 30 seconds); synced at a clean shutdown.
+    No,
+}
+
+impl Fsync {
+    /// The flag's value for this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::EverySec => "everysec",
+            Fsync::No => "no",
+        }
+    }
 }
 
 impl Default for Config {
@@ -198,6 +240,8 @@ impl Default for Config {
             history_ttl: DEFAULT_HISTORY_TTL,
             max_rooms: DEFAULT_MAX_ROOMS,
             presence_list_up_to: DEFAULT_PRESENCE_LIST_UP_TO,
+            data_dir: None,
+            fsync: Fsync::default(),
             resume_window: DEFAULT_RESUME_WINDOW,
             max_connections: None,
             max_connections_per_ip: None,
@@ -267,12 +311,12 @@ impl Config {
         if self.max_connections == Some(0) || self.max_connections_per_ip == Some(0) {
             return Err(ConfigError("connection limits must be at least 1".into()));
         }
-        if let Some(csp) = &self.csp {
-            if csp.trim().is_empty() || csp.bytes().any(|b| b.is_ascii_control()) {
-                return Err(ConfigError(
-                    "--csp must be a policy on one line (or off)".into(),
-                ));
-            }
+        if let Some(csp) = &self.csp
+            && (csp.trim().is_empty() || csp.bytes().any(|b| b.is_ascii_control()))
+        {
+            return Err(ConfigError(
+                "--csp must be a policy on one line (or off)".into(),
+            ));
         }
         for origin in &mut self.allowed_origins {
             *origin = http::normalize_origin(origin).map_err(ConfigError)?;

@@ -300,10 +300,10 @@ impl<S: Socket> Connection<S> {
         match kind {
             Deadline::Head => {
                 debug!("conn {}: request head not complete in time", self.id);
-                if let State::Http { buf } = &self.state {
-                    if !buf.is_empty() {
-                        queue_response(&mut self.out, http::request_timeout(SystemTime::now()));
-                    }
+                if let State::Http { buf } = &self.state
+                    && !buf.is_empty()
+                {
+                    queue_response(&mut self.out, http::request_timeout(SystemTime::now()));
                 }
                 self.begin_closing();
             }
@@ -527,15 +527,16 @@ impl<S: Socket> Connection<S> {
                 // A ping waits behind whatever was queued before it; a
                 // client that takes those bytes is reading, and alive,
                 // though its pong is still far off (see `Deadline::Pong`).
-                if let Some((at, Deadline::Pong { ahead, .. })) = self.deadline {
-                    if n > 0 && ahead > 0 {
-                        let written = u32::try_from(n).unwrap_or(u32::MAX);
-                        let pong = Deadline::Pong {
-                            ahead: ahead.saturating_sub(written),
-                            progressed: true,
-                        };
-                        self.deadline = Some((at, pong));
-                    }
+                if let Some((at, Deadline::Pong { ahead, .. })) = self.deadline
+                    && n > 0
+                    && ahead > 0
+                {
+                    let written = u32::try_from(n).unwrap_or(u32::MAX);
+                    let pong = Deadline::Pong {
+                        ahead: ahead.saturating_sub(written),
+                        progressed: true,
+                    };
+                    self.deadline = Some((at, pong));
                 }
             }
             Err(e) => {

@@ -232,10 +232,10 @@ pub fn catch_up(
             return Progress::OutOfBudget;
         }
         let chunk = history.read_from(next, pace.batch);
-        if let Some((from, to)) = chunk.gap {
-            if let Some(frame) = notice(FeedNotice::Gap { from, to }) {
-                member.queue(frame);
-            }
+        if let Some((from, to)) = chunk.gap
+            && let Some(frame) = notice(FeedNotice::Gap { from, to })
+        {
+            member.queue(frame);
         }
         let mut next = chunk.gap.map_or(next, |(_, to)| to + 1);
         for line in chunk.lines {
@@ -247,10 +247,8 @@ pub fn catch_up(
             // Caught up: live from here, in this same turn, so the next
             // line broadcast (head + 1) is queued behind these.
             *feed = Feed::Live { last: chunk.head };
-            if announce {
-                if let Some(frame) = notice(FeedNotice::CaughtUp { head: chunk.head }) {
-                    member.queue(frame);
-                }
+            if announce && let Some(frame) = notice(FeedNotice::CaughtUp { head: chunk.head }) {
+                member.queue(frame);
             }
             return if member.flush() {
                 Progress::CaughtUp

@@ -110,10 +110,10 @@ impl Groups {
     /// (Called by the server only, after the handler's `on_close`.)
     pub(crate) fn close(&mut self, id: ConnId) {
         self.leave(id);
-        if let Some(seat) = self.open.remove(&id) {
-            if let Some(slot) = self.by_slot.get_mut(seat.slot as usize) {
-                *slot = ConnId(0);
-            }
+        if let Some(seat) = self.open.remove(&id)
+            && let Some(slot) = self.by_slot.get_mut(seat.slot as usize)
+        {
+            *slot = ConnId(0);
         }
     }
 

@@ -87,6 +87,13 @@ impl Epoch {
     }
 }
 
+impl From<String> for Epoch {
+    /// An epoch read back (from a data directory): the name it was given.
+    fn from(name: String) -> Self {
+        Epoch(name.into())
+    }
+}
+
 impl fmt::Debug for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Epoch({})", self.0)
@@ -166,6 +173,37 @@ pub struct Position {
     pub first: Seq,
     /// The last seq assigned, 0 if none yet.
     pub head: Seq,
+    /// Earlier runs whose lines this one continues: each an epoch and the
+    /// last of its seqs that survived. A disk log begins a new epoch when a
+    /// crash may have cost it lines a client saw; its seqs go on from the
+    /// last one kept, so a client of the old epoch up to there is still
+    /// exactly placed. Oldest first; empty for a history in memory.
+    pub earlier: Arc<[(Epoch, Seq)]>,
+}
+
+impl Position {
+    /// Whether a client that has every line up to `since` of the run named
+    /// `epoch` can go on from `since + 1` here: the same run, or an earlier
+    /// one this run continues, up to the last seq that survived it.
+    pub fn continues(&self, epoch: &str, since: Seq) -> bool {
+        if epoch == self.epoch.as_str() {
+            return since <= self.head;
+        }
+        self.earlier
+            .iter()
+            .any(|(old, last)| old.as_str() == epoch && since <= *last)
+    }
+}
+
+/// A line a backend could not keep (its disk was full, say): never
+/// confirmed, never broadcast, and its seq is given to the next line. The
+/// speaker is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The room's name.
+    pub room: Arc<str>,
+    /// Who said it ([`Draft::id`]).
+    pub id: u64,
 }
 
 /// Lines read from a history ([`History::read_from`]).
@@ -195,6 +233,17 @@ pub trait History {
 
     /// Moves the lines confirmed since the last call into `into`.
     fn take_confirmed(&mut self, into: &mut Vec<Confirmed>);
+
+    /// The end of a loop turn: a backend that writes lines in batches
+    /// writes the turn's now (one write per room: a group commit), then
+    /// confirms them. Called before anything of the turn reaches a socket,
+    /// so a line any client receives is already kept. A history in memory
+    /// confirms at once and has nothing to do.
+    fn commit(&mut self) {}
+
+    /// Moves the lines refused since the last call (see [`Refused`]) into
+    /// `into`. A history in memory refuses none.
+    fn take_refused(&mut self, _into: &mut Vec<Refused>) {}
 
     /// `room`'s lines from `from` on, oldest first: as many consecutive
     /// lines as fit in `max_bytes` of frames, but at least one if any is
@@ -341,13 +390,54 @@ impl MemoryHistory {
         self.rooms.len()
     }
 
+    /// Keeps `line` as `room`'s newest, within the limits; returns the
+    /// room's shared name. Its seq is the room's new head: one more than
+    /// the last for a line just appended; anything else (a cache given a
+    /// line after a gap) starts the ring afresh from it.
+    pub(crate) fn keep(&mut self, room: &str, line: Line) -> Arc<str> {
+        let limits = self.limits;
+        self.clock += 1;
+        let clock = self.clock;
+        let held_before = self.held;
+        let ring = self.ring(room);
+        let name = Arc::clone(&ring.name);
+        let mut held = held_before;
+        if line.seq != ring.head + 1 {
+            held -= ring.bytes;
+            ring.bytes = 0;
+            ring.lines.clear();
+        }
+        ring.head = line.seq;
+        let cost = line.cost();
+        ring.lines.push_back(line);
+        ring.bytes += cost;
+        held += cost;
+        while ring.lines.len() > limits.lines || ring.bytes > limits.bytes {
+            held -= ring.drop_oldest();
+        }
+        ring.last_line = Instant::now();
+        let was_active = std::mem::replace(&mut ring.active, clock);
+        let holds_lines = !ring.lines.is_empty();
+        self.held = held;
+        self.by_activity.remove(&was_active);
+        if holds_lines {
+            self.by_activity.insert(clock, Arc::clone(&name));
+        }
+        self.fit_memory(room);
+        name
+    }
+
+    /// Begins `room` in memory as a store holding it found it: its epoch,
+    /// and its head, with no line cached yet (older lines stay where they
+    /// are, and are read from there).
+    pub(crate) fn restore(&mut self, room: &str, epoch: Epoch, head: Seq) {
+        self.forget(room);
+        self.begin(room, epoch, head);
+    }
+
     /// Forgets `room` altogether.
-    fn forget(&mut self, room: &str) {
+    pub(crate) fn forget(&mut self, room: &str) {
         if let Some(ring) = self.rooms.remove(room) {
-            debug!(
-                "room {room}: forgotten, {} lines, no line for --history-ttl",
-                ring.lines.len()
-            );
             self.held -= ring.bytes;
             if self.by_activity.get(&ring.active) == Some(&ring.name) {
                 self.by_activity.remove(&ring.active);
@@ -360,23 +450,28 @@ impl MemoryHistory {
         if !self.rooms.contains_key(room) {
             let epoch = Epoch::random();
             debug!("room {room}: history begins, epoch {epoch}");
-            let name: Arc<str> = room.into();
-            self.rooms.insert(
-                Arc::clone(&name),
-                Ring {
-                    name,
-                    epoch,
-                    head: 0,
-                    lines: VecDeque::new(),
-                    bytes: 0,
-                    active: 0,
-                    last_line: Instant::now(),
-                },
-            );
+            self.begin(room, epoch, 0);
         }
         self.rooms
             .get_mut(room)
             .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// Begins `room` (not known yet) at `head` of `epoch`, with no lines.
+    fn begin(&mut self, room: &str, epoch: Epoch, head: Seq) {
+        let name: Arc<str> = room.into();
+        self.rooms.insert(
+            Arc::clone(&name),
+            Ring {
+                name,
+                epoch,
+                head,
+                lines: VecDeque::new(),
+                bytes: 0,
+                active: 0,
+                last_line: Instant::now(),
+            },
+        );
     }
 
     /// Drops whole histories of the least recently active rooms, then the
@@ -420,37 +515,18 @@ impl History for MemoryHistory {
             epoch: ring.epoch.clone(),
             first: ring.first(),
             head: ring.head,
+            earlier: Arc::new([]),
         }
     }
 
     fn append(&mut self, room: &str, draft: Draft<'_>) {
-        let (limits, seal) = (self.limits, self.seal);
-        self.clock += 1;
-        let clock = self.clock;
-        let held_before = self.held;
-        let ring = self.ring(room);
-        let name = Arc::clone(&ring.name);
-        ring.head += 1;
+        let seal = self.seal;
+        let seq = self.ring(room).head + 1;
         let line = Line {
-            seq: ring.head,
-            frame: seal(ring.head, &draft),
+            seq,
+            frame: seal(seq, &draft),
         };
-        let cost = line.cost();
-        ring.lines.push_back(line.clone());
-        ring.bytes += cost;
-        let mut held = held_before + cost;
-        while ring.lines.len() > limits.lines || ring.bytes > limits.bytes {
-            held -= ring.drop_oldest();
-        }
-        ring.last_line = Instant::now();
-        let was_active = std::mem::replace(&mut ring.active, clock);
-        let holds_lines = !ring.lines.is_empty();
-        self.held = held;
-        self.by_activity.remove(&was_active);
-        if holds_lines {
-            self.by_activity.insert(clock, Arc::clone(&name));
-        }
-        self.fit_memory(room);
+        let name = self.keep(room, line.clone());
         self.confirmed.push(Confirmed { room: name, line });
     }
 
@@ -461,6 +537,7 @@ impl History for MemoryHistory {
     fn expire_room(&mut self, room: &str, cutoff: Instant) -> bool {
         let stale = self.rooms.get(room).is_some_and(|r| r.last_line < cutoff);
         if stale {
+            debug!("room {room}: forgotten, no line for --history-ttl");
             self.forget(room);
         }
         stale
@@ -474,6 +551,7 @@ impl History for MemoryHistory {
             .map(|r| Arc::clone(&r.name))
             .collect();
         for room in &stale {
+            debug!("room {room}: forgotten, no line for --history-ttl");
             self.forget(room);
         }
         stale.len()

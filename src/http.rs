@@ -396,10 +396,10 @@ fn upgrade(req: &Request<'_>, site: &Site, shape: Shape) -> Reply {
             &[("Sec-WebSocket-Version", "13")],
         );
     }
-    if let Some(origin) = req.get("origin") {
-        if !origin_allowed(origin, req.get("host"), &site.allowed_origins) {
-            return refuse(403, "cross-origin WebSocket refused", &[]);
-        }
+    if let Some(origin) = req.get("origin")
+        && !origin_allowed(origin, req.get("host"), &site.allowed_origins)
+    {
+        return refuse(403, "cross-origin WebSocket refused", &[]);
     }
     let accept = derive_accept_key(key);
     let head = format!(

@@ -17,14 +17,15 @@
 //! 8. [`chat`]: the tutorial's chat room, as a handler, with [`rate`]'s
 //!    flood control. [`echo`]: an echo.
 //! 9. [`history`]: what a room remembers, behind one small interface;
-//!    [`feed`]: each member's place in it, live or catching up. [`log`]:
-//!    one room's history on disk (not wired in yet: issue 11).
+//!    [`feed`]: each member's place in it, live or catching up. [`disk`]:
+//!    the history that survives restarts, each room's [`log`] in the
+//!    [`datadir`].
 //! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
 //!
 //! ```no_run
 //! use eddy::{Config, Server};
 //! let config = Config::default();
-//! let routes = eddy::chat::routes(&config);
+//! let routes = eddy::chat::routes(&config)?;
 //! let server = Server::bind("127.0.0.1:0".parse().unwrap(), config, routes)?;
 //! let addr = server.local_addr()?;
 //! let handle = server.handle();
@@ -40,6 +41,8 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod datadir;
+pub mod disk;
 pub mod echo;
 pub mod feed;
 pub mod groups;

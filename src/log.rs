@@ -1011,10 +1011,10 @@ impl Log {
         let mut cut = None;
         let mut i = first_scanned;
         let mut offset = from;
-        if let Some(segment) = segments.get_mut(i) {
-            if offset > 0 {
-                segment.index.push((expected, offset));
-            }
+        if let Some(segment) = segments.get_mut(i)
+            && offset > 0
+        {
+            segment.index.push((expected, offset));
         }
         while i < segments.len() {
             let outcome = scan_segment(&mut segments[i], offset, &mut expected)?;

@@ -32,7 +32,13 @@ fn main() -> ExitCode {
 
     // Before binding: the default connection cap is sized from the limit.
     let fd_limit = eddy::limits::raise_fd_limit();
-    let routes = eddy::chat::routes(&config);
+    let routes = match eddy::chat::routes(&config) {
+        Ok(routes) => routes,
+        Err(e) => {
+            eprintln!("eddy: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut server = match Server::bind(addr, config, routes) {
         Ok(server) => server,
         Err(e) => {

@@ -81,7 +81,7 @@ const MAX_ACCEPT_ERRORS_IN_A_ROW: u32 = 64;
 ///
 /// ```no_run
 /// let config = eddy::Config::default();
-/// let routes = eddy::chat::routes(&config);
+/// let routes = eddy::chat::routes(&config)?;
 /// let server = eddy::Server::bind("127.0.0.1:8000".parse().unwrap(), config, routes)?;
 /// println!("on {}", server.local_addr()?);
 /// server.run()?;
@@ -929,7 +929,7 @@ mod tests {
     use crate::echo::EchoHandler;
 
     fn chat_server(config: Config) -> Server {
-        let routes = crate::chat::routes(&config);
+        let routes = crate::chat::routes(&config).unwrap();
         Server::bind("127.0.0.1:0".parse().unwrap(), config, routes).unwrap()
     }
 

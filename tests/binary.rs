@@ -12,7 +12,9 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 fn eddy(args: &[&str]) -> std::process::Output {
+    // History in memory: never the shared default directory.
     Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["--data-dir", "off"])
         .args(args)
         .stdin(Stdio::null())
         .output()

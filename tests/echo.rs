@@ -48,7 +48,9 @@ fn a_reply_comes_before_the_close_that_followed_its_message() {
 #[test]
 fn the_echo_route_serves_beside_the_chat_route() {
     let config = config();
-    let routes = eddy::chat::routes(&config).route("/echo", EchoHandler);
+    let routes = eddy::chat::routes(&config)
+        .unwrap()
+        .route("/echo", EchoHandler);
     let server = TestServer::with_routes(config, routes);
     let (mut echo, response) =
         tungstenite::client(format!("ws://{}/echo", server.addr), tcp(server.addr))

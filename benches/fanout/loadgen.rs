@@ -1009,13 +1009,14 @@ impl ClientLoop {
             }
             Incoming::Line { ours, seq } => {
                 let plan = &self.shared.plan;
-                if let Some(sender) = ours.as_ref().map(|o| o.sender) {
-                    if sender < plan.senders && plan.room_of(sender) != self.clients[i].room {
-                        // Another room's line, and its number another
-                        // room's: neither is checked against this room.
-                        self.tally.foreign += 1;
-                        return;
-                    }
+                if let Some(sender) = ours.as_ref().map(|o| o.sender)
+                    && sender < plan.senders
+                    && plan.room_of(sender) != self.clients[i].room
+                {
+                    // Another room's line, and its number another
+                    // room's: neither is checked against this room.
+                    self.tally.foreign += 1;
+                    return;
                 }
                 if let Some(seq) = seq {
                     self.tally.seq_lines += 1;

@@ -108,16 +108,25 @@ fn eddy_build(kind: Kind, program: PathBuf) -> Result<Recipe, String> {
     Ok(Recipe {
         kind,
         program,
-        args: ["--rate-limit", "off", "--ping-interval", "off"]
-            .map(String::from)
-            .into_iter()
-            .chain(
-                std::env::var("EDDY_BENCH_EDDY_ARGS")
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .map(String::from),
-            )
-            .collect(),
+        // History in memory (`--data-dir off`) unless EDDY_BENCH_EDDY_ARGS
+        // names a directory: the disk's cost is measured on purpose.
+        args: [
+            "--rate-limit",
+            "off",
+            "--ping-interval",
+            "off",
+            "--data-dir",
+            "off",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(
+            std::env::var("EDDY_BENCH_EDDY_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from),
+        )
+        .collect(),
         help: Some(help),
     })
 }

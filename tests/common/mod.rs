@@ -41,7 +41,7 @@ impl TestServer {
     pub fn chat(config: Config) -> TestServer {
         // The chat's routes, as `main` serves them: the room gets the
         // config's rate limit.
-        let routes = eddy::chat::routes(&config);
+        let routes = eddy::chat::routes(&config).expect("the chat's history");
         TestServer::with_routes(config, routes)
     }
 
@@ -69,7 +69,11 @@ impl TestServer {
     pub fn chat_at(addr: SocketAddr, config: Config) -> TestServer {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            match Server::bind(addr, config.clone(), eddy::chat::routes(&config)) {
+            match Server::bind(
+                addr,
+                config.clone(),
+                eddy::chat::routes(&config).expect("the chat's history"),
+            ) {
                 Ok(server) => return TestServer::run(server),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                     // Pacing between attempts, not synchronisation.
@@ -513,7 +517,12 @@ impl Binary {
         Binary::spawn(command, args, None)
     }
 
+    /// Spawns `command` with `args`; with `--data-dir off` first unless
+    /// `args` name a data directory, so that no test uses the default one.
     fn spawn(mut command: Command, args: &[&str], dir: Option<&std::path::Path>) -> Binary {
+        if !args.contains(&"--data-dir") {
+            command.args(["--data-dir", "off"]);
+        }
         command
             .args(args)
             .stdout(Stdio::null())

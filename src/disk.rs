@@ -1,0 +1,630 @@
+//! [`DiskHistory`]: the [`History`] that survives a restart. Each room's
+//! lines go to its append-only log ([`crate::log`]) in the data directory
+//! ([`crate::datadir`]); the newest stay in memory too, in a
+//! [`MemoryHistory`] used as a cache, and older ones are read from disk.
+//!
+//! # A line's way in (group commit)
+//!
+//! [`History::append`] gives a line its seq and frame and stages it;
+//! nothing is visible yet. At the end of the loop turn,
+//! [`History::commit`] writes each room's staged lines with one `write`
+//! (with `--fsync always`, then syncs), and only then confirms them to the
+//! chat, which broadcasts them. So a line any client received is in its
+//! room's log: killing the server loses nothing a client saw. A write that
+//! fails (a full disk) is cut back by the log; its lines are refused (their
+//! speakers told, nobody else sees them) and their seqs go to the next
+//! lines, which no client can tell, since none saw them. The room tries
+//! again with its next line, and so recovers by itself.
+//!
+//! # Syncing
+//!
+//! `--fsync everysec` (the default): a helper thread syncs every log with
+//! unsynced writes once a second and then writes its checkpoint, through
+//! [`crate::log::SyncHandle`]s; the loop never waits for the disk. `always`
+//! syncs on the loop before the turn's lines go out. `no` leaves it to the
+//! kernel. A clean shutdown syncs everything and marks the directory clean.
+//!
+//! # Restarts
+//!
+//! Opening recovers every room's log ([`crate::log::Log::open`]): a torn
+//! tail is cut with a warning, damage where the log was known synced stops
+//! the server with a message naming the file. If the last run did not shut
+//! down cleanly and a log was cut, or the machine rebooted since (pages
+//! never synced may be gone, even at a record boundary), lines a client saw
+//! may be missing; the room then begins a new epoch that continues the old
+//! one's seqs, and remembers (old epoch, last seq kept): a client of the old
+//! epoch up to there resumes seamlessly, one beyond it gets a reset, and no
+//! (epoch, seq) ever names two different lines.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{debug, error, info, warn};
+use tungstenite::Bytes;
+
+use crate::config::Fsync;
+use crate::datadir::{DataDir, DataDirError, RoomMeta, write_meta};
+use crate::history::{
+    Chunk, Confirmed, Draft, Epoch, History, Limits, Line, MemoryHistory, Position, Refused, Seal,
+    Seq,
+};
+use crate::log::{Log, Options, SyncHandle};
+use crate::ws;
+
+/// At most this many rooms' logs hold open files at once; the least
+/// recently opened is closed first, and reopens on demand. Thousands of
+/// rooms cost no descriptors while idle.
+pub const MAX_OPEN_LOGS: usize = 128;
+
+/// How often the `everysec` helper syncs.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// A room's segments: an eighth of `--history-bytes`, so retention frees
+/// space in steps of about an eighth, between 4 KiB and 64 MiB.
+fn segment_bytes(history_bytes: usize) -> u64 {
+    (history_bytes as u64 / 8).clamp(4 << 10, 64 << 20)
+}
+
+/// One room with a log on disk.
+struct RoomLog {
+    name: Arc<str>,
+    /// `None` until the room's first line creates the directory.
+    log: RefCell<Option<Log>>,
+    dir: PathBuf,
+    epoch: Epoch,
+    earlier: Arc<[(Epoch, Seq)]>,
+    /// The last seq written (the log's last; kept here too, since reads
+    /// borrow the log).
+    head: Seq,
+    /// Lines appended this turn, waiting for [`History::commit`]: seq,
+    /// speaker, frame.
+    staged: Vec<(Seq, u64, Bytes)>,
+    /// The last write failed (logged once, until one succeeds).
+    failing: bool,
+    /// When it last got a line (for `--history-ttl`).
+    last_line: Instant,
+}
+
+impl RoomLog {
+    /// The first line the room can still give (`head + 1` if none).
+    fn first(&self) -> Seq {
+        self.log
+            .borrow()
+            .as_ref()
+            .map_or(self.head + 1, |log| log.first())
+    }
+}
+
+/// Every room's history, on disk, with the newest lines cached in memory.
+pub struct DiskHistory {
+    data: DataDir,
+    cache: MemoryHistory,
+    seal: Seal,
+    limits: Limits,
+    fsync: Fsync,
+    options: Options,
+    rooms: HashMap<Arc<str>, RoomLog>,
+    /// Rooms with staged lines, in the order they got their first.
+    staged: Vec<Arc<str>>,
+    confirmed: Vec<Confirmed>,
+    refused: Vec<Refused>,
+    /// Rooms whose logs hold files, oldest opened first.
+    open: RefCell<VecDeque<Arc<str>>>,
+    /// Every log's sync handle, for the helper and the final sync.
+    handles: Arc<Mutex<HashMap<Arc<str>, SyncHandle>>>,
+    /// The `everysec` helper: its stop signal and thread.
+    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+impl fmt::Debug for DiskHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskHistory")
+            .field("dir", &self.data.path())
+            .field("rooms", &self.rooms.len())
+            .field("fsync", &self.fsync)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What opening found, for the startup log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Rooms with a log.
+    pub rooms: usize,
+    /// Lines they hold.
+    pub lines: u64,
+    /// Bytes of log.
+    pub bytes: u64,
+    /// Logs cut at a torn or damaged tail.
+    pub cut: usize,
+    /// Rooms that began a new epoch.
+    pub new_epochs: usize,
+}
+
+impl DiskHistory {
+    /// Opens (creating, locking) the data directory at `path` and recovers
+    /// every room in it. `limits` are per room on disk (`lines`, `bytes`)
+    /// and for the cache in memory (`memory`); `seal` makes frames.
+    pub fn open(
+        path: impl Into<PathBuf>,
+        limits: Limits,
+        fsync: Fsync,
+        seal: Seal,
+    ) -> Result<(DiskHistory, Opened), DataDirError> {
+        let data = DataDir::open(path.into())?;
+        let options = Options {
+            segment_bytes: segment_bytes(limits.bytes),
+        };
+        let lost_tail_possible = !data.was_clean();
+        let rebooted = data.rebooted();
+        let mut history = DiskHistory {
+            cache: MemoryHistory::new(limits, seal),
+            seal,
+            limits,
+            fsync,
+            options,
+            rooms: HashMap::new(),
+            staged: Vec::new(),
+            confirmed: Vec::new(),
+            refused: Vec::new(),
+            open: RefCell::new(VecDeque::new()),
+            handles: Arc::new(Mutex::new(HashMap::new())),
+            syncer: None,
+            data,
+        };
+        let mut opened = Opened::default();
+        for found in history.data.rooms()? {
+            let (log, recovered) = Log::open(&found.dir, options)?;
+            if let Some(cut) = &recovered.cut {
+                warn!("room {}: {cut}", found.meta.room);
+                opened.cut += 1;
+            }
+            let RoomMeta {
+                room,
+                epoch,
+                earlier,
+            } = found.meta;
+            let mut epoch = Epoch::from(epoch);
+            let mut earlier: Vec<(Epoch, Seq)> = earlier
+                .into_iter()
+                .map(|(e, last)| (Epoch::from(e), last))
+                .collect();
+            let head = log.last();
+            if lost_tail_possible && (recovered.cut.is_some() || rebooted) && head > 0 {
+                // Lines a client saw may be gone: their seqs must not name
+                // new lines in the old epoch.
+                let new = Epoch::random();
+                warn!(
+                    "room {room}: the last run did not shut down cleanly{}; epoch {epoch} ends at \
+                     seq {head}, epoch {new} goes on from there",
+                    if rebooted {
+                        " and the machine restarted"
+                    } else {
+                        " and its log was cut"
+                    }
+                );
+                earlier.push((epoch, head));
+                epoch = new;
+                write_meta(&found.dir, &meta(&room, &epoch, &earlier))?;
+                opened.new_epochs += 1;
+            }
+            opened.rooms += 1;
+            opened.lines += head + 1 - log.first();
+            opened.bytes += log.bytes();
+            let name: Arc<str> = room.into();
+            history.cache.restore(&name, epoch.clone(), head);
+            history
+                .handles_lock()
+                .insert(Arc::clone(&name), log.sync_handle());
+            let last_line = modified_ago(&found.dir);
+            history.rooms.insert(
+                Arc::clone(&name),
+                RoomLog {
+                    name,
+                    log: RefCell::new(Some(log)),
+                    dir: found.dir,
+                    epoch,
+                    earlier: earlier.into(),
+                    head,
+                    staged: Vec::new(),
+                    failing: false,
+                    last_line,
+                },
+            );
+        }
+        if fsync == Fsync::EverySec {
+            history.syncer = Some(spawn_syncer(Arc::clone(&history.handles))?);
+        }
+        Ok((history, opened))
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.data.path()
+    }
+
+    fn handles_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SyncHandle>> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that `room`'s log may have opened files; closes the files of
+    /// the least recently opened logs past [`MAX_OPEN_LOGS`].
+    fn opened(&self, room: &Arc<str>) {
+        let mut open = self.open.borrow_mut();
+        if open.iter().any(|r| r == room) {
+            return;
+        }
+        open.push_back(Arc::clone(room));
+        while open.len() > MAX_OPEN_LOGS {
+            let Some(oldest) = open.pop_front() else {
+                break;
+            };
+            if let Some(r) = self.rooms.get(&oldest)
+                && let Ok(mut log) = r.log.try_borrow_mut()
+                && let Some(log) = log.as_mut()
+            {
+                log.close_files();
+            }
+        }
+    }
+
+    /// Writes `room`'s staged lines with one write, then confirms them;
+    /// or, if they cannot be written, refuses them all.
+    fn commit_room(&mut self, room: &Arc<str>) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let staged = std::mem::take(&mut r.staged);
+        match self.write(room, &staged) {
+            Ok(()) => {
+                self.opened(room);
+                for (seq, _, frame) in staged {
+                    let line = Line { seq, frame };
+                    let name = self.cache.keep(room, line.clone());
+                    self.confirmed.push(Confirmed { room: name, line });
+                }
+            }
+            Err(why) => self.refuse(room, &why, staged),
+        }
+    }
+
+    /// Appends `staged` to `room`'s log (creating its directory, its
+    /// `room.json` and its log for its first line), syncs with `--fsync
+    /// always`, and applies retention.
+    fn write(&mut self, room: &str, staged: &[(Seq, u64, Bytes)]) -> Result<(), String> {
+        let (fsync, options) = (self.fsync, self.options);
+        let (lines, bytes) = (self.limits.lines as u64, self.limits.bytes as u64);
+        let Some(r) = self.rooms.get_mut(room) else {
+            return Err("the room is gone".into());
+        };
+        let log = match r.log.get_mut() {
+            Some(log) => log,
+            None => {
+                let earlier: Vec<(Epoch, Seq)> = r.earlier.to_vec();
+                write_meta(&r.dir, &meta(&r.name, &r.epoch, &earlier))
+                    .map_err(|e| e.to_string())?;
+                let (log, _) = Log::open(&r.dir, options).map_err(|e| e.to_string())?;
+                self.handles
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(Arc::clone(&r.name), log.sync_handle());
+                r.log.get_mut().insert(log)
+            }
+        };
+        let batch = staged
+            .iter()
+            .map(|(seq, _, frame)| (*seq, ws::text_frame_payload(frame).as_bytes()));
+        log.append(batch).map_err(|e| e.to_string())?;
+        if fsync == Fsync::Always
+            && let Err(e) = log.sync()
+        {
+            // The lines are in the file; only their durability is in
+            // doubt, and that is said loudly.
+            error!("room {room}: --fsync always: sync failed: {e}");
+        }
+        retain(room, log, lines, bytes);
+        r.head = log.last();
+        r.last_line = Instant::now();
+        if std::mem::take(&mut r.failing) {
+            info!("room {room}: its history is written again");
+        }
+        Ok(())
+    }
+
+    /// Refuses `staged` (none of it was kept), logging the first failure.
+    fn refuse(&mut self, room: &Arc<str>, why: &str, staged: Vec<(Seq, u64, Bytes)>) {
+        if let Some(r) = self.rooms.get_mut(room)
+            && !std::mem::replace(&mut r.failing, true)
+        {
+            error!(
+                "room {room}: cannot write its history ({why}); its lines are refused until it can"
+            );
+        }
+        for (_, id, _) in staged {
+            self.refused.push(Refused {
+                room: Arc::clone(room),
+                id,
+            });
+        }
+    }
+
+    /// Forgets `room` and deletes its directory.
+    fn delete_room(&mut self, room: &str) {
+        if let Some(r) = self.rooms.remove(room) {
+            self.handles_lock().remove(room);
+            self.open.borrow_mut().retain(|o| &**o != room);
+            drop(r.log);
+            match fs::remove_dir_all(&r.dir) {
+                Ok(()) => debug!("room {room}: forgotten, no line for --history-ttl"),
+                Err(e) => warn!("room {room}: cannot delete {}: {e}", r.dir.display()),
+            }
+        }
+        self.cache.forget(room);
+    }
+}
+
+/// Retention: whole old segments past `--history-lines` or
+/// `--history-bytes` go.
+fn retain(room: &str, log: &mut Log, lines: u64, bytes: u64) {
+    let keep_from = (log.last() + 1).saturating_sub(lines.max(1));
+    let result = log
+        .delete_before(keep_from)
+        .and_then(|_| log.delete_to_fit(bytes));
+    if let Err(e) = result {
+        warn!("room {room}: retention: {e}");
+    }
+}
+
+/// A room's `room.json`.
+fn meta(room: &str, epoch: &Epoch, earlier: &[(Epoch, Seq)]) -> RoomMeta {
+    RoomMeta {
+        room: room.to_owned(),
+        epoch: epoch.as_str().to_owned(),
+        earlier: earlier
+            .iter()
+            .map(|(e, last)| (e.as_str().to_owned(), *last))
+            .collect(),
+    }
+}
+
+/// When a room last got a line, from its files' modification time, on the
+/// monotonic clock (now, if the clock went back or it cannot be read).
+fn modified_ago(dir: &std::path::Path) -> Instant {
+    let newest = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    let ago = newest
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
+/// Starts the `everysec` helper: once a second it syncs each log written
+/// since, then writes its checkpoint. Never touches the loop's data.
+fn spawn_syncer(
+    handles: Arc<Mutex<HashMap<Arc<str>, SyncHandle>>>,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>), DataDirError> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name("eddy-fsync".into())
+        .spawn(move || {
+            let mut failing: HashMap<Arc<str>, bool> = HashMap::new();
+            loop {
+                match stopped.recv_timeout(SYNC_EVERY) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // Stopped (or the history is gone): the owner syncs last.
+                    _ => return,
+                }
+                let now: Vec<(Arc<str>, SyncHandle)> = handles
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .map(|(r, h)| (Arc::clone(r), h.clone()))
+                    .collect();
+                for (room, handle) in now {
+                    let result = handle.sync().and_then(|_| handle.write_checkpoint());
+                    let failed = failing.entry(Arc::clone(&room)).or_default();
+                    match result {
+                        Ok(_) if *failed => {
+                            info!("room {room}: synced again");
+                            *failed = false;
+                        }
+                        Ok(_) => {}
+                        Err(e) if !*failed => {
+                            error!("room {room}: sync failed: {e}");
+                            *failed = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        })
+        .map_err(|source| DataDirError::Io {
+            doing: "start the sync thread for",
+            path: PathBuf::from("--fsync everysec"),
+            source,
+        })?;
+    Ok((stop, thread))
+}
+
+impl Drop for DiskHistory {
+    /// A clean shutdown: the helper stops, every log is synced and
+    /// checkpointed at its end, and the directory is marked clean.
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.syncer.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        let mut clean = true;
+        for r in self.rooms.values_mut() {
+            if let Some(log) = r.log.get_mut()
+                && let Err(e) = log.sync().and_then(|_| log.write_checkpoint())
+            {
+                error!("room {}: final sync failed: {e}", r.name);
+                clean = false;
+            }
+        }
+        if clean {
+            match self.data.mark_clean() {
+                Ok(()) => info!("history synced to {}", self.data.path().display()),
+                Err(e) => error!("{e}"),
+            }
+        }
+    }
+}
+
+impl History for DiskHistory {
+    fn position(&mut self, room: &str) -> Position {
+        match self.rooms.get(room) {
+            Some(r) => Position {
+                epoch: r.epoch.clone(),
+                first: r.first(),
+                head: r.head,
+                earlier: Arc::clone(&r.earlier),
+            },
+            None => self.cache.position(room),
+        }
+    }
+
+    fn append(&mut self, room: &str, draft: Draft<'_>) {
+        let seal = self.seal;
+        if !self.rooms.contains_key(room) {
+            // Its directory is made at commit; meanwhile its epoch and head
+            // are the cache's.
+            let position = self.cache.position(room);
+            let name: Arc<str> = room.into();
+            self.rooms.insert(
+                Arc::clone(&name),
+                RoomLog {
+                    dir: self.data.room_dir(room),
+                    name,
+                    log: RefCell::new(None),
+                    epoch: position.epoch,
+                    earlier: Arc::new([]),
+                    head: position.head,
+                    staged: Vec::new(),
+                    failing: false,
+                    last_line: Instant::now(),
+                },
+            );
+        }
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let seq = r.head + r.staged.len() as Seq + 1;
+        if r.staged.is_empty() {
+            self.staged.push(Arc::clone(&r.name));
+        }
+        r.staged.push((seq, draft.id, seal(seq, &draft)));
+    }
+
+    fn take_confirmed(&mut self, into: &mut Vec<Confirmed>) {
+        into.append(&mut self.confirmed);
+    }
+
+    fn commit(&mut self) {
+        let staged = std::mem::take(&mut self.staged);
+        for room in &staged {
+            self.commit_room(room);
+        }
+        self.staged = staged;
+        self.staged.clear();
+    }
+
+    fn take_refused(&mut self, into: &mut Vec<Refused>) {
+        into.append(&mut self.refused);
+    }
+
+    fn read_from(&self, room: &str, from: Seq, max_bytes: usize) -> Chunk {
+        let Some(r) = self.rooms.get(room) else {
+            return self.cache.read_from(room, from, max_bytes);
+        };
+        let from = from.max(1);
+        let head = r.head;
+        if from > head {
+            return Chunk {
+                head,
+                ..Chunk::default()
+            };
+        }
+        let cached = self.cache.read_from(room, from, max_bytes);
+        if cached.gap.is_none() && !cached.lines.is_empty() {
+            return Chunk { head, ..cached };
+        }
+        // Older than the cache: from the log, at the reader's pace.
+        let result = match r.log.borrow_mut().as_mut() {
+            Some(log) => log.read_from(from, max_bytes),
+            None => return Chunk { head, ..cached },
+        };
+        self.opened(&r.name);
+        match result {
+            Ok(records) => Chunk {
+                gap: records.gap,
+                lines: records
+                    .records
+                    .into_iter()
+                    .filter_map(|record| {
+                        let json = std::str::from_utf8(&record.payload).ok()?;
+                        Some(Line {
+                            seq: record.seq,
+                            frame: ws::encode_text_frame(json),
+                        })
+                    })
+                    .collect(),
+                head,
+            },
+            Err(e) => {
+                // Damage found while serving: never skipped silently. The
+                // reader is told of a gap up to what the cache holds.
+                error!("room {room}: {e}");
+                let to = cached
+                    .lines
+                    .first()
+                    .map_or(head, |l| l.seq.saturating_sub(1));
+                Chunk {
+                    gap: Some((from, to.max(from))),
+                    lines: cached.lines,
+                    head,
+                }
+            }
+        }
+    }
+
+    fn expire_room(&mut self, room: &str, cutoff: Instant) -> bool {
+        match self.rooms.get(room) {
+            Some(r) if r.last_line < cutoff && r.staged.is_empty() => {
+                self.delete_room(room);
+                true
+            }
+            Some(_) => false,
+            None => self.cache.expire_room(room, cutoff),
+        }
+    }
+
+    fn expire_rooms(&mut self, cutoff: Instant, keep: &dyn Fn(&str) -> bool) -> usize {
+        let stale: Vec<Arc<str>> = self
+            .rooms
+            .values()
+            .filter(|r| r.last_line < cutoff && r.staged.is_empty() && !keep(&r.name))
+            .map(|r| Arc::clone(&r.name))
+            .collect();
+        for room in &stale {
+            self.delete_room(room);
+        }
+        let rooms = &self.rooms;
+        stale.len()
+            + self
+                .cache
+                .expire_rooms(cutoff, &|room| keep(room) || rooms.contains_key(room))
+    }
+}
