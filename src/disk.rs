@@ -37,7 +37,7 @@
 //! (epoch, seq) ever names two different lines.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs;
 use std::path::PathBuf;
@@ -55,7 +55,7 @@ use crate::history::{
     Chunk, Confirmed, Draft, Epoch, History, Limits, Line, MemoryHistory, Position, Refused, Seal,
     Seq,
 };
-use crate::log::{Log, Options, SyncHandle};
+use crate::log::{Log, LogError, Options, SyncHandle};
 use crate::ws;
 
 /// At most this many rooms' logs hold open files at once; the least
@@ -121,6 +121,8 @@ pub struct DiskHistory {
     handles: Arc<Mutex<HashMap<Arc<str>, SyncHandle>>>,
     /// The `everysec` helper: its stop signal and thread.
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// Files found damaged while serving, each logged once.
+    damaged: RefCell<HashSet<PathBuf>>,
 }
 
 impl fmt::Debug for DiskHistory {
@@ -177,6 +179,7 @@ impl DiskHistory {
             open: RefCell::new(VecDeque::new()),
             handles: Arc::new(Mutex::new(HashMap::new())),
             syncer: None,
+            damaged: RefCell::new(HashSet::new()),
             data,
         };
         let mut opened = Opened::default();
@@ -585,15 +588,23 @@ impl History for DiskHistory {
             },
             Err(e) => {
                 // Damage found while serving: never skipped silently. The
-                // reader is told of a gap up to what the cache holds.
-                error!("room {room}: {e}");
-                let to = cached
-                    .lines
-                    .first()
-                    .map_or(head, |l| l.seq.saturating_sub(1));
+                // reader is told the rest of that segment is a gap, and
+                // goes on from the next one (logged once per file).
+                let end = r
+                    .log
+                    .borrow()
+                    .as_ref()
+                    .map_or(head, |log| log.segment_end(from));
+                let file = match &e {
+                    LogError::Corrupt { path, .. } | LogError::Io { path, .. } => path.clone(),
+                    _ => PathBuf::new(),
+                };
+                if self.damaged.borrow_mut().insert(file) {
+                    error!("room {room}: {e}; readers get a gap notice for seqs {from} to {end}");
+                }
                 Chunk {
-                    gap: Some((from, to.max(from))),
-                    lines: cached.lines,
+                    gap: Some((from, end.max(from))),
+                    lines: Vec::new(),
                     head,
                 }
             }

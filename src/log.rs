@@ -1121,6 +1121,15 @@ impl Log {
         self.segments.len()
     }
 
+    /// The last seq of the segment that holds `seq` (the log's last, for
+    /// the active one): where a reader goes on past a damaged segment.
+    pub fn segment_end(&self, seq: Seq) -> Seq {
+        let next = self.segments.partition_point(|s| s.base <= seq);
+        self.segments
+            .get(next)
+            .map_or(self.last, |s| s.base.saturating_sub(1))
+    }
+
     /// Where the log ends: what a sync now would make durable.
     pub fn position(&self) -> Option<Checkpoint> {
         lock(&self.shared.state).written
@@ -1317,9 +1326,23 @@ impl Log {
     /// Finds the segment by its name, then the record through the
     /// segment's sparse index, reading at most [`INDEX_INTERVAL`] bytes
     /// before the first record wanted. A damaged record is
-    /// [`LogError::Corrupt`], never skipped.
+    /// [`LogError::Corrupt`], never skipped: the records before it come
+    /// back first, and the read that begins at it gets the error.
     pub fn read_from(&mut self, from: Seq, max_bytes: usize) -> Result<Records, LogError> {
         let mut out = Records::default();
+        match self.read_into(from, max_bytes, &mut out) {
+            Err(e) if out.records.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// [`read_from`](Log::read_from), into `out`.
+    fn read_into(
+        &mut self,
+        from: Seq,
+        max_bytes: usize,
+        out: &mut Records,
+    ) -> Result<(), LogError> {
         let from = from.max(1);
         let first = self.first();
         if from < first {
@@ -1374,7 +1397,7 @@ impl Log {
                             continue;
                         }
                         if !out.records.is_empty() && bytes + payload.len() > max_bytes {
-                            return Ok(out);
+                            return Ok(());
                         }
                         bytes += payload.len();
                         out.records.push(Record {
@@ -1404,7 +1427,7 @@ impl Log {
             }
             i += 1;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Retention by seq: deletes whole segments whose records are all
@@ -1982,7 +2005,11 @@ mod tests {
         // Reads that stop before it are fine (records 1 and 2, 6 bytes each).
         let records = log.read_from(1, 2 * 6).unwrap().records;
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
-        match log.read_from(4, usize::MAX) {
+        // A read across it stops before it; the next, which begins at it,
+        // gets the error.
+        let records = log.read_from(4, usize::MAX).unwrap().records;
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
+        match log.read_from(5, usize::MAX) {
             Err(LogError::Corrupt {
                 path: p, offset, ..
             }) => {

@@ -55,7 +55,10 @@
 //! runs the many-rooms scenario and its single-room comparison alone.
 //! `EDDY_BENCH_RUNS` overrides the runs per scenario;
 //! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`,
-//! `eddy-before`, `tornado`, `tokio`).
+//! `eddy-before`, `tornado`, `tokio`, and `eddy-disk-everysec`,
+//! `eddy-disk-always`, `eddy-disk-no`: Eddy with its history on disk, a
+//! fresh data directory each start, synced as named; asked for by name
+//! only). Every other Eddy runs with `--data-dir off`.
 //!
 //! `EDDY_BENCH_BASELINE=PATH` adds `eddy-before`: the Eddy binary at PATH
 //! (relative to the package root), built from an older commit, run with
@@ -601,6 +604,15 @@ fn main() {
             (|| Some(servers::eddy())) as fn() -> Option<Result<Recipe, String>>,
         ),
         ("eddy-before", Kind::Baseline, servers::baseline),
+        ("eddy-disk-everysec", Kind::EddyDisk("everysec"), || {
+            Some(servers::eddy_disk("everysec"))
+        }),
+        ("eddy-disk-always", Kind::EddyDisk("always"), || {
+            Some(servers::eddy_disk("always"))
+        }),
+        ("eddy-disk-no", Kind::EddyDisk("no"), || {
+            Some(servers::eddy_disk("no"))
+        }),
         ("tornado", Kind::Tornado, || Some(servers::tornado())),
         ("tokio", Kind::Tokio, || Some(servers::tokio())),
     ] {

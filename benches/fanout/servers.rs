@@ -24,6 +24,9 @@ pub enum Kind {
     /// Eddy built from an older commit (`EDDY_BENCH_BASELINE`), to show
     /// what a change did.
     Baseline,
+    /// Eddy with its history on disk (`--data-dir`, a fresh directory for
+    /// each start) and this `--fsync` mode, to show what the disk costs.
+    EddyDisk(&'static str),
     Tornado,
     Tokio,
 }
@@ -33,6 +36,9 @@ impl Kind {
         match self {
             Kind::Eddy => "eddy",
             Kind::Baseline => "eddy-before",
+            Kind::EddyDisk("always") => "eddy-disk-always",
+            Kind::EddyDisk("no") => "eddy-disk-no",
+            Kind::EddyDisk(_) => "eddy-disk-everysec",
             Kind::Tornado => "tornado",
             Kind::Tokio => "tokio-tungstenite",
         }
@@ -46,7 +52,7 @@ impl Kind {
 
     /// Whether it is Eddy or a build of it: it takes Eddy's flags.
     pub fn is_eddy(self) -> bool {
-        matches!(self, Kind::Eddy | Kind::Baseline)
+        matches!(self, Kind::Eddy | Kind::Baseline | Kind::EddyDisk(_))
     }
 }
 
@@ -78,6 +84,16 @@ pub fn work_dir() -> PathBuf {
 /// peers do), no rate limit, no heartbeat.
 pub fn eddy() -> Result<Recipe, String> {
     eddy_build(Kind::Eddy, PathBuf::from(env!("CARGO_BIN_EXE_eddy")))
+}
+
+/// Eddy with its history on disk, synced as `--fsync fsync` says.
+pub fn eddy_disk(fsync: &'static str) -> Result<Recipe, String> {
+    let mut recipe = eddy_build(
+        Kind::EddyDisk(fsync),
+        PathBuf::from(env!("CARGO_BIN_EXE_eddy")),
+    )?;
+    recipe.args.extend(["--fsync".into(), fsync.into()]);
+    Ok(recipe)
 }
 
 /// The baseline: the Eddy binary at `EDDY_BENCH_BASELINE` (relative to the
@@ -227,6 +243,8 @@ pub struct Running {
     pub pid: u32,
     /// Flags (with their values) this build does not know, not passed.
     pub dropped: Vec<String>,
+    /// Its data directory (Eddy on disk), removed when it stops.
+    data_dir: Option<PathBuf>,
 }
 
 impl Recipe {
@@ -256,6 +274,15 @@ impl Recipe {
             None => (args, Vec::new()),
         };
         command.args(&args);
+        let data_dir = match self.kind {
+            Kind::EddyDisk(_) => {
+                let dir = work_dir().join(format!("data-{}-{port}", self.kind.name()));
+                let _ = std::fs::remove_dir_all(&dir);
+                command.arg("--data-dir").arg(&dir);
+                Some(dir)
+            }
+            _ => None,
+        };
         match self.kind {
             Kind::Tornado => command.args(["--port", &port.to_string()]),
             _ => command.args(["--addr", &format!("127.0.0.1:{port}")]),
@@ -311,13 +338,24 @@ impl Recipe {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             pid,
             dropped,
+            data_dir,
         })
     }
 }
 
 impl Running {
-    /// SIGTERM, then SIGKILL after 5 s.
+    /// SIGTERM, then SIGKILL after 5 s; then its data directory's size is
+    /// reported (Eddy on disk) and the directory removed.
     pub fn stop(mut self) {
+        self.end();
+        if let Some(dir) = self.data_dir.take() {
+            let (files, bytes) = tree_size(&dir);
+            eprintln!("  data directory: {bytes} bytes in {files} files");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    fn end(&mut self) {
         // SAFETY: kill(2) with our child's pid.
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
@@ -332,6 +370,21 @@ impl Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Files and bytes under `dir`.
+fn tree_size(dir: &std::path::Path) -> (u64, u64) {
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (files, bytes) = tree_size(&entry.path());
+            total = (total.0 + files, total.1 + bytes);
+        } else {
+            total = (total.0 + 1, total.1 + meta.len());
+        }
+    }
+    total
 }
 
 /// A port free a moment ago (the peers take a port, not an address with
