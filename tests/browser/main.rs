@@ -540,6 +540,72 @@ fn a_tab_replayed_nothing_resumes_from_where_it_joined_not_from_the_start() {
 }
 
 #[test]
+fn the_page_stays_open_across_a_restart_and_misses_nothing() {
+    let Some(chromium) = Chromium::launch("restart") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("eddy-browser-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = eddy::Config {
+        data_dir: Some(dir.clone()),
+        ..config()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server = TestServer::chat_at(addr, config.clone());
+    let page = open_chat(&chromium, addr);
+    let mut client = join(addr);
+    send(&mut client, "before the restart");
+    page.wait_for_row("before the restart");
+    say_with_keys(&page, "from the page, before");
+    page.wait_for_row("from the page, before");
+    drop(client);
+    server.shutdown();
+    page.wait_for_row("connection lost");
+
+    // The server comes back on its data directory; a line is said at once,
+    // while the page may still be waiting to reconnect.
+    let _again = TestServer::chat_at(addr, config);
+    let mut client = join(addr);
+    send(&mut client, "while the page was away");
+    page.wait_for_status("open");
+    page.wait_for_row("while the page was away");
+    say_with_keys(&page, "from the page, after");
+    // The client heard the replay of the first run, then both lines.
+    let mut heard = Vec::new();
+    while heard.last().is_none_or(|m| m != "from the page, after") {
+        let line = recv_user_line(&mut client);
+        heard.push(line["message"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        heard,
+        [
+            "before the restart",
+            "from the page, before",
+            "while the page was away",
+            "from the page, after"
+        ]
+    );
+
+    // No reset, no line missing, none twice.
+    let rows = page.rows();
+    assert!(
+        !rows.iter().any(|r| r.contains("history began again")),
+        "{rows:#?}"
+    );
+    for line in [
+        "before the restart",
+        "from the page, before",
+        "while the page was away",
+    ] {
+        assert_eq!(count_rows(&page, line), 1, "{line}: {rows:#?}");
+    }
+    page.wait_for_row("from the page, after");
+    assert_eq!(page.errors(), serde_json::json!([]), "the page threw");
+    drop(_again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_tutorials_own_page_still_chats_with_eddy() {
     let Some(chromium) = Chromium::launch("seed_page") else {
         return;
