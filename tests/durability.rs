@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -496,6 +497,58 @@ fn a_full_disk_refuses_lines_tells_the_sender_and_recovers_when_space_returns() 
 fn binary_epoch(addr: SocketAddr) -> String {
     let (_, welcome) = enter(addr, "");
     welcome["epoch"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_room_silent_for_its_ttl_is_deleted_from_disk_and_begins_afresh() {
+    let dir = TempDir::new("ttl");
+    let (_binary, addr) = start(&dir, &["--history-ttl", "1"]);
+    let (mut client, welcome) = enter(addr, "room=brief");
+    let epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    send(&mut client, "soon forgotten");
+    recv_user_line(&mut client);
+    let room = dir.0.join("rooms").join("brief");
+    assert!(room.join("room.json").exists());
+    client.close(None).unwrap();
+    // Its TTL is the time that must pass: nothing to wait on but the clock.
+    thread::sleep(Duration::from_millis(1_500));
+    let (_client, welcome) = enter(addr, "room=brief");
+    assert_eq!(welcome["head"], 0, "{welcome}");
+    assert_ne!(welcome["epoch"], epoch.as_str());
+    assert!(!room.exists(), "its directory is gone");
+}
+
+#[test]
+fn many_rooms_hold_no_more_descriptors_than_the_cap_on_open_logs() {
+    let dir = TempDir::new("fds");
+    let (binary, addr) = start(&dir, &[]);
+    let open_fds = || {
+        fs::read_dir(format!("/proc/{}/fd", binary.pid))
+            .unwrap()
+            .count()
+    };
+    let before = open_fds();
+    for k in 0..300 {
+        let (mut client, _) = enter(addr, &format!("room=r{k}"));
+        send(&mut client, "one line");
+        recv_user_line(&mut client);
+        client.close(None).unwrap();
+        while client.read().is_ok() {}
+    }
+    assert_eq!(fs::read_dir(dir.0.join("rooms")).unwrap().count(), 300);
+    let after = open_fds();
+    assert!(
+        after <= before + eddy::disk::MAX_OPEN_LOGS,
+        "{before} descriptors before, {after} after 300 rooms"
+    );
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_made_is_one_clear_error_and_exit_1() {
+    let mut binary = Binary::start(&["--addr", "127.0.0.1:0", "--data-dir", "/dev/null/eddy"]);
+    assert_eq!(binary.wait_exit(TIMEOUT), Some(1));
+    let err = binary.stderr_lines().join("\n");
+    assert!(err.contains("cannot create /dev/null/eddy"), "{err}");
 }
 
 #[test]
