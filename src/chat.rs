@@ -49,7 +49,7 @@ use serde::Serialize;
 use tungstenite::Bytes;
 
 use crate::config::Config;
-use crate::datadir::DataDirError;
+use crate::datadir::{DataDirError, MemberIds};
 use crate::disk::DiskHistory;
 use crate::feed::FeedNotice;
 use crate::groups::{GroupId, Groups};
@@ -315,6 +315,36 @@ fn presence_json(event: &str, member: u64, name: Option<&str>, count: usize) -> 
     .to_json()
 }
 
+/// A chat's member ids in a data directory: the reservation, and the next
+/// id not handed out yet, given back when the chat is dropped (a clean
+/// shutdown) so that the next run goes on densely.
+#[derive(Debug)]
+struct IdBook {
+    ids: MemberIds,
+    next: u64,
+}
+
+impl IdBook {
+    /// Notes that `id` was given to a newcomer; extends the reservation
+    /// when it runs out (a durable write once a block).
+    fn handed_out(&mut self, id: u64) {
+        self.next = self.next.max(id + 1);
+        if let Err(e) = self.ids.reserve(id) {
+            // The id stays unique in this run; only a crash before the
+            // next successful write could see it again.
+            log::error!("{e}: member ids may repeat after a crash");
+        }
+    }
+}
+
+impl Drop for IdBook {
+    fn drop(&mut self) {
+        if let Err(e) = self.ids.release(self.next) {
+            log::error!("{e}: the next run's ids begin past this run's reservation");
+        }
+    }
+}
+
 /// What a client asked for with `?since=S&epoch=E`: it has every line up
 /// to `since` of the history named `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -548,6 +578,13 @@ pub struct ChatRoom {
     /// The key of the resume tokens' MAC: 128 random bits (std's
     /// `RandomState` keys SipHash from the operating system's randomness).
     secret: RandomState,
+    /// Member ids are connection ids plus this: 0 in memory; with a data
+    /// directory, so that ids go on from the last run's (`ids.json`).
+    id_base: u64,
+    /// The data directory's id reservation, given back at a clean
+    /// shutdown. Declared before `history`, which holds the directory's
+    /// lock, so that it is dropped (and written) first.
+    ids: Option<IdBook>,
     /// Where every room's lines are kept.
     history: Box<dyn History + Send>,
     /// How many of the newest lines a newcomer gets (`--replay`).
@@ -606,6 +643,8 @@ impl ChatRoom {
             history_ttl: config.history_ttl,
             resume_window: config.resume_window,
             secret: RandomState::new(),
+            id_base: 0,
+            ids: None,
             history: Box::new(MemoryHistory::new(limits, seal)),
             replay: config.replay,
             confirmed: Vec::new(),
@@ -646,7 +685,12 @@ impl ChatRoom {
                 String::new()
             }
         );
-        Ok(chat.with_history(Box::new(history)))
+        let (ids, first) = MemberIds::open(dir)?;
+        Ok(ChatRoom {
+            id_base: first - 1,
+            ids: Some(IdBook { ids, next: first }),
+            ..chat.with_history(Box::new(history))
+        })
     }
 
     /// An empty chat whose members may each send at most `limit` lines.
@@ -737,7 +781,10 @@ impl ChatRoom {
 
     /// The open connection whose member id is `id`, if any.
     fn connection_of(&self, id: u64, groups: &Groups) -> Option<ConnId> {
-        let conn = self.aliases.get(&id).copied().unwrap_or(ConnId(id));
+        let conn = match self.aliases.get(&id) {
+            Some(&conn) => conn,
+            None => ConnId(id.checked_sub(self.id_base)?),
+        };
         let open = groups.is_open(conn) && !self.replaced.contains(&conn);
         (open && self.member_id(conn) == id).then_some(conn)
     }
@@ -745,7 +792,16 @@ impl ChatRoom {
     /// The id in the protocol of the connection `conn`: its own, or the
     /// one it resumed.
     fn member_id(&self, conn: ConnId) -> u64 {
-        self.member_ids.get(&conn).copied().unwrap_or(conn.0)
+        match self.member_ids.get(&conn) {
+            Some(&member) => member,
+            None => self.own_id(conn),
+        }
+    }
+
+    /// The id a new connection `conn` is known by: its connection id, or
+    /// with a data directory, that past the last run's ids.
+    fn own_id(&self, conn: ConnId) -> u64 {
+        conn.0 + self.id_base
     }
 
     /// Who is in `group`, as a presence list of at most `limit` members
@@ -942,9 +998,12 @@ impl ChatRoom {
     /// was not delivered (nobody got it).
     fn tell_refused(&mut self, out: &mut Outbox) {
         self.history.take_refused(&mut self.refused);
-        for Refused { room, id } in self.refused.drain(..) {
-            let conn = self.aliases.get(&id).copied().unwrap_or(ConnId(id));
+        let mut refused = std::mem::take(&mut self.refused);
+        for Refused { room, id } in refused.drain(..) {
             // Unless it has left the room meanwhile.
+            let Some(conn) = self.connection_of(id, out.groups()) else {
+                continue;
+            };
             if out
                 .groups()
                 .group_of(conn)
@@ -953,6 +1012,7 @@ impl ChatRoom {
                 out.write_message(conn, &notice(NOT_KEPT));
             }
         }
+        self.refused = refused;
     }
 
     /// The first line a newcomer gets: the newest `--replay` lines, as far
@@ -1012,11 +1072,14 @@ impl WebSocketHandler for ChatRoom {
             .as_deref()
             .map(|token| self.come_back(room, token, now, out));
         let refused = matches!(comeback, Some(None));
-        let (member, old_name, replacing) = comeback.flatten().unwrap_or((id.0, None, None));
+        let own = self.own_id(id);
+        let (member, old_name, replacing) = comeback.flatten().unwrap_or((own, None, None));
         let name: Option<Box<str>> = query.name.map(String::into_boxed_str).or(old_name);
-        if member != id.0 {
+        if member != own {
             self.aliases.insert(member, id);
             self.member_ids.insert(id, member);
+        } else if let Some(book) = &mut self.ids {
+            book.handed_out(member);
         }
         let person = Person {
             name,
@@ -1089,7 +1152,10 @@ impl WebSocketHandler for ChatRoom {
 
     fn on_close(&mut self, id: ConnId, out: &mut Outbox) {
         let person = self.people.remove(&id).unwrap_or_default();
-        let member = self.member_ids.remove(&id).unwrap_or(id.0);
+        let member = match self.member_ids.remove(&id) {
+            Some(member) => member,
+            None => self.own_id(id),
+        };
         if self.aliases.get(&member) == Some(&id) {
             self.aliases.remove(&member);
         }

@@ -8,6 +8,7 @@
 //! ```text
 //! DIR/eddy.lock               locked (flock) while a server runs; holds its pid
 //! DIR/state.json              {"clean": false, "boot_id": "…"}: how the last run ended
+//! DIR/ids.json                {"next": 42}: the chat's next member id (MemberIds)
 //! DIR/rooms/<room>/room.json  {"room": "rust", "epoch": "…", "earlier": [["…", 41]]}
 //! DIR/rooms/<room>/…          the room's log: segments and checkpoint (crate::log)
 //! ```
@@ -304,6 +305,83 @@ impl DataDir {
         found.sort_by(|a, b| a.meta.room.cmp(&b.meta.room));
         Ok(found)
     }
+}
+
+/// The ids a chat hands out, across runs (`ids.json`): so that an id in a
+/// room's history never names two people, a run begins where the last one
+/// stopped. A run reserves a block of ids ahead (one durable write per
+/// [`ID_BLOCK`] ids); a clean shutdown gives back what it did not use, and
+/// after a crash the next run begins past the whole reservation.
+#[derive(Debug)]
+pub struct MemberIds {
+    dir: PathBuf,
+    /// Ids below this may have been handed out by this run.
+    reserved_below: u64,
+}
+
+/// How many ids a run reserves at a time.
+pub const ID_BLOCK: u64 = 1_000_000;
+
+/// The ids file's name.
+const IDS: &str = "ids.json";
+
+/// `ids.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Ids {
+    /// The first id the next run may hand out.
+    next: u64,
+}
+
+impl MemberIds {
+    /// Reads where the last run stopped in `dir` (a data directory this
+    /// process has locked: [`DataDir::open`]) and reserves a block from
+    /// there; returns the reservation and this run's first id (1 for a new
+    /// directory).
+    pub fn open(dir: &Path) -> Result<(MemberIds, u64), DataDirError> {
+        let path = dir.join(IDS);
+        let first = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Ids>(&bytes) {
+                Ok(ids) if ids.next >= 1 && ids.next < 1 << 52 => ids.next,
+                _ => {
+                    return Err(DataDirError::Bad {
+                        path,
+                        why: "not the ids file eddy writes".into(),
+                    });
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(io_error("read", &path)(e)),
+        };
+        let mut ids = MemberIds {
+            dir: dir.to_path_buf(),
+            reserved_below: first,
+        };
+        ids.reserve(first)?;
+        Ok((ids, first))
+    }
+
+    /// Makes sure `id` is reserved: writes a new reservation when it is
+    /// not (once per [`ID_BLOCK`] ids).
+    pub fn reserve(&mut self, id: u64) -> Result<(), DataDirError> {
+        if id < self.reserved_below {
+            return Ok(());
+        }
+        let below = id + ID_BLOCK;
+        write_atomically(&self.dir, IDS, &ids_json(below))?;
+        self.reserved_below = below;
+        Ok(())
+    }
+
+    /// A clean shutdown: the next run begins at `next`.
+    pub fn release(&mut self, next: u64) -> Result<(), DataDirError> {
+        write_atomically(&self.dir, IDS, &ids_json(next))?;
+        self.reserved_below = next;
+        Ok(())
+    }
+}
+
+fn ids_json(next: u64) -> Vec<u8> {
+    serde_json::to_vec(&Ids { next }).unwrap_or_default()
 }
 
 /// What `dir/room.json` says; `None` if there is none.

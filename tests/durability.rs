@@ -271,6 +271,24 @@ fn a_clean_restart_keeps_the_conversation_and_says_so() {
 }
 
 #[test]
+fn member_ids_never_repeat_across_restarts_clean_or_not() {
+    let dir = TempDir::new("ids");
+    let id = |addr| enter(addr, "").1["id"].as_u64().unwrap();
+    let (mut binary, addr) = start(&dir, &[]);
+    assert_eq!((id(addr), id(addr)), (1, 2));
+    binary.signal(libc::SIGTERM);
+    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    // A clean restart goes on where the last run stopped.
+    let (mut binary, addr) = start(&dir, &[]);
+    assert_eq!(id(addr), 3);
+    binary.signal(libc::SIGKILL);
+    binary.wait_exit(TIMEOUT);
+    // After a crash, past everything the last run had reserved.
+    let (_binary, addr) = start(&dir, &[]);
+    assert_eq!(id(addr), 3 + eddy::datadir::ID_BLOCK);
+}
+
+#[test]
 fn a_torn_tail_is_cut_with_a_warning_and_old_cursors_still_resume() {
     let dir = TempDir::new("torn");
     let (mut binary, addr) = start(&dir, &[]);
