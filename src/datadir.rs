@@ -238,8 +238,18 @@ impl DataDir {
             previous,
             boot_id: boot_id(),
         };
-        dir.write_state(false)?;
+        // Unclean from now on, but still of the last run's boot: if this
+        // start fails (a damaged log), the next one still knows the
+        // machine may have restarted since that run wrote.
+        let previous_boot = dir.previous.boot_id.clone();
+        dir.write_state(false, &previous_boot)?;
         Ok(dir)
+    }
+
+    /// Says this run has begun: its logs are recovered, and from now on an
+    /// unclean stop is this boot's. Call it once startup succeeded.
+    pub fn begin_run(&self) -> Result<(), DataDirError> {
+        self.write_state(false, &self.boot_id)
     }
 
     /// The directory.
@@ -261,17 +271,29 @@ impl DataDir {
 
     /// Says the run ended cleanly: call it last, after every log is synced.
     pub fn mark_clean(&self) -> Result<(), DataDirError> {
-        self.write_state(true)
+        self.write_state(true, &self.boot_id)
     }
 
     /// Replaces `state.json` atomically and durably.
-    fn write_state(&self, clean: bool) -> Result<(), DataDirError> {
+    fn write_state(&self, clean: bool, boot_id: &str) -> Result<(), DataDirError> {
         let state = State {
             clean,
-            boot_id: self.boot_id.clone(),
+            boot_id: boot_id.to_owned(),
         };
         let json = serde_json::to_vec(&state).unwrap_or_default();
         write_atomically(&self.path, STATE, &json)
+    }
+
+    /// Directories of expired rooms moved aside and not deleted yet (the
+    /// server stopped first): to delete.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.path.join(ROOMS))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".deleting-"))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// The directory of `room` (which need not exist yet).
@@ -288,7 +310,10 @@ impl DataDir {
         for entry in fs::read_dir(&rooms).map_err(io_error("read", &rooms))? {
             let entry = entry.map_err(io_error("read", &rooms))?;
             let dir = entry.path();
-            if !dir.is_dir() {
+            // Not a room's: moved aside (expired, to delete; or found
+            // without its room.json, kept for an operator).
+            let aside = entry.file_name().to_string_lossy().starts_with('.');
+            if !dir.is_dir() || aside {
                 continue;
             }
             let Some(meta) = read_meta(&dir)? else {
@@ -399,26 +424,74 @@ pub fn read_meta(dir: &Path) -> Result<Option<RoomMeta>, DataDirError> {
     }
 }
 
-/// Writes `dir/room.json` (creating `dir`) atomically and durably.
-pub fn write_meta(dir: &Path, meta: &RoomMeta) -> Result<(), DataDirError> {
+/// Writes `dir/room.json` (creating `dir`) atomically; `durable`: synced
+/// too (else [`sync_room_dir`] must follow before its log is trusted).
+pub fn write_meta(dir: &Path, meta: &RoomMeta, durable: bool) -> Result<(), DataDirError> {
     fs::create_dir_all(dir).map_err(io_error("create", dir))?;
     let json = serde_json::to_vec(meta).unwrap_or_default();
-    write_atomically(dir, ROOM_META, &json)
+    if durable {
+        write_atomically(dir, ROOM_META, &json)
+    } else {
+        replace(dir, ROOM_META, &json, false)
+    }
+}
+
+/// Makes a room directory written with `durable: false` durable: its
+/// `room.json`, its entries, and its name in the rooms directory.
+pub fn sync_room_dir(dir: &Path) -> Result<(), DataDirError> {
+    let meta = dir.join(ROOM_META);
+    File::open(&meta)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error("sync", &meta))?;
+    sync_dir(dir)?;
+    sync_dir(dir.parent().unwrap_or(dir))
 }
 
 /// Replaces `dir/name` with `bytes`: a temp file, synced, renamed over it,
 /// and the directory synced, so a crash leaves the old file or the new one.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataDirError> {
+    replace(dir, name, bytes, true)
+}
+
+/// Replaces `dir/name` with `bytes` through a temp file and a rename
+/// (atomic); `durable`: the file and the directory synced as well.
+fn replace(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<(), DataDirError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
     file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
         .map_err(io_error("write", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_error("replace", &path))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Syncs a directory, so that names made or removed in it survive a
+/// power cut.
+fn sync_dir(dir: &Path) -> Result<(), DataDirError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error("sync", dir))
+}
+
+/// Moves a room's directory aside, to `rooms/.{how}-<its name>-<ms>`: a
+/// rename, instant whatever it holds. Names beginning with `.` are never a
+/// room's ([`room_dir_name`]), so it is out of the way at once. Returns
+/// where it went (`None` if it was not there).
+pub fn move_aside(dir: &Path, how: &str) -> Result<Option<PathBuf>, DataDirError> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("room");
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let to = dir.with_file_name(format!(".{how}-{name}-{ms}"));
+    match fs::rename(dir, &to) {
+        Ok(()) => Ok(Some(to)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("move aside", dir)(e)),
+    }
 }
 
 /// The name of a room's directory: the room's own name when it is short
@@ -480,6 +553,11 @@ mod tests {
         let dir = DataDir::open(&path).unwrap();
         assert!(dir.was_clean());
         assert!(!dir.rebooted(), "same boot");
+        drop(dir); // not marked, and never begun: a failed start
+        let dir = DataDir::open(&path).unwrap();
+        assert!(!dir.was_clean());
+        assert!(!dir.rebooted(), "the boot of the last run that ran");
+        dir.begin_run().unwrap();
         drop(dir); // not marked: a crash
         let dir = DataDir::open(&path).unwrap();
         assert!(!dir.was_clean());
@@ -498,7 +576,7 @@ mod tests {
                 epoch: "e".into(),
                 earlier: vec![("d".into(), 7)],
             };
-            write_meta(&dir.room_dir(room), &meta).unwrap();
+            write_meta(&dir.room_dir(room), &meta, room != "rust").unwrap();
         }
         assert!(dir.room_dir("..").starts_with(path.join(ROOMS)));
         assert_ne!(dir.room_dir("..").file_name().unwrap(), "..");

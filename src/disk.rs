@@ -20,9 +20,14 @@
 //!
 //! `--fsync everysec` (the default): a helper thread syncs every log with
 //! unsynced writes once a second and then writes its checkpoint, through
-//! [`crate::log::SyncHandle`]s; the loop never waits for the disk. `always`
-//! syncs on the loop before the turn's lines go out. `no` leaves it to the
-//! kernel. A clean shutdown syncs everything and marks the directory clean.
+//! [`crate::log::SyncHandle`]s; a new room's directory and `room.json` are
+//! synced by it too, before its log; the loop never waits for the disk.
+//! `always` syncs on the loop before the turn's lines go out, and the
+//! helper writes the checkpoints. `no` leaves syncing to the kernel, so no
+//! checkpoint is written until a clean shutdown (a crash means a scan of
+//! everything written since). The helper also deletes expired rooms'
+//! directories, which the loop only renames aside. A clean shutdown syncs
+//! everything and marks the directory clean; a failed startup marks nothing.
 //!
 //! # Restarts
 //!
@@ -36,13 +41,13 @@
 //! epoch up to there resumes seamlessly, one beyond it gets a reset, and no
 //! (epoch, seq) ever names two different lines.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,7 +55,10 @@ use log::{debug, error, info, warn};
 use tungstenite::Bytes;
 
 use crate::config::Fsync;
-use crate::datadir::{DataDir, DataDirError, RoomMeta, write_meta};
+use crate::datadir::{
+    DataDir, DataDirError, RoomMeta, move_aside, read_meta, room_dir_name, sync_room_dir,
+    write_meta,
+};
 use crate::history::{
     Chunk, Confirmed, Draft, Epoch, History, Limits, Line, MemoryHistory, Position, Refused, Seal,
     Seq,
@@ -117,13 +125,41 @@ pub struct DiskHistory {
     refused: Vec<Refused>,
     /// Rooms whose logs hold files, oldest opened first.
     open: RefCell<VecDeque<Arc<str>>>,
-    /// Every log's sync handle, for the helper and the final sync.
-    handles: Arc<Mutex<HashMap<Arc<str>, SyncHandle>>>,
-    /// The `everysec` helper: its stop signal and thread.
-    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// What the helper thread does: shared with it.
+    chores: Arc<Mutex<Chores>>,
+    /// The helper thread: its stop signal and itself.
+    helper: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// Files found damaged while serving, each logged once.
     damaged: RefCell<HashSet<PathBuf>>,
+    /// A read from disk is failing (logged when it begins and ends).
+    reads_failing: Cell<bool>,
+    /// Startup succeeded: only then does dropping this mean a clean
+    /// shutdown (a failed start must not mark the directory clean).
+    started: bool,
 }
+
+/// What the helper thread does for the loop, once a second.
+#[derive(Debug, Default)]
+struct Chores {
+    /// Every log's sync handle: `everysec` syncs and checkpoints each,
+    /// `always` checkpoints what the loop synced, `no` neither.
+    handles: HashMap<Arc<str>, SyncHandle>,
+    /// Room directories made since (`everysec`), whose `room.json` and
+    /// names are synced before their logs are.
+    new_dirs: Vec<PathBuf>,
+    /// Directories of expired rooms, moved aside, to delete (off the loop:
+    /// a room may hold gigabytes).
+    doomed: Vec<PathBuf>,
+}
+
+/// Locks the chores, whether or not the other thread panicked holding them.
+fn lock(chores: &Mutex<Chores>) -> MutexGuard<'_, Chores> {
+    chores.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How many earlier epochs a room remembers: a client whose position is
+/// older than that many unclean restarts gets a reset.
+const MAX_EARLIER: usize = 100;
 
 impl fmt::Debug for DiskHistory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,11 +213,14 @@ impl DiskHistory {
             confirmed: Vec::new(),
             refused: Vec::new(),
             open: RefCell::new(VecDeque::new()),
-            handles: Arc::new(Mutex::new(HashMap::new())),
-            syncer: None,
+            chores: Arc::new(Mutex::new(Chores::default())),
+            helper: None,
             damaged: RefCell::new(HashSet::new()),
+            reads_failing: Cell::new(false),
+            started: false,
             data,
         };
+        lock(&history.chores).doomed = history.data.leftovers();
         let mut opened = Opened::default();
         for found in history.data.rooms()? {
             let (log, recovered) = Log::open(&found.dir, options)?;
@@ -200,7 +239,8 @@ impl DiskHistory {
                 .map(|(e, last)| (Epoch::from(e), last))
                 .collect();
             let head = log.last();
-            if lost_tail_possible && (recovered.cut.is_some() || rebooted) && head > 0 {
+            // (An empty log too: a power cut can take a room's only lines.)
+            if lost_tail_possible && (recovered.cut.is_some() || rebooted) {
                 // Lines a client saw may be gone: their seqs must not name
                 // new lines in the old epoch.
                 let new = Epoch::random();
@@ -214,8 +254,11 @@ impl DiskHistory {
                     }
                 );
                 earlier.push((epoch, head));
+                if earlier.len() > MAX_EARLIER {
+                    earlier.remove(0);
+                }
                 epoch = new;
-                write_meta(&found.dir, &meta(&room, &epoch, &earlier))?;
+                write_meta(&found.dir, &meta(&room, &epoch, &earlier), true)?;
                 opened.new_epochs += 1;
             }
             opened.rooms += 1;
@@ -223,8 +266,8 @@ impl DiskHistory {
             opened.bytes += log.bytes();
             let name: Arc<str> = room.into();
             history.cache.restore(&name, epoch.clone(), head);
-            history
-                .handles_lock()
+            lock(&history.chores)
+                .handles
                 .insert(Arc::clone(&name), log.sync_handle());
             let last_line = modified_ago(&found.dir);
             history.rooms.insert(
@@ -242,19 +285,15 @@ impl DiskHistory {
                 },
             );
         }
-        if fsync == Fsync::EverySec {
-            history.syncer = Some(spawn_syncer(Arc::clone(&history.handles))?);
-        }
+        history.data.begin_run()?;
+        history.helper = Some(spawn_helper(Arc::clone(&history.chores), fsync)?);
+        history.started = true;
         Ok((history, opened))
     }
 
     /// The data directory.
     pub fn path(&self) -> &std::path::Path {
         self.data.path()
-    }
-
-    fn handles_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SyncHandle>> {
-        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notes that `room`'s log may have opened files; closes the files of
@@ -294,7 +333,17 @@ impl DiskHistory {
                     self.confirmed.push(Confirmed { room: name, line });
                 }
             }
-            Err(why) => self.refuse(room, &why, staged),
+            Err(why) => {
+                // A failing room holds no descriptor while it fails.
+                if let Some(log) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.log.get_mut().as_mut())
+                {
+                    log.close_files();
+                }
+                self.refuse(room, &why, staged);
+            }
         }
     }
 
@@ -310,14 +359,7 @@ impl DiskHistory {
         let log = match r.log.get_mut() {
             Some(log) => log,
             None => {
-                let earlier: Vec<(Epoch, Seq)> = r.earlier.to_vec();
-                write_meta(&r.dir, &meta(&r.name, &r.epoch, &earlier))
-                    .map_err(|e| e.to_string())?;
-                let (log, _) = Log::open(&r.dir, options).map_err(|e| e.to_string())?;
-                self.handles
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(Arc::clone(&r.name), log.sync_handle());
+                let log = create_room_log(r, options, fsync, &self.chores)?;
                 r.log.get_mut().insert(log)
             }
         };
@@ -341,6 +383,16 @@ impl DiskHistory {
         Ok(())
     }
 
+    /// Logs, once per room directory, a record that is not a line.
+    fn report_damage(&self, room: &str, dir: &std::path::Path, seq: Seq) {
+        if self.damaged.borrow_mut().insert(dir.to_path_buf()) {
+            error!(
+                "room {room}: record {seq} in {} is not UTF-8: damage; readers get a gap notice",
+                dir.display()
+            );
+        }
+    }
+
     /// Refuses `staged` (none of it was kept), logging the first failure.
     fn refuse(&mut self, room: &Arc<str>, why: &str, staged: Vec<(Seq, u64, Bytes)>) {
         if let Some(r) = self.rooms.get_mut(room)
@@ -358,15 +410,21 @@ impl DiskHistory {
         }
     }
 
-    /// Forgets `room` and deletes its directory.
+    /// Forgets `room` and deletes its directory: moved aside at once (so
+    /// the room can begin afresh, and a crash leaves no half-deleted log
+    /// under its name), deleted by the helper thread.
     fn delete_room(&mut self, room: &str) {
         if let Some(r) = self.rooms.remove(room) {
-            self.handles_lock().remove(room);
+            lock(&self.chores).handles.remove(room);
             self.open.borrow_mut().retain(|o| &**o != room);
             drop(r.log);
-            match fs::remove_dir_all(&r.dir) {
-                Ok(()) => debug!("room {room}: forgotten, no line for --history-ttl"),
-                Err(e) => warn!("room {room}: cannot delete {}: {e}", r.dir.display()),
+            match move_aside(&r.dir, "deleting") {
+                Ok(Some(doomed)) => {
+                    debug!("room {room}: forgotten, no line for --history-ttl");
+                    lock(&self.chores).doomed.push(doomed);
+                }
+                Ok(None) => {}
+                Err(e) => warn!("room {room}: {e}"),
             }
         }
         self.cache.forget(room);
@@ -412,40 +470,127 @@ fn modified_ago(dir: &std::path::Path) -> Instant {
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
-/// Starts the `everysec` helper: once a second it syncs each log written
-/// since, then writes its checkpoint. Never touches the loop's data.
-fn spawn_syncer(
-    handles: Arc<Mutex<HashMap<Arc<str>, SyncHandle>>>,
+/// Makes a room's directory, its `room.json` and its log, for its first
+/// line. A directory already there under its name is checked: another
+/// room's (two names hashed alike) is refused; one without a `room.json`
+/// (what an operator or a crash left) is moved aside, kept, and said.
+fn create_room_log(
+    r: &RoomLog,
+    options: Options,
+    fsync: Fsync,
+    chores: &Mutex<Chores>,
+) -> Result<Log, String> {
+    match read_meta(&r.dir) {
+        Ok(Some(found)) if found.room != *r.name => {
+            return Err(format!(
+                "{} holds the room {:?}: two room names share a directory name",
+                r.dir.display(),
+                found.room
+            ));
+        }
+        Ok(Some(_)) => {} // ours: an earlier first line got this far
+        Ok(None) | Err(DataDirError::Bad { .. }) if r.dir.exists() => {
+            if let Some(to) = move_aside(&r.dir, "orphan").map_err(|e| e.to_string())? {
+                warn!(
+                    "room {}: {} had no valid room.json; moved aside to {}",
+                    r.name,
+                    r.dir.display(),
+                    to.display()
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let earlier: Vec<(Epoch, Seq)> = r.earlier.to_vec();
+    let meta = meta(&r.name, &r.epoch, &earlier);
+    // With `always` the loop syncs anyway; else the helper makes it
+    // durable before the log's first checkpoint.
+    write_meta(&r.dir, &meta, fsync == Fsync::Always).map_err(|e| e.to_string())?;
+    let (log, _) = Log::open(&r.dir, options).map_err(|e| e.to_string())?;
+    if log.last() != r.head {
+        return Err(format!(
+            "{} holds a log ending at seq {}, not {}",
+            r.dir.display(),
+            log.last(),
+            r.head
+        ));
+    }
+    let mut chores = lock(chores);
+    chores
+        .handles
+        .insert(Arc::clone(&r.name), log.sync_handle());
+    if fsync == Fsync::EverySec {
+        chores.new_dirs.push(r.dir.clone());
+    }
+    Ok(log)
+}
+
+/// Starts the helper thread. Once a second it deletes expired rooms'
+/// directories, then, with `everysec`, syncs new rooms' directories and
+/// every log written since and writes its checkpoint; with `always`,
+/// checkpoints what the loop synced; with `no`, neither. It never touches
+/// the loop's data: only paths and [`SyncHandle`]s.
+fn spawn_helper(
+    chores: Arc<Mutex<Chores>>,
+    fsync: Fsync,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>), DataDirError> {
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = thread::Builder::new()
-        .name("eddy-fsync".into())
+        .name("eddy-disk".into())
         .spawn(move || {
-            let mut failing: HashMap<Arc<str>, bool> = HashMap::new();
+            let mut failing: HashSet<Arc<str>> = HashSet::new();
             loop {
                 match stopped.recv_timeout(SYNC_EVERY) {
                     Err(RecvTimeoutError::Timeout) => {}
-                    // Stopped (or the history is gone): the owner syncs last.
+                    // Stopped (or the history is gone): the owner does the rest.
                     _ => return,
                 }
-                let now: Vec<(Arc<str>, SyncHandle)> = handles
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .map(|(r, h)| (Arc::clone(r), h.clone()))
-                    .collect();
-                for (room, handle) in now {
-                    let result = handle.sync().and_then(|_| handle.write_checkpoint());
-                    let failed = failing.entry(Arc::clone(&room)).or_default();
+                // One snapshot: a room's directory is synced before its log.
+                let (handles, new_dirs, doomed) = {
+                    let mut chores = lock(&chores);
+                    let handles: Vec<(Arc<str>, SyncHandle)> = chores
+                        .handles
+                        .iter()
+                        .map(|(r, h)| (Arc::clone(r), h.clone()))
+                        .collect();
+                    let new_dirs = std::mem::take(&mut chores.new_dirs);
+                    (handles, new_dirs, std::mem::take(&mut chores.doomed))
+                };
+                for dir in doomed {
+                    if let Err(e) = fs::remove_dir_all(&dir) {
+                        warn!("cannot delete {}: {e}", dir.display());
+                    }
+                }
+                let mut unsynced_dirs = Vec::new();
+                for dir in new_dirs {
+                    if let Err(e) = sync_room_dir(&dir) {
+                        error!("{e}");
+                        unsynced_dirs.push(dir);
+                    }
+                }
+                if !unsynced_dirs.is_empty() {
+                    // Tried again next time; their logs are not checkpointed
+                    // meanwhile (below), so nothing claims them synced.
+                    lock(&chores).new_dirs.extend(unsynced_dirs.iter().cloned());
+                }
+                for (room, handle) in handles {
+                    if unsynced_dirs
+                        .iter()
+                        .any(|d| d.ends_with(room_dir_name(&room)))
+                    {
+                        continue;
+                    }
+                    let result = match fsync {
+                        Fsync::EverySec => handle.sync().and_then(|_| handle.write_checkpoint()),
+                        Fsync::Always => handle.write_checkpoint(),
+                        Fsync::No => Ok(None),
+                    };
                     match result {
-                        Ok(_) if *failed => {
-                            info!("room {room}: synced again");
-                            *failed = false;
-                        }
+                        Ok(_) if failing.remove(&room) => info!("room {room}: synced again"),
                         Ok(_) => {}
-                        Err(e) if !*failed => {
+                        Err(e) if failing.insert(Arc::clone(&room)) => {
                             error!("room {room}: sync failed: {e}");
-                            *failed = true;
                         }
                         Err(_) => {}
                     }
@@ -453,22 +598,42 @@ fn spawn_syncer(
             }
         })
         .map_err(|source| DataDirError::Io {
-            doing: "start the sync thread for",
-            path: PathBuf::from("--fsync everysec"),
+            doing: "start the disk thread for",
+            path: PathBuf::from("the history"),
             source,
         })?;
     Ok((stop, thread))
 }
 
 impl Drop for DiskHistory {
-    /// A clean shutdown: the helper stops, every log is synced and
-    /// checkpointed at its end, and the directory is marked clean.
+    /// A clean shutdown, if startup succeeded: the helper stops, new rooms'
+    /// directories and every log are synced and checkpointed at their end,
+    /// expired rooms deleted, and the directory is marked clean.
     fn drop(&mut self) {
-        if let Some((stop, thread)) = self.syncer.take() {
+        if let Some((stop, thread)) = self.helper.take() {
             drop(stop);
             let _ = thread.join();
         }
+        if !self.started {
+            return;
+        }
+        let (new_dirs, doomed) = {
+            let mut chores = lock(&self.chores);
+            (
+                std::mem::take(&mut chores.new_dirs),
+                std::mem::take(&mut chores.doomed),
+            )
+        };
         let mut clean = true;
+        for dir in new_dirs {
+            if let Err(e) = sync_room_dir(&dir) {
+                error!("{e}");
+                clean = false;
+            }
+        }
+        for dir in doomed {
+            let _ = fs::remove_dir_all(&dir);
+        }
         for r in self.rooms.values_mut() {
             if let Some(log) = r.log.get_mut()
                 && let Err(e) = log.sync().and_then(|_| log.write_checkpoint())
@@ -571,21 +736,45 @@ impl History for DiskHistory {
         };
         self.opened(&r.name);
         match result {
-            Ok(records) => Chunk {
-                gap: records.gap,
-                lines: records
-                    .records
-                    .into_iter()
-                    .filter_map(|record| {
-                        let json = std::str::from_utf8(&record.payload).ok()?;
-                        Some(Line {
+            Ok(records) => {
+                if self.reads_failing.replace(false) {
+                    info!("room {room}: reading history from disk again");
+                }
+                let mut chunk = Chunk {
+                    gap: records.gap,
+                    lines: Vec::with_capacity(records.records.len()),
+                    head,
+                };
+                for record in records.records {
+                    match std::str::from_utf8(&record.payload) {
+                        Ok(json) => chunk.lines.push(Line {
                             seq: record.seq,
                             frame: ws::encode_text_frame(json),
-                        })
-                    })
-                    .collect(),
-                head,
-            },
+                        }),
+                        // A record whose checksum holds but whose text is
+                        // not UTF-8 was never written by us: damage, said
+                        // as a gap of that one line. The reader goes on
+                        // after it (its length was sound).
+                        Err(_) if chunk.lines.is_empty() => {
+                            self.report_damage(room, r.dir.as_path(), record.seq);
+                            chunk.gap = Some((chunk.gap.map_or(from, |(g, _)| g), record.seq));
+                        }
+                        // After good lines: they go first; the next read
+                        // begins at it.
+                        Err(_) => break,
+                    }
+                }
+                chunk
+            }
+            Err(LogError::Io { path, source }) => {
+                // Not damage (a descriptor limit, say): the lines are on
+                // disk, but not readable now. The reader gets what memory
+                // holds, and is told of the rest, as without a disk.
+                if !self.reads_failing.replace(true) {
+                    error!("room {room}: cannot read {}: {source}", path.display());
+                }
+                Chunk { head, ..cached }
+            }
             Err(e) => {
                 // Damage found while serving: never skipped silently. The
                 // reader is told the rest of that segment is a gap, and
@@ -596,8 +785,8 @@ impl History for DiskHistory {
                     .as_ref()
                     .map_or(head, |log| log.segment_end(from));
                 let file = match &e {
-                    LogError::Corrupt { path, .. } | LogError::Io { path, .. } => path.clone(),
-                    _ => PathBuf::new(),
+                    LogError::Corrupt { path, .. } => path.clone(),
+                    _ => r.dir.clone(),
                 };
                 if self.damaged.borrow_mut().insert(file) {
                     error!("room {room}: {e}; readers get a gap notice for seqs {from} to {end}");

@@ -237,6 +237,13 @@ pub fn catch_up(
         {
             member.queue(frame);
         }
+        if chunk.gap.is_none() && chunk.lines.is_empty() && next <= chunk.head {
+            // A history that gives nothing short of its head (a bug, or a
+            // backend that cannot read just now) must not spin the loop:
+            // wait, as for a full socket; the room's next line brings it
+            // back. A sound history never gets here.
+            return Progress::Waiting;
+        }
         let mut next = chunk.gap.map_or(next, |(_, to)| to + 1);
         for line in chunk.lines {
             spent += line.frame.len();

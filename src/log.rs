@@ -88,6 +88,11 @@ pub const HEADER_BYTES: usize = 16;
 /// so a damaged length is caught at once instead of read as a huge record.
 pub const MAX_PAYLOAD: usize = 16 << 20;
 
+/// The largest seq a log holds: 2^62, far beyond any room's lines, and far
+/// enough below `u64::MAX` that counting on from any segment's name (which
+/// is checked against it) cannot overflow.
+pub const MAX_SEQ: Seq = 1 << 62;
+
 /// The default [`Options::segment_bytes`]: 64 MiB, so a room with a
 /// gigabyte of history has 16 files and retention frees space in steps a
 /// small fraction of the whole.
@@ -694,6 +699,8 @@ fn decode_checkpoint(bytes: &[u8]) -> Option<Checkpoint> {
     // A segment's first seq is at least 1; at its offset 0 nothing of it
     // is covered; past 0, at least its first record is.
     let consistent = at.segment >= 1
+        && at.segment <= MAX_SEQ
+        && at.last < 2 * MAX_SEQ
         && if at.offset == 0 {
             at.last == at.segment - 1
         } else {
@@ -919,8 +926,15 @@ fn parse_segment_name(name: &str) -> Option<Seq> {
     if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    // 20 digits can exceed u64 (99…9): such a name is damage, as 0 is.
-    Some(digits.parse().unwrap_or(0))
+    // 20 digits can exceed u64 (99…9), and a seq near u64::MAX would
+    // overflow as records follow it: such a name is damage, as 0 is.
+    Some(
+        digits
+            .parse()
+            .ok()
+            .filter(|&base| base <= MAX_SEQ)
+            .unwrap_or(0),
+    )
 }
 
 /// One room's log: the loop thread's side. See the module docs.
@@ -1173,10 +1187,10 @@ impl Log {
                         found: seq,
                     });
                 }
-                None if seq == 0 => {
+                None if seq == 0 || seq > MAX_SEQ => {
                     return Err(LogError::OutOfSequence {
                         expected: 1,
-                        found: 0,
+                        found: seq,
                     });
                 }
                 _ => {}
