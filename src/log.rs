@@ -1703,6 +1703,13 @@ mod tests {
             .unwrap();
     }
 
+    /// Appends each of `seqs` as a batch of its own.
+    fn append_each(log: &mut Log, seqs: std::ops::RangeInclusive<Seq>) {
+        for seq in seqs {
+            append(log, seq..=seq);
+        }
+    }
+
     /// Every record from `from` on, checked to be `payload(seq)`; their seqs.
     fn read_all(log: &mut Log, from: Seq) -> Vec<Seq> {
         let records = log.read_from(from, usize::MAX).unwrap().records;
@@ -1803,9 +1810,7 @@ mod tests {
     fn segments_roll_and_reads_cross_them() {
         let tmp = TempDir::new("roll");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=10 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=10);
         // 14-20 bytes a record, a roll once a segment holds 60.
         let files = segment_files(&tmp.log());
         assert_eq!(files, [1, 4, 7, 10].map(segment_name));
@@ -1830,9 +1835,7 @@ mod tests {
     fn reads_keep_to_the_byte_budget_but_return_at_least_one_record() {
         let tmp = TempDir::new("budget");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=6 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=6);
         let seqs = |r: Records| r.records.iter().map(|r| r.seq).collect::<Vec<_>>();
         assert_eq!(seqs(log.read_from(2, 12).unwrap()), [2, 3], "6 bytes each");
         assert_eq!(seqs(log.read_from(2, 11).unwrap()), [2]);
@@ -1923,9 +1926,7 @@ mod tests {
     fn a_bad_record_after_the_checkpoint_ends_the_log_there() {
         let tmp = TempDir::new("after-checkpoint");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=3 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=3);
         log.sync().unwrap();
         let at = log.write_checkpoint().unwrap().expect("a checkpoint");
         assert_eq!((at.segment, at.last), (1, 3));
@@ -1957,9 +1958,7 @@ mod tests {
     fn a_record_with_no_valid_bytes_after_a_segment_start_removes_that_segment() {
         let tmp = TempDir::new("empty-segment");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=4 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=4);
         drop(log);
         let path = tmp.log().join(segment_name(4));
         fs::write(&path, b"\0\0\0").unwrap();
@@ -1975,9 +1974,7 @@ mod tests {
     fn damage_before_the_checkpoint_is_a_hard_error_naming_file_and_offset() {
         let tmp = TempDir::new("corrupt");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=9 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=9);
         log.sync().unwrap();
         log.write_checkpoint().unwrap();
         drop(log);
@@ -2066,9 +2063,7 @@ mod tests {
     fn the_checkpoint_bounds_what_opening_reads() {
         let tmp = TempDir::new("checkpoint");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=30 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=30);
         let handle = log.sync_handle();
         let synced = handle.sync().unwrap().expect("synced");
         assert_eq!(handle.sync().unwrap(), None, "nothing new to sync");
@@ -2087,9 +2082,7 @@ mod tests {
     fn a_torn_or_missing_checkpoint_means_a_full_scan() {
         let tmp = TempDir::new("no-checkpoint");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=10 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=10);
         log.sync().unwrap();
         log.write_checkpoint().unwrap();
         drop(log);
@@ -2156,9 +2149,7 @@ mod tests {
     fn retention_deletes_only_whole_old_segments() {
         let tmp = TempDir::new("retention");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=10 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=10);
         // Segments 1-3, 4-6, 7-9, 10. Seq 5 is in the second: only the first goes.
         let deleted = log.delete_before(5).unwrap();
         assert_eq!(deleted.paths, [tmp.log().join(segment_name(1))]);
@@ -2191,9 +2182,7 @@ mod tests {
         append(&mut log, 1..=1);
         log.sync().unwrap();
         log.write_checkpoint().unwrap();
-        for seq in 2..=10 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 2..=10);
         log.delete_before(7).unwrap();
         drop(log);
         let (_, recovered) = open(&tmp.log(), TINY);
@@ -2206,9 +2195,7 @@ mod tests {
     fn a_segment_not_beginning_where_its_name_says_is_caught() {
         let tmp = TempDir::new("renamed");
         let (mut log, _) = open(&tmp.log(), TINY);
-        for seq in 1..=9 {
-            append(&mut log, seq..=seq);
-        }
+        append_each(&mut log, 1..=9);
         log.sync().unwrap();
         log.write_checkpoint().unwrap();
         drop(log);

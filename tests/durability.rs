@@ -121,6 +121,24 @@ fn resume(addr: SocketAddr, epoch: &str, since: u64) -> (Value, Vec<(u64, String
     }
 }
 
+/// SIGTERM, and a clean exit (every log synced and checkpointed).
+fn stop_cleanly(binary: &mut Binary) {
+    binary.signal(libc::SIGTERM);
+    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+}
+
+/// 120 lines in the lobby of a server with 4 KiB segments (an eighth of
+/// `--history-bytes`), stopped cleanly: at least three segments, all of
+/// them before the checkpoint. Returns the epoch and the last seq.
+fn segmented_conversation(dir: &TempDir) -> (String, u64) {
+    let (mut binary, addr) = start(dir, &["--history-bytes", "32768"]);
+    let said = talk(addr, 120);
+    stop_cleanly(&mut binary);
+    let files = segments(&dir.lobby());
+    assert!(files.len() >= 3, "{files:?}");
+    said
+}
+
 /// Sends `count` lines from a new client, each after the one before came
 /// back; returns the welcome's epoch and the last seq.
 fn talk(addr: SocketAddr, count: usize) -> (String, u64) {
@@ -246,8 +264,7 @@ fn a_clean_restart_keeps_the_conversation_and_says_so() {
     let dir = TempDir::new("clean");
     let (mut binary, addr) = start(&dir, &[]);
     let (epoch, last) = talk(addr, 30);
-    binary.signal(libc::SIGTERM);
-    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    stop_cleanly(&mut binary);
     assert!(
         binary
             .stderr_lines()
@@ -276,8 +293,7 @@ fn member_ids_never_repeat_across_restarts_clean_or_not() {
     let id = |addr| enter(addr, "").1["id"].as_u64().unwrap();
     let (mut binary, addr) = start(&dir, &[]);
     assert_eq!((id(addr), id(addr)), (1, 2));
-    binary.signal(libc::SIGTERM);
-    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    stop_cleanly(&mut binary);
     // A clean restart goes on where the last run stopped.
     let (mut binary, addr) = start(&dir, &[]);
     assert_eq!(id(addr), 3);
@@ -356,12 +372,9 @@ fn a_room_whose_only_line_was_torn_away_begins_a_new_epoch() {
 #[test]
 fn a_start_that_fails_on_damage_does_not_mark_the_directory_clean() {
     let dir = TempDir::new("failed-start");
-    let (mut binary, addr) = start(&dir, &["--history-bytes", "32768"]);
-    talk(addr, 120);
-    // Stopped cleanly (every log checkpointed at its end), then started
-    // again and killed: an unclean directory whose logs are all synced.
-    binary.signal(libc::SIGTERM);
-    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    segmented_conversation(&dir);
+    // Started again and killed: an unclean directory whose logs are all
+    // synced.
     let (mut binary, _) = start(&dir, &[]);
     binary.signal(libc::SIGKILL);
     binary.wait_exit(TIMEOUT);
@@ -395,8 +408,7 @@ fn a_record_that_is_not_text_is_a_gap_of_one_line() {
     let dir = TempDir::new("not-text");
     let (mut binary, addr) = start(&dir, &[]);
     let (epoch, last) = talk(addr, 10);
-    binary.signal(libc::SIGTERM);
-    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    stop_cleanly(&mut binary);
     // Record 4 rewritten, checksum and all, with bytes that are not UTF-8:
     // whole and valid as a record, but not a line Eddy wrote.
     let segment = segments(&dir.lobby()).pop().unwrap();
@@ -446,13 +458,8 @@ fn a_directory_without_its_room_file_is_moved_aside_not_used() {
 #[test]
 fn damage_where_the_log_was_synced_stops_the_server_naming_the_file() {
     let dir = TempDir::new("corrupt");
-    // 4 KiB segments (an eighth of --history-bytes): several of them.
-    let (mut binary, addr) = start(&dir, &["--history-bytes", "32768"]);
-    talk(addr, 120);
-    binary.signal(libc::SIGTERM);
-    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    segmented_conversation(&dir);
     let files = segments(&dir.lobby());
-    assert!(files.len() >= 3, "{files:?}");
     // One flipped bit in the first record of a segment in the middle.
     let middle = &files[1];
     let mut bytes = fs::read(middle).unwrap();
@@ -473,10 +480,7 @@ fn damage_where_the_log_was_synced_stops_the_server_naming_the_file() {
 #[test]
 fn damage_found_while_serving_is_a_gap_notice_never_a_silent_skip() {
     let dir = TempDir::new("damaged");
-    let (mut binary, addr) = start(&dir, &["--history-bytes", "32768"]);
-    let (epoch, last) = talk(addr, 120);
-    binary.signal(libc::SIGTERM);
-    assert_eq!(binary.wait_exit(TIMEOUT), Some(0));
+    let (epoch, last) = segmented_conversation(&dir);
     // A flipped bit in the middle of a synced segment (not its first
     // record): not read at startup, so the server starts.
     let files = segments(&dir.lobby());
