@@ -49,6 +49,8 @@
 //! for that percent of slow readers (its all-fast run comes first), or
 //! `EDDY_BENCH_HISTORY=1` for the history memory scenario, 10 clients × 1
 //! sender × 70,000 lines unless the counts are given).
+//! `EDDY_BENCH=startup` times Eddy opening a data directory with a
+//! gigabyte of history instead ([`startup`]; `EDDY_BENCH_STARTUP_MIB`).
 //! `EDDY_BENCH_ONLY=A|B` keeps the set's scenarios whose name contains
 //! `A` or `B` (with the all-fast runs slow-reader scenarios need):
 //! `EDDY_BENCH_ONLY='rooms|1,000 clients × 10 senders × 100 lines'`
@@ -75,6 +77,7 @@ mod loadgen;
 mod plot;
 mod proc;
 mod servers;
+mod startup;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -466,6 +469,9 @@ impl Summary {
 fn main() {
     // `cargo bench` passes `--bench`; a name filter is not supported.
     let set = std::env::var("EDDY_BENCH").unwrap_or_else(|_| "quick".into());
+    if set == "startup" {
+        return startup::run();
+    }
     let (scenarios, default_runs): (Vec<Scenario>, usize) = match set.as_str() {
         "smoke" => (
             vec![
@@ -574,7 +580,7 @@ fn main() {
             3,
         ),
         other => {
-            eprintln!("EDDY_BENCH={other}: expected quick, full, smoke or custom");
+            eprintln!("EDDY_BENCH={other}: expected quick, full, smoke, custom or startup");
             std::process::exit(2);
         }
     };
