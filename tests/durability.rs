@@ -100,6 +100,12 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The first seq of a segment: its file's name.
+fn base(segment: &Path) -> u64 {
+    let name = segment.file_stem().and_then(|n| n.to_str()).unwrap();
+    name.parse().unwrap()
+}
+
 /// Every line from `since + 1` to the head, as the server sends a resume:
 /// (seq, exact text) of each, and the notices, until `caught_up`.
 fn resume(addr: SocketAddr, epoch: &str, since: u64) -> (Value, Vec<(u64, String)>, Vec<Value>) {
@@ -484,20 +490,8 @@ fn damage_found_while_serving_is_a_gap_notice_never_a_silent_skip() {
     // A flipped bit in the middle of a synced segment (not its first
     // record): not read at startup, so the server starts.
     let files = segments(&dir.lobby());
-    let second: u64 = files[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let third: u64 = files[2]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second: u64 = base(&files[1]);
+    let third: u64 = base(&files[2]);
     let mut bytes = fs::read(&files[1]).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -543,13 +537,7 @@ fn retention_deletes_whole_old_segments_and_a_resume_from_before_them_hears_of_t
     let (_binary, addr) = start(&dir, &["--history-bytes", "32768", "--history-lines", "50"]);
     let (epoch, last) = talk(addr, 300);
     let files = segments(&dir.lobby());
-    let first: u64 = files[0]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first: u64 = base(&files[0]);
     assert!(
         first > 1 && first <= last - 49,
         "oldest kept {first}, last {last}"
