@@ -315,33 +315,12 @@ fn presence_json(event: &str, member: u64, name: Option<&str>, count: usize) -> 
     .to_json()
 }
 
-/// A chat's member ids in a data directory: the reservation, and the next
-/// id not handed out yet, given back when the chat is dropped (a clean
-/// shutdown) so that the next run goes on densely.
-#[derive(Debug)]
-struct IdBook {
-    ids: MemberIds,
-    next: u64,
-}
-
-impl IdBook {
-    /// Notes that `id` was given to a newcomer; extends the reservation
-    /// when it runs out (a durable write once a block).
-    fn handed_out(&mut self, id: u64) {
-        self.next = self.next.max(id + 1);
-        if let Err(e) = self.ids.reserve(id) {
-            // The id stays unique in this run; only a crash before the
-            // next successful write could see it again.
-            log::error!("{e}: member ids may repeat after a crash");
-        }
-    }
-}
-
-impl Drop for IdBook {
-    fn drop(&mut self) {
-        if let Err(e) = self.ids.release(self.next) {
-            log::error!("{e}: the next run's ids begin past this run's reservation");
-        }
+/// What `config` says a history keeps: per room, and in memory.
+fn history_limits(config: &Config) -> Limits {
+    Limits {
+        lines: config.history_lines,
+        bytes: config.history_bytes,
+        memory: config.history_memory,
     }
 }
 
@@ -584,7 +563,7 @@ pub struct ChatRoom {
     /// The data directory's id reservation, given back at a clean
     /// shutdown. Declared before `history`, which holds the directory's
     /// lock, so that it is dropped (and written) first.
-    ids: Option<IdBook>,
+    ids: Option<MemberIds>,
     /// Where every room's lines are kept.
     history: Box<dyn History + Send>,
     /// How many of the newest lines a newcomer gets (`--replay`).
@@ -625,11 +604,6 @@ impl ChatRoom {
     /// The chat `config` describes: its rate limit, announcements, rooms,
     /// replay and history in memory.
     pub fn from_config(config: &Config) -> Self {
-        let limits = Limits {
-            lines: config.history_lines,
-            bytes: config.history_bytes,
-            memory: config.history_memory,
-        };
         ChatRoom {
             people: HashMap::new(),
             aliases: HashMap::new(),
@@ -645,7 +619,7 @@ impl ChatRoom {
             secret: RandomState::new(),
             id_base: 0,
             ids: None,
-            history: Box::new(MemoryHistory::new(limits, seal)),
+            history: Box::new(MemoryHistory::new(history_limits(config), seal)),
             replay: config.replay,
             confirmed: Vec::new(),
             refused: Vec::new(),
@@ -661,13 +635,8 @@ impl ChatRoom {
         let Some(dir) = &config.data_dir else {
             return Ok(chat);
         };
-        let limits = Limits {
-            lines: config.history_lines,
-            bytes: config.history_bytes,
-            memory: config.history_memory,
-        };
         let started = Instant::now();
-        let (history, opened) = DiskHistory::open(dir, limits, config.fsync, seal)?;
+        let (history, opened) = DiskHistory::open(dir, history_limits(config), config.fsync, seal)?;
         info!(
             "history in {}: {} rooms, {} lines, {} bytes, opened in {:.0?} (--fsync {}){}",
             history.path().display(),
@@ -688,7 +657,7 @@ impl ChatRoom {
         let (ids, first) = MemberIds::open(dir)?;
         Ok(ChatRoom {
             id_base: first - 1,
-            ids: Some(IdBook { ids, next: first }),
+            ids: Some(ids),
             ..chat.with_history(Box::new(history))
         })
     }
@@ -1078,8 +1047,10 @@ impl WebSocketHandler for ChatRoom {
         if member != own {
             self.aliases.insert(member, id);
             self.member_ids.insert(id, member);
-        } else if let Some(book) = &mut self.ids {
-            book.handed_out(member);
+        } else if let Some(ids) = &mut self.ids
+            && let Err(e) = ids.handed_out(member)
+        {
+            log::error!("{e}: member ids may repeat after a crash");
         }
         let person = Person {
             name,

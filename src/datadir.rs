@@ -335,13 +335,17 @@ impl DataDir {
 /// The ids a chat hands out, across runs (`ids.json`): so that an id in a
 /// room's history never names two people, a run begins where the last one
 /// stopped. A run reserves a block of ids ahead (one durable write per
-/// [`ID_BLOCK`] ids); a clean shutdown gives back what it did not use, and
-/// after a crash the next run begins past the whole reservation.
+/// [`ID_BLOCK`] ids); dropping it (a clean shutdown) gives back what it did
+/// not use, and after a crash the next run begins past the whole
+/// reservation.
 #[derive(Debug)]
 pub struct MemberIds {
     dir: PathBuf,
     /// Ids below this may have been handed out by this run.
     reserved_below: u64,
+    /// The first id not handed out yet: where the next run begins after a
+    /// clean shutdown.
+    next: u64,
 }
 
 /// How many ids a run reserves at a time.
@@ -380,14 +384,23 @@ impl MemberIds {
         let mut ids = MemberIds {
             dir: dir.to_path_buf(),
             reserved_below: first,
+            next: first,
         };
         ids.reserve(first)?;
         Ok((ids, first))
     }
 
-    /// Makes sure `id` is reserved: writes a new reservation when it is
-    /// not (once per [`ID_BLOCK`] ids).
-    pub fn reserve(&mut self, id: u64) -> Result<(), DataDirError> {
+    /// Notes that `id` was given to a newcomer, and makes sure it is
+    /// reserved: writes a new reservation when it is not (once per
+    /// [`ID_BLOCK`] ids). On an error the id is still unique in this run;
+    /// only a crash before the next successful write could see it again.
+    pub fn handed_out(&mut self, id: u64) -> Result<(), DataDirError> {
+        self.next = self.next.max(id + 1);
+        self.reserve(id)
+    }
+
+    /// Reserves up to `id` and a block past it, if it is not already.
+    fn reserve(&mut self, id: u64) -> Result<(), DataDirError> {
         if id < self.reserved_below {
             return Ok(());
         }
@@ -396,12 +409,14 @@ impl MemberIds {
         self.reserved_below = below;
         Ok(())
     }
+}
 
-    /// A clean shutdown: the next run begins at `next`.
-    pub fn release(&mut self, next: u64) -> Result<(), DataDirError> {
-        write_atomically(&self.dir, IDS, &ids_json(next))?;
-        self.reserved_below = next;
-        Ok(())
+impl Drop for MemberIds {
+    /// A clean shutdown: the next run begins at the first id not handed out.
+    fn drop(&mut self) {
+        if let Err(e) = write_atomically(&self.dir, IDS, &ids_json(self.next)) {
+            log::error!("{e}: the next run's ids begin past this run's reservation");
+        }
     }
 }
 

@@ -101,6 +101,28 @@ struct RoomLog {
 }
 
 impl RoomLog {
+    /// A room at `head` of `epoch`, its log (if it has one yet) in `dir`.
+    fn new(
+        name: Arc<str>,
+        dir: PathBuf,
+        log: Option<Log>,
+        (epoch, earlier): (Epoch, Arc<[(Epoch, Seq)]>),
+        head: Seq,
+        last_line: Instant,
+    ) -> RoomLog {
+        RoomLog {
+            name,
+            log: RefCell::new(log),
+            dir,
+            epoch,
+            earlier,
+            head,
+            staged: Vec::new(),
+            failing: false,
+            last_line,
+        }
+    }
+
     /// The first line the room can still give (`head + 1` if none).
     fn first(&self) -> Seq {
         self.log
@@ -270,20 +292,15 @@ impl DiskHistory {
                 .handles
                 .insert(Arc::clone(&name), log.sync_handle());
             let last_line = modified_ago(&found.dir);
-            history.rooms.insert(
+            let room = RoomLog::new(
                 Arc::clone(&name),
-                RoomLog {
-                    name,
-                    log: RefCell::new(Some(log)),
-                    dir: found.dir,
-                    epoch,
-                    earlier: earlier.into(),
-                    head,
-                    staged: Vec::new(),
-                    failing: false,
-                    last_line,
-                },
+                found.dir,
+                Some(log),
+                (epoch, earlier.into()),
+                head,
+                last_line,
             );
+            history.rooms.insert(name, room);
         }
         history.data.begin_run()?;
         history.helper = Some(spawn_helper(Arc::clone(&history.chores), fsync)?);
@@ -502,8 +519,7 @@ fn create_room_log(
         Ok(None) => {}
         Err(e) => return Err(e.to_string()),
     }
-    let earlier: Vec<(Epoch, Seq)> = r.earlier.to_vec();
-    let meta = meta(&r.name, &r.epoch, &earlier);
+    let meta = meta(&r.name, &r.epoch, &r.earlier);
     // With `always` the loop syncs anyway; else the helper makes it
     // durable before the log's first checkpoint.
     write_meta(&r.dir, &meta, fsync == Fsync::Always).map_err(|e| e.to_string())?;
@@ -557,18 +573,8 @@ fn spawn_helper(
                     let new_dirs = std::mem::take(&mut chores.new_dirs);
                     (handles, new_dirs, std::mem::take(&mut chores.doomed))
                 };
-                for dir in doomed {
-                    if let Err(e) = fs::remove_dir_all(&dir) {
-                        warn!("cannot delete {}: {e}", dir.display());
-                    }
-                }
-                let mut unsynced_dirs = Vec::new();
-                for dir in new_dirs {
-                    if let Err(e) = sync_room_dir(&dir) {
-                        error!("{e}");
-                        unsynced_dirs.push(dir);
-                    }
-                }
+                delete_all(doomed);
+                let unsynced_dirs = sync_dirs(new_dirs);
                 if !unsynced_dirs.is_empty() {
                     // Tried again next time; their logs are not checkpointed
                     // meanwhile (below), so nothing claims them synced.
@@ -605,6 +611,28 @@ fn spawn_helper(
     Ok((stop, thread))
 }
 
+/// Deletes expired rooms' directories (moved aside by the loop).
+fn delete_all(doomed: Vec<PathBuf>) {
+    for dir in doomed {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            warn!("cannot delete {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Makes new rooms' directories durable ([`sync_room_dir`]); returns
+/// those that could not be.
+fn sync_dirs(new_dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut unsynced = Vec::new();
+    for dir in new_dirs {
+        if let Err(e) = sync_room_dir(&dir) {
+            error!("{e}");
+            unsynced.push(dir);
+        }
+    }
+    unsynced
+}
+
 impl Drop for DiskHistory {
     /// A clean shutdown, if startup succeeded: the helper stops, new rooms'
     /// directories and every log are synced and checkpointed at their end,
@@ -624,16 +652,8 @@ impl Drop for DiskHistory {
                 std::mem::take(&mut chores.doomed),
             )
         };
-        let mut clean = true;
-        for dir in new_dirs {
-            if let Err(e) = sync_room_dir(&dir) {
-                error!("{e}");
-                clean = false;
-            }
-        }
-        for dir in doomed {
-            let _ = fs::remove_dir_all(&dir);
-        }
+        let mut clean = sync_dirs(new_dirs).is_empty();
+        delete_all(doomed);
         for r in self.rooms.values_mut() {
             if let Some(log) = r.log.get_mut()
                 && let Err(e) = log.sync().and_then(|_| log.write_checkpoint())
@@ -671,20 +691,17 @@ impl History for DiskHistory {
             // are the cache's.
             let position = self.cache.position(room);
             let name: Arc<str> = room.into();
-            self.rooms.insert(
+            let dir = self.data.room_dir(room);
+            let epoch = (position.epoch, position.earlier);
+            let new = RoomLog::new(
                 Arc::clone(&name),
-                RoomLog {
-                    dir: self.data.room_dir(room),
-                    name,
-                    log: RefCell::new(None),
-                    epoch: position.epoch,
-                    earlier: Arc::new([]),
-                    head: position.head,
-                    staged: Vec::new(),
-                    failing: false,
-                    last_line: Instant::now(),
-                },
+                dir,
+                None,
+                epoch,
+                position.head,
+                Instant::now(),
             );
+            self.rooms.insert(name, new);
         }
         let Some(r) = self.rooms.get_mut(room) else {
             return;

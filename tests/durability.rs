@@ -55,17 +55,23 @@ fn start(dir: &TempDir, extra: &[&str]) -> (Binary, SocketAddr) {
     (binary, addr)
 }
 
-/// [`start`], and what it logged before it listened (where it says what
-/// it found in the data directory).
-fn start_logged(dir: &TempDir, extra: &[&str]) -> (Binary, SocketAddr, Vec<String>) {
-    let mut args = vec![
+/// The flags every server of these tests gets: any free port, no rate
+/// limit, and `dir` as its data directory.
+fn server_args(dir: &TempDir) -> [&str; 6] {
+    [
         "--addr",
         "127.0.0.1:0",
         "--rate-limit",
         "off",
         "--data-dir",
         dir.arg(),
-    ];
+    ]
+}
+
+/// [`start`], and what it logged before it listened (where it says what
+/// it found in the data directory).
+fn start_logged(dir: &TempDir, extra: &[&str]) -> (Binary, SocketAddr, Vec<String>) {
+    let mut args = server_args(dir).to_vec();
     args.extend_from_slice(extra);
     let binary = Binary::start(&args);
     let mut log = Vec::new();
@@ -563,15 +569,7 @@ fn a_full_disk_refuses_lines_tells_the_sender_and_recovers_when_space_returns() 
     // A soft file-size limit (as a full disk, for one file) on the server:
     // writes past it fail with EFBIG. SIGXFSZ ignored, so the write fails
     // instead of killing the process.
-    let args = [
-        "--addr",
-        "127.0.0.1:0",
-        "--rate-limit",
-        "off",
-        "--data-dir",
-        dir.arg(),
-    ];
-    let binary = Binary::start_with_ulimit(&args, "-Sf 8 && trap '' XFSZ");
+    let binary = Binary::start_with_ulimit(&server_args(&dir), "-Sf 8 && trap '' XFSZ");
     let addr = binary.listening_addr();
     let (mut speaker, _) = enter(addr, "");
     let (mut listener, _) = enter(addr, "");
