@@ -40,11 +40,13 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::info;
+use mio::{Registry, Token};
 use serde::Serialize;
 use tungstenite::Bytes;
 
@@ -55,9 +57,11 @@ use crate::feed::FeedNotice;
 use crate::groups::{GroupId, Groups};
 use crate::handler::{CloseCode, ConnId, Outbox, Refusal, Request, Routes, WebSocketHandler};
 use crate::history::{
-    Confirmed, Draft, History, Limits, MemoryHistory, Position, Refused, RoomHistory, Seq,
+    Confirmed, Draft, History, Limits, MemoryHistory, News, Position, PresenceChange, Refused,
+    RoomHistory, Seq,
 };
 use crate::rate::{Bucket, RateLimit, Verdict};
+use crate::shared::SharedHistory;
 use crate::{http, ws};
 
 /// The chat's routes: [`ChatRoom`] at `/soc` ([`http::WEBSOCKET_PATH`]), as
@@ -82,6 +86,12 @@ pub const FLOODING_REASON: &str = "flooding: far over the rate limit";
 pub const NOT_KEPT: &str = "Your line was not delivered: the room's history cannot be written just now. Try again shortly.";
 
 /// What a client hears when it has every line up to the head.
+pub const NOT_READY: &str = "Your line was not delivered: the room is still being fetched from the chat's store. Wait for the welcome.";
+
+/// Told to each sender when the chat's store (Redis) is out of reach.
+pub const UNREACHABLE: &str = "Your line was not delivered: the chat's store (Redis) is unreachable just now. Try again shortly.";
+
+/// Told when a member catches up after a replay or a resume.
 pub const CAUGHT_UP: &str = "You are up to date.";
 
 /// What a client hears when the position it resumed from belongs to
@@ -315,6 +325,17 @@ fn presence_json(event: &str, member: u64, name: Option<&str>, count: usize) -> 
     .to_json()
 }
 
+/// The JSON of a rename: `was` (a name, or the id) is now `name`.
+fn renamed_json(member: u64, was: &str, name: &str) -> String {
+    let message = format!("{was} is now known as {name}");
+    ChatEvent::Event {
+        message: &message,
+        event: "nick",
+        detail: EventDetail::Nick { id: member, name },
+    }
+    .to_json()
+}
+
 /// What `config` says a history keeps: per room, and in memory.
 fn history_limits(config: &Config) -> Limits {
     Limits {
@@ -513,6 +534,22 @@ struct Person {
     bucket: Option<Bucket>,
 }
 
+/// A newcomer waiting for its room's history to say where the room stands
+/// (a shared history asks Redis first): welcomed when it does.
+#[derive(Debug)]
+struct Greeting {
+    id: ConnId,
+    room: Arc<str>,
+    resume: Option<Resume>,
+    /// Its resume token was refused: it is told so after the welcome.
+    refused: bool,
+    /// Its own earlier connection, closed quietly once it is welcomed.
+    replacing: Option<ConnId>,
+    /// The member id its token names, if that member left on another
+    /// server: whether it may come back is being asked ([`News::Recalled`]).
+    claim: Option<u64>,
+}
+
 /// Someone who left recently, whose id and name a resume can take back.
 #[derive(Debug)]
 struct Departed {
@@ -520,6 +557,32 @@ struct Departed {
     name: Option<Box<str>>,
     /// Until when it can come back (`--resume-window`).
     until: Instant,
+}
+
+/// 128 random bits from the operating system: the resume tokens' key of a
+/// server alone (std's random hash keys if the OS has none to give).
+fn random_key() -> [u64; 2] {
+    let mut bits = [0u8; 16];
+    if getrandom::fill(&mut bits).is_err() {
+        let state = RandomState::new();
+        return [state.hash_one(1u8), state.hash_one(2u8)];
+    }
+    let (k0, k1) = bits.split_at(8);
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    [word(k0), word(k1)]
+}
+
+/// Where the member ids of a server sharing its rooms through Redis begin:
+/// a random multiple of 2^32 below 2^52 (so ids stay exact in JavaScript),
+/// drawn per run, so that servers (and runs) do not hand out the same ids.
+/// Two runs draw the same base with a chance of one in a million.
+fn shared_id_base() -> u64 {
+    let mut bits = [0u8; 4];
+    let random = match getrandom::fill(&mut bits) {
+        Ok(()) => u32::from_le_bytes(bits),
+        Err(_) => RandomState::new().hash_one(0u8) as u32,
+    };
+    (u64::from(random % ((1 << 20) - 1)) + 1) << 32
 }
 
 /// The chat: every room, with its memory. Everyone in a room hears
@@ -556,7 +619,7 @@ pub struct ChatRoom {
     resume_window: Duration,
     /// The key of the resume tokens' MAC: 128 random bits (std's
     /// `RandomState` keys SipHash from the operating system's randomness).
-    secret: RandomState,
+    token_key: [u64; 2],
     /// Member ids are connection ids plus this: 0 in memory; with a data
     /// directory, so that ids go on from the last run's (`ids.json`).
     id_base: u64,
@@ -573,6 +636,13 @@ pub struct ChatRoom {
     confirmed: Vec<Confirmed>,
     /// Lines the history refused, whose speakers are not told yet.
     refused: Vec<Refused>,
+    /// Newcomers whose room's history is not known yet: in no group yet.
+    waiting: Vec<Greeting>,
+    /// What the history told of rooms (kept for its allocation).
+    news: Vec<News>,
+    /// Whether the history is shared by other servers (Redis): a line it
+    /// refuses was refused because the store is out of reach.
+    shared: bool,
     /// When expired rooms and departures are next swept.
     next_sweep: Instant,
 }
@@ -616,13 +686,16 @@ impl ChatRoom {
             max_rooms: config.max_rooms,
             history_ttl: config.history_ttl,
             resume_window: config.resume_window,
-            secret: RandomState::new(),
+            token_key: random_key(),
             id_base: 0,
             ids: None,
             history: Box::new(MemoryHistory::new(history_limits(config), seal)),
             replay: config.replay,
             confirmed: Vec::new(),
             refused: Vec::new(),
+            waiting: Vec::new(),
+            news: Vec::new(),
+            shared: false,
             next_sweep: Instant::now() + SWEEP_EVERY.min(config.history_ttl),
         }
     }
@@ -632,6 +705,22 @@ impl ChatRoom {
     /// memory. Logs where the history is and what it holds.
     pub fn open(config: &Config) -> Result<Self, DataDirError> {
         let chat = ChatRoom::from_config(config);
+        if let Some(url) = &config.redis {
+            let history = SharedHistory::new(
+                url.clone(),
+                history_limits(config),
+                config.history_ttl,
+                seal,
+            );
+            if let Some(dir) = &config.data_dir {
+                info!("--redis keeps the history: {} is not used", dir.display());
+            }
+            return Ok(ChatRoom {
+                id_base: shared_id_base(),
+                shared: true,
+                ..chat.with_history(Box::new(history))
+            });
+        }
         let Some(dir) = &config.data_dir else {
             return Ok(chat);
         };
@@ -709,9 +798,18 @@ impl ChatRoom {
     /// of both (two SipHash outputs under the chat's random key: 128 bits,
     /// so guessing one takes about 2^127 tries, each a WebSocket handshake).
     fn token(&self, room: &str, id: u64) -> String {
-        let low = self.secret.hash_one((1u8, room, id));
-        let high = self.secret.hash_one((2u8, room, id));
-        format!("{id}.{high:016x}{low:016x}")
+        let [k0, k1] = self.token_key;
+        let mac = |part: u8| {
+            // SipHash-2-4 with an explicit key: std's SipHasher, deprecated
+            // only as a general-purpose hasher (it is not HashDoS-proof
+            // when its key is known; ours is 128 secret random bits), and
+            // the one keyed MAC in std. Servers sharing Redis share the key.
+            #[allow(deprecated)]
+            let mut mac = std::hash::SipHasher::new_with_keys(k0, k1);
+            (part, room, id).hash(&mut mac);
+            mac.finish()
+        };
+        format!("{id}.{:016x}{:016x}", mac(2), mac(1))
     }
 
     /// The id a token brings back in `room`, if it is one of ours for it.
@@ -740,6 +838,11 @@ impl ChatRoom {
             let name = self.name_of(old).map(Box::from);
             self.replaced.insert(old);
             return Some((member, name, Some(old)));
+        }
+        // A shared history keeps departures in Redis, for every server:
+        // asked there ([`News::Recalled`]), never here.
+        if self.shared {
+            return None;
         }
         let departed = self.departed.remove(&member)?;
         if &*departed.room != room || departed.until < now {
@@ -781,14 +884,21 @@ impl ChatRoom {
         group: GroupId,
         limit: usize,
     ) -> Vec<Presence<'a>> {
+        let elsewhere = groups
+            .get(group)
+            .map_or(&[][..], |g| self.history.elsewhere(g.name()));
         groups
             .members(group)
             .filter(|id| !self.replaced.contains(id))
-            .take(limit)
             .map(|id| Presence {
                 id: self.member_id(id),
                 name: self.name_of(id),
             })
+            .chain(elsewhere.iter().map(|m| Presence {
+                id: m.id,
+                name: m.name.as_deref(),
+            }))
+            .take(limit)
             .collect()
     }
 
@@ -797,13 +907,15 @@ impl ChatRoom {
         let Some((id, members)) = group.and_then(|g| Some((g, groups.get(g)?))) else {
             return 0;
         };
+        // With a shared history, those on the other servers too.
+        let elsewhere = self.history.elsewhere(members.name()).len();
         // Almost always empty: a connection is replaced for an instant.
         let replaced = self
             .replaced
             .iter()
             .filter(|&&conn| groups.group_id_of(conn) == Some(id))
             .count();
-        members.len() - replaced
+        members.len() - replaced + elsewhere
     }
 
     /// The presence list of a small room (`None` for a large one).
@@ -872,6 +984,9 @@ impl ChatRoom {
     /// the room once the history confirms it.
     fn line(&mut self, id: ConnId, text: &str, ts: u64, action: bool, out: &mut Outbox) {
         let Some(room) = out.groups().group_of(id) else {
+            if self.waiting.iter().any(|g| g.id == id) {
+                out.write_message(id, &notice(NOT_READY));
+            }
             return;
         };
         let draft = Draft {
@@ -900,16 +1015,15 @@ impl ChatRoom {
             Some(old) => old.into_string(),
             None => member.to_string(),
         };
-        let message = format!("{was} is now known as {name}");
-        let renamed = ChatEvent::Event {
-            message: &message,
-            event: "nick",
-            detail: EventDetail::Nick {
+        let renamed = renamed_json(member, &was, &name);
+        if let Some(room) = out.groups().group_of(id) {
+            let room = Arc::clone(room.name());
+            let change = PresenceChange::Rename {
                 id: member,
                 name: &name,
-            },
+            };
+            self.history.announce(&room, change);
         }
-        .to_json();
         let group = out.groups().group_id_of(id);
         match group {
             Some(group) if self.announces(self.count(out.groups(), Some(group))) => {
@@ -978,7 +1092,8 @@ impl ChatRoom {
                 .group_of(conn)
                 .is_some_and(|g| **g.name() == *room)
             {
-                out.write_message(conn, &notice(NOT_KEPT));
+                let why = if self.shared { UNREACHABLE } else { NOT_KEPT };
+                out.write_message(conn, &notice(why));
             }
         }
         self.refused = refused;
@@ -991,6 +1106,204 @@ impl ChatRoom {
         (position.head + 1)
             .saturating_sub(replay)
             .max(position.first)
+    }
+
+    /// Welcomes a newcomer into its room at `position`: the welcome, the
+    /// replay or the resume, and its join told to the others.
+    fn greet(&mut self, greeting: Greeting, position: &Position, out: &mut Outbox) {
+        let Greeting {
+            id,
+            room,
+            resume,
+            refused,
+            replacing,
+            claim: _,
+        } = greeting;
+        let room = &*room;
+        let Some(group) = out.join(id, room) else {
+            return;
+        };
+        let member = self.member_id(id);
+        let groups = out.groups();
+        let count = self.count(groups, Some(group));
+        let token = self.token(room, member);
+        let name = self.name_of(id);
+        let welcome = ChatEvent::Welcome {
+            message: WELCOME,
+            id: member,
+            epoch: position.epoch.as_str(),
+            head: position.head,
+            room,
+            count,
+            members: self.small_room_presence(groups, group, count),
+            resume: &token,
+            name,
+        }
+        .to_json();
+        // Serialized only if it is sent (a large room hears of no join).
+        let joined = self
+            .announces(count)
+            .then(|| presence_json("join", member, name, count));
+        out.write_message(id, &welcome);
+        if refused {
+            let refusal = ChatEvent::Event {
+                message: RESUME_REFUSED,
+                event: "resume_refused",
+                detail: EventDetail::None {},
+            };
+            out.write_message(id, &refusal.to_json());
+        }
+        let newcomer_from = self.replay_from(position);
+        match resume {
+            Some(resume) if position.continues(&resume.epoch, resume.since) => {
+                out.follow(id, resume.since + 1, true);
+            }
+            Some(_) => {
+                let reset = ChatEvent::Event {
+                    message: RESET,
+                    event: "reset",
+                    detail: EventDetail::None {},
+                };
+                out.write_message(id, &reset.to_json());
+                out.follow(id, newcomer_from, true);
+            }
+            // With nothing to replay, nothing to announce: the seed's protocol.
+            None => out.follow(id, newcomer_from, newcomer_from <= position.head),
+        }
+        if let Some(old) = replacing {
+            // The same member, on a new connection: nobody left, nobody came.
+            out.close(old, CloseCode::Normal, REPLACED_REASON);
+        } else {
+            let name = self.people.get(&id).and_then(|p| p.name.as_deref());
+            let change = PresenceChange::Join { id: member, name };
+            self.history.announce(room, change);
+            if let Some(joined) = joined {
+                out.send_to_group_except(group, id, &joined);
+            }
+        }
+    }
+
+    /// Acts on what the history learnt about rooms: welcomes those waiting
+    /// for a room now known, starts over the members of a room reset.
+    fn hear_news(&mut self, out: &mut Outbox) {
+        self.history.take_news(&mut self.news);
+        let mut news = std::mem::take(&mut self.news);
+        for item in news.drain(..) {
+            match item {
+                News::Ready(room) => {
+                    let Some(position) = self.history.position(&room) else {
+                        continue;
+                    };
+                    let (now, later) = std::mem::take(&mut self.waiting)
+                        .into_iter()
+                        .partition(|g| g.room == room && g.claim.is_none());
+                    self.waiting = later;
+                    for greeting in now {
+                        if out.groups().is_open(greeting.id) {
+                            self.greet(greeting, &position, out);
+                        }
+                    }
+                    if out.groups().count(&room) == 0 {
+                        self.history.release(&room); // they all left meanwhile
+                    }
+                }
+                News::Joined(room, who) | News::Left(room, who) => {
+                    let joined = self
+                        .history
+                        .elsewhere(&room)
+                        .iter()
+                        .any(|m| m.id == who.id && m.server == who.server);
+                    let Some(group) = out.groups().id_of(&room) else {
+                        continue;
+                    };
+                    let count = self.count(out.groups(), Some(group));
+                    // A leave is announced by the room's size before it.
+                    let size = if joined { count } else { count + 1 };
+                    if self.announces(size) {
+                        let event = if joined { "join" } else { "leave" };
+                        let json = presence_json(event, who.id, who.name.as_deref(), count);
+                        out.send_to_group(group, &json);
+                    }
+                }
+                News::Renamed(room, who, was) => {
+                    let Some(group) = out.groups().id_of(&room) else {
+                        continue;
+                    };
+                    let (Some(name), true) = (
+                        &who.name,
+                        self.announces(self.count(out.groups(), Some(group))),
+                    ) else {
+                        continue;
+                    };
+                    let was = was.map_or_else(|| who.id.to_string(), String::from);
+                    out.send_to_group(group, &renamed_json(who.id, &was, name));
+                }
+                News::Recalled { room, id, left } => self.recalled(&room, id, left, out),
+                News::IdBase(base) => self.id_base = base,
+                News::TokenKey(key) => self.token_key = key,
+                News::Reset(room) => {
+                    let (Some(group), Some(position)) =
+                        (out.groups().id_of(&room), self.history.position(&room))
+                    else {
+                        continue;
+                    };
+                    let from = self.replay_from(&position);
+                    let reset = ChatEvent::Event {
+                        message: RESET,
+                        event: "reset",
+                        detail: EventDetail::None {},
+                    }
+                    .to_json();
+                    let members: Vec<ConnId> = out.groups().members(group).collect();
+                    for id in members {
+                        out.write_message(id, &reset);
+                        out.follow(id, from, true);
+                    }
+                }
+            }
+        }
+        self.news = news;
+    }
+
+    /// The answer to whether `member` left `room` on another server in its
+    /// window: the newcomer claiming it comes back as it (its id, and its
+    /// name unless it gave one), or is told its token was refused; then it
+    /// is welcomed, once its room is known.
+    fn recalled(
+        &mut self,
+        room: &str,
+        member: u64,
+        left: Option<Option<Box<str>>>,
+        out: &mut Outbox,
+    ) {
+        let Some(at) = self
+            .waiting
+            .iter()
+            .position(|g| g.claim == Some(member) && *g.room == *room)
+        else {
+            return;
+        };
+        let mut greeting = self.waiting.swap_remove(at);
+        greeting.claim = None;
+        let id = greeting.id;
+        if !out.groups().is_open(id) {
+            return;
+        }
+        match left {
+            Some(name) => {
+                self.aliases.insert(member, id);
+                self.member_ids.insert(id, member);
+                if let Some(name) = name {
+                    let person = self.people.entry(id).or_default();
+                    person.name.get_or_insert(name);
+                }
+            }
+            None => greeting.refused = true,
+        }
+        match self.history.position(room) {
+            Some(position) => self.greet(greeting, &position, out),
+            None => self.waiting.push(greeting),
+        }
     }
 
     /// Forgets rooms with no line for `--history-ttl` and nobody in them,
@@ -1040,7 +1353,18 @@ impl WebSocketHandler for ChatRoom {
             .token
             .as_deref()
             .map(|token| self.come_back(room, token, now, out));
-        let refused = matches!(comeback, Some(None));
+        let mut refused = matches!(comeback, Some(None));
+        // Not a departure of this server's: with a shared history, perhaps
+        // one of another's, if the token is good.
+        let claim = match (refused, &query.token) {
+            (true, Some(token)) if self.shared => self.redeem(room, token),
+            _ => None,
+        };
+        if let Some(member) = claim {
+            log::debug!("conn {id}: claims member {member} in {room}, asking the history");
+            refused = false;
+            self.history.recall(room, member);
+        }
         let own = self.own_id(id);
         let (member, old_name, replacing) = comeback.flatten().unwrap_or((own, None, None));
         let name: Option<Box<str>> = query.name.map(String::into_boxed_str).or(old_name);
@@ -1059,61 +1383,19 @@ impl WebSocketHandler for ChatRoom {
         if person.name.is_some() || person.bucket.is_some() {
             self.people.insert(id, person);
         }
-        let Some(group) = out.join(id, room) else {
-            return;
+        let greeting = Greeting {
+            id,
+            room: room.into(),
+            resume: query.resume,
+            refused,
+            replacing,
+            claim,
         };
-        let position = self.history.position(room);
-        let groups = out.groups();
-        let count = self.count(groups, Some(group));
-        let token = self.token(room, member);
-        let name = self.name_of(id);
-        let welcome = ChatEvent::Welcome {
-            message: WELCOME,
-            id: member,
-            epoch: position.epoch.as_str(),
-            head: position.head,
-            room,
-            count,
-            members: self.small_room_presence(groups, group, count),
-            resume: &token,
-            name,
-        }
-        .to_json();
-        // Serialized only if it is sent (a large room hears of no join).
-        let joined = self
-            .announces(count)
-            .then(|| presence_json("join", member, name, count));
-        out.write_message(id, &welcome);
-        if refused {
-            let refusal = ChatEvent::Event {
-                message: RESUME_REFUSED,
-                event: "resume_refused",
-                detail: EventDetail::None {},
-            };
-            out.write_message(id, &refusal.to_json());
-        }
-        let newcomer_from = self.replay_from(&position);
-        match query.resume {
-            Some(resume) if position.continues(&resume.epoch, resume.since) => {
-                out.follow(id, resume.since + 1, true);
-            }
-            Some(_) => {
-                let reset = ChatEvent::Event {
-                    message: RESET,
-                    event: "reset",
-                    detail: EventDetail::None {},
-                };
-                out.write_message(id, &reset.to_json());
-                out.follow(id, newcomer_from, true);
-            }
-            // With nothing to replay, nothing to announce: the seed's protocol.
-            None => out.follow(id, newcomer_from, newcomer_from <= position.head),
-        }
-        if let Some(old) = replacing {
-            // The same member, on a new connection: nobody left, nobody came.
-            out.close(old, CloseCode::Normal, REPLACED_REASON);
-        } else if let Some(joined) = joined {
-            out.send_to_group_except(group, id, &joined);
+        match self.history.position(room) {
+            Some(position) if claim.is_none() => self.greet(greeting, &position, out),
+            // Welcomed when the history knows where the room stands (and,
+            // for a claim, whether the member may come back).
+            _ => self.waiting.push(greeting),
         }
     }
 
@@ -1143,9 +1425,21 @@ impl WebSocketHandler for ChatRoom {
         let room = Arc::clone(room);
         // It is still in the group while this runs.
         let count = self.count(groups, Some(group)).saturating_sub(1);
+        let leave = PresenceChange::Leave {
+            id: member,
+            name: person.name.as_deref(),
+            window: self.resume_window,
+        };
+        self.history.announce(&room, leave);
+        if groups.get(group).is_some_and(|g| g.len() == 1) {
+            self.history.release(&room); // the last one here
+        }
         if self.announces(count + 1) && count > 0 {
             let left = presence_json("leave", member, person.name.as_deref(), count);
             out.send_to_group_except(group, id, &left);
+        }
+        if self.shared {
+            return; // its departure is kept in Redis (the leave above)
         }
         self.departed.insert(
             member,
@@ -1158,12 +1452,31 @@ impl WebSocketHandler for ChatRoom {
     }
 
     fn on_turn_end(&mut self, out: &mut Outbox) {
+        // Newcomers to rooms now known are welcomed (what that sends to a
+        // shared history goes with the commit).
+        self.hear_news(out);
         // The turn's lines are kept (one write per room, for a disk log)
         // before any of them goes out.
         self.history.commit();
         self.deliver_confirmed(out);
         self.tell_refused(out);
         self.sweep(out.groups());
+    }
+
+    fn attach(&mut self, registry: &Registry, tokens: &[Token]) -> io::Result<()> {
+        self.history.attach(registry, tokens)
+    }
+
+    fn source_ready(&mut self, token: Token) {
+        self.history.source_ready(token);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.history.tick(now);
+    }
+
+    fn next_tick(&self) -> Option<Instant> {
+        self.history.next_tick()
     }
 
     fn room_history<'a>(&'a self, group: &'a str) -> Option<RoomHistory<'a>> {
@@ -1264,7 +1577,13 @@ mod tests {
         }
 
         fn epoch(&mut self, room: &str) -> String {
-            self.chat.history.position(room).epoch.as_str().to_owned()
+            self.chat
+                .history
+                .position(room)
+                .unwrap()
+                .epoch
+                .as_str()
+                .to_owned()
         }
 
         /// The token of `id`'s welcome, from what `open` returned.
@@ -1460,7 +1779,7 @@ mod tests {
             assert!(reply[0].1.contains(says), "{bad}: {}", reply[0].1);
         }
         assert_eq!(
-            h.chat.history.position(LOBBY).head,
+            h.chat.history.position(LOBBY).unwrap().head,
             2,
             "only /me and // are lines"
         );
@@ -1755,7 +2074,7 @@ mod tests {
     }
 
     impl History for Deferred {
-        fn position(&mut self, room: &str) -> Position {
+        fn position(&mut self, room: &str) -> Option<Position> {
             self.inner.position(room)
         }
         fn append(&mut self, room: &str, draft: Draft<'_>) {
@@ -1853,7 +2172,7 @@ mod tests {
         }
         assert_eq!(lines, 30, "debt over 10 x burst (3) = 30 refused lines");
         assert_eq!(
-            h.chat.history.position(LOBBY).head,
+            h.chat.history.position(LOBBY).unwrap().head,
             1,
             "refused lines are not history"
         );

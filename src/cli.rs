@@ -126,6 +126,11 @@ Options:
                            thread once a second (a power cut loses at most ~1 s); no, when the
                            kernel likes. A killed server loses nothing a client saw in any
                            mode [default: {fsync}]
+  --workers N              Worker processes serving the port, one loop each (0: one per CPU);
+                           more than 1 needs --redis [default: 1]
+  --redis URL              Share rooms with other Eddy servers through Redis
+                           (redis://[user:password@]host:port[/db]; no TLS): their history,
+                           seqs and order live there, and --data-dir is not used [default: off]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -236,6 +241,25 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
                     Some("") => return Err(CliError("--data-dir takes a directory or off".into())),
                     _ => Some(PathBuf::from(value)),
                 };
+            }
+            Long("workers") => {
+                let value = parser.value()?.string()?;
+                config.workers = match value.parse::<usize>() {
+                    Ok(0) => crate::workers::one_per_cpu(),
+                    Ok(n) if n <= 1024 => n,
+                    _ => {
+                        return Err(CliError(format!(
+                            "--workers {value}: a number from 0 to 1024"
+                        )));
+                    }
+                };
+            }
+            Long("redis") => {
+                let value = parser.value()?.string()?;
+                let url = value
+                    .parse()
+                    .map_err(|e| CliError(format!("--redis {value}: {e}")))?;
+                config.redis = Some(url);
             }
             Long("fsync") => {
                 let value = parser.value()?.string()?;

@@ -188,6 +188,12 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// When the history on disk is synced (`--fsync`).
     pub fsync: Fsync,
+    /// The Redis that keeps the rooms' history and order, shared with other
+    /// servers (`--redis`); then [`Config::data_dir`] is not used.
+    pub redis: Option<crate::redis::RedisUrl>,
+    /// How many worker processes serve the port (`--workers`): 1, this
+    /// process alone; more need [`Config::redis`].
+    pub workers: usize,
 }
 
 /// The binary's `--data-dir` when none is given: relative to the working
@@ -242,6 +248,8 @@ impl Default for Config {
             presence_list_up_to: DEFAULT_PRESENCE_LIST_UP_TO,
             data_dir: None,
             fsync: Fsync::default(),
+            redis: None,
+            workers: 1,
             resume_window: DEFAULT_RESUME_WINDOW,
             max_connections: None,
             max_connections_per_ip: None,
@@ -317,6 +325,13 @@ impl Config {
             return Err(ConfigError(
                 "--csp must be a policy on one line (or off)".into(),
             ));
+        }
+        if self.workers > 1 && self.redis.is_none() {
+            return Err(ConfigError(format!(
+                "--workers {} needs --redis: each worker would have rooms of its own, \
+                 and people in one room would not hear each other",
+                self.workers
+            )));
         }
         for origin in &mut self.allowed_origins {
             *origin = http::normalize_origin(origin).map_err(ConfigError)?;

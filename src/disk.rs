@@ -672,16 +672,16 @@ impl Drop for DiskHistory {
 }
 
 impl History for DiskHistory {
-    fn position(&mut self, room: &str) -> Position {
-        match self.rooms.get(room) {
+    fn position(&mut self, room: &str) -> Option<Position> {
+        Some(match self.rooms.get(room) {
             Some(r) => Position {
                 epoch: r.epoch.clone(),
                 first: r.first(),
                 head: r.head,
                 earlier: Arc::clone(&r.earlier),
             },
-            None => self.cache.position(room),
-        }
+            None => self.cache.position_of(room),
+        })
     }
 
     fn append(&mut self, room: &str, draft: Draft<'_>) {
@@ -689,7 +689,7 @@ impl History for DiskHistory {
         if !self.rooms.contains_key(room) {
             // Its directory is made at commit; meanwhile its epoch and head
             // are the cache's.
-            let position = self.cache.position(room);
+            let position = self.cache.position_of(room);
             let name: Arc<str> = room.into();
             let dir = self.data.room_dir(room);
             let epoch = (position.epoch, position.earlier);

@@ -680,7 +680,7 @@ mod tests {
             ) {
                 let limits = Limits { lines, bytes: usize::MAX, memory: 6000 };
                 let mut history = MemoryHistory::new(limits, seal);
-                history.position("r");
+                history.position_of("r");
                 let mut clients: Vec<Client> = (0..CLIENTS)
                     .map(|_| Client {
                         socket: Socket::default(),
@@ -728,7 +728,7 @@ mod tests {
                         break;
                     }
                 }
-                let head = history.position("r").head;
+                let head = history.position_of("r").head;
                 for client in &clients {
                     prop_assert_eq!(check(&client.socket.seen), head);
                     prop_assert_eq!(client.feed, Feed::Live { last: head });

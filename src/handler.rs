@@ -28,6 +28,10 @@
 //! ([`WebSocketHandler::feed_notice`]).
 
 use std::fmt;
+use std::io;
+use std::time::Instant;
+
+use mio::{Registry, Token};
 
 use tungstenite::Bytes;
 pub use tungstenite::protocol::frame::coding::CloseCode;
@@ -123,6 +127,28 @@ pub trait WebSocketHandler {
     /// the moment to deliver lines a history confirmed since (a history
     /// that is asynchronous confirms later than `on_message`).
     fn on_turn_end(&mut self, _out: &mut Outbox) {}
+
+    /// Registers the handler's own sockets, if it has any (a chat whose
+    /// history is in Redis: its connections to it), with the loop under
+    /// `tokens`, which the server keeps for it. Called once, before the
+    /// loop starts.
+    fn attach(&mut self, _registry: &Registry, _tokens: &[Token]) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// One of the handler's own sockets is ready. Anything it has for the
+    /// connections goes out at [`on_turn_end`](Self::on_turn_end).
+    fn source_ready(&mut self, _token: Token) {}
+
+    /// Time passes for the handler's own sockets (deadlines, reconnects);
+    /// called at [`next_tick`](Self::next_tick) or later.
+    fn tick(&mut self, _now: Instant) {}
+
+    /// When the handler next needs [`tick`](Self::tick), if ever. Asked at
+    /// the end of every turn.
+    fn next_tick(&self) -> Option<Instant> {
+        None
+    }
 
     /// The history of the group `group`, if the handler keeps one. The
     /// server reads it to feed a member that is catching up.
@@ -427,6 +453,11 @@ impl Routes {
             Some(route) => Some(&mut *route.handler),
             None => None,
         }
+    }
+
+    /// Every handler, in the order routed.
+    pub fn handlers(&self) -> impl Iterator<Item = &(dyn WebSocketHandler + Send)> {
+        self.routes.iter().map(|r| &*r.handler as _)
     }
 
     /// Every handler, in the order routed (for the end of a turn).

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use log::{debug, error};
+use mio::{Registry, Token};
 use tungstenite::Bytes;
 
 use crate::ws;
@@ -206,6 +207,82 @@ pub struct Refused {
     pub id: u64,
 }
 
+/// What a history has to tell the chat besides lines: about a room as a
+/// whole, or (a history shared through Redis) about the server itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum News {
+    /// Where the room stands is known now ([`History::position`] answered
+    /// `None` before): its newcomers can be welcomed.
+    Ready(Arc<str>),
+    /// The room began a new epoch that its members' lines do not continue
+    /// into (Redis lost lines they saw): they must be told, and start over.
+    Reset(Arc<str>),
+    /// Someone came into the room on another server.
+    Joined(Arc<str>, Elsewhere),
+    /// Someone left the room on another server (or that server died).
+    Left(Arc<str>, Elsewhere),
+    /// Someone in the room on another server took a name; `was`: its
+    /// name before, if any.
+    Renamed(Arc<str>, Elsewhere, Option<Box<str>>),
+    /// Whether `id` left the room (on any server) within its resume window
+    /// ([`History::recall`]): `Some(name)` if it did, with the name it had.
+    Recalled {
+        /// The room.
+        room: Arc<str>,
+        /// The member asked about.
+        id: u64,
+        /// `None`: no such departure (or its window passed).
+        left: Option<Option<Box<str>>>,
+    },
+    /// Where this server's member ids begin: a base the shared store gave
+    /// it alone, so that no two servers hand out the same id.
+    IdBase(u64),
+    /// The key of resume tokens, the same on every server sharing the
+    /// store, so that a token works on any of them.
+    TokenKey([u64; 2]),
+}
+
+/// A member of a room served by another server (a history shared through
+/// Redis knows them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// The server it is on (that server's name in the shared store).
+    pub server: Arc<str>,
+    /// Its id.
+    pub id: u64,
+    /// Its display name, if it has one.
+    pub name: Option<Box<str>>,
+}
+
+/// A change in who is in a room, for the other servers sharing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange<'a> {
+    /// `id` came in (the name it has, if any).
+    Join {
+        /// Its id.
+        id: u64,
+        /// Its name.
+        name: Option<&'a str>,
+    },
+    /// `id` left; a resume token may bring its id and `name` back for
+    /// `window`.
+    Leave {
+        /// Its id.
+        id: u64,
+        /// Its name.
+        name: Option<&'a str>,
+        /// How long it may come back (`--resume-window`).
+        window: std::time::Duration,
+    },
+    /// `id` is now called `name`.
+    Rename {
+        /// Its id.
+        id: u64,
+        /// Its new name.
+        name: &'a str,
+    },
+}
+
 /// Lines read from a history ([`History::read_from`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Chunk {
@@ -223,8 +300,10 @@ pub struct Chunk {
 /// and (later) connections to storage are shared by all of them.
 pub trait History {
     /// Where `room`'s history stands; a room not seen before begins here,
-    /// with a fresh epoch.
-    fn position(&mut self, room: &str) -> Position;
+    /// with a fresh epoch. `None`: not known yet (a history shared through
+    /// Redis asks it first); [`take_news`](History::take_news) tells when
+    /// it is.
+    fn position(&mut self, room: &str) -> Option<Position>;
 
     /// Hands a line over to be appended to `room`. Its seq comes back from
     /// [`take_confirmed`](History::take_confirmed) once the backend has it;
@@ -244,6 +323,49 @@ pub trait History {
     /// Moves the lines refused since the last call (see [`Refused`]) into
     /// `into`. A history in memory refuses none.
     fn take_refused(&mut self, _into: &mut Vec<Refused>) {}
+
+    /// Moves what the history learnt about rooms as a whole since the last
+    /// call ([`News`]) into `into`. Only a shared history has any.
+    fn take_news(&mut self, _into: &mut Vec<News>) {}
+
+    /// Tells the other servers sharing `room` who came, went or took a
+    /// name here. A history of one server alone has nobody to tell.
+    fn announce(&mut self, _room: &str, _change: PresenceChange<'_>) {}
+
+    /// Asks whether `id` left `room` on any server within its resume window
+    /// (and takes that departure: a token brings a member back once). The
+    /// answer comes as [`News::Recalled`]. Only a shared history knows of
+    /// other servers' departures.
+    fn recall(&mut self, _room: &str, _id: u64) {}
+
+    /// The members of `room` on other servers. None for a history of one
+    /// server alone.
+    fn elsewhere(&self, _room: &str) -> &[Elsewhere] {
+        &[]
+    }
+
+    /// Nobody on this server is in `room` any more: a history that follows
+    /// rooms for their members here may stop following it.
+    fn release(&mut self, _room: &str) {}
+
+    /// Registers the history's own sockets (its connections to a store)
+    /// with the loop, under `tokens`; [`source_ready`](History::source_ready)
+    /// then hears of them. A history without sockets has none.
+    fn attach(&mut self, _registry: &Registry, _tokens: &[Token]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// One of the history's sockets is ready.
+    fn source_ready(&mut self, _token: Token) {}
+
+    /// Time passes: deadlines, reconnections. Called at
+    /// [`next_tick`](History::next_tick) or later.
+    fn tick(&mut self, _now: Instant) {}
+
+    /// When the history next needs [`tick`](History::tick), if ever.
+    fn next_tick(&self) -> Option<Instant> {
+        None
+    }
 
     /// `room`'s lines from `from` on, oldest first: as many consecutive
     /// lines as fit in `max_bytes` of frames, but at least one if any is
@@ -435,6 +557,18 @@ impl MemoryHistory {
         self.begin(room, epoch, head);
     }
 
+    /// Where `room` stands in memory; a room not seen before begins here,
+    /// with a fresh epoch. A history in memory always knows.
+    pub fn position_of(&mut self, room: &str) -> Position {
+        let ring = self.ring(room);
+        Position {
+            epoch: ring.epoch.clone(),
+            first: ring.first(),
+            head: ring.head,
+            earlier: Arc::new([]),
+        }
+    }
+
     /// Forgets `room` altogether.
     pub(crate) fn forget(&mut self, room: &str) {
         if let Some(ring) = self.rooms.remove(room) {
@@ -509,14 +643,8 @@ impl MemoryHistory {
 }
 
 impl History for MemoryHistory {
-    fn position(&mut self, room: &str) -> Position {
-        let ring = self.ring(room);
-        Position {
-            epoch: ring.epoch.clone(),
-            first: ring.first(),
-            head: ring.head,
-            earlier: Arc::new([]),
-        }
+    fn position(&mut self, room: &str) -> Option<Position> {
+        Some(self.position_of(room))
     }
 
     fn append(&mut self, room: &str, draft: Draft<'_>) {
@@ -632,7 +760,7 @@ mod tests {
     #[test]
     fn seqs_start_at_one_and_are_dense_per_room() {
         let mut h = history(100, usize::MAX, usize::MAX);
-        assert_eq!(h.position("a").head, 0);
+        assert_eq!(h.position_of("a").head, 0);
         assert_eq!(say(&mut h, "a", "x"), 1);
         assert_eq!(say(&mut h, "a", "y"), 2);
         assert_eq!(say(&mut h, "b", "z"), 1, "each room counts alone");
@@ -645,15 +773,15 @@ mod tests {
     #[test]
     fn epochs_are_random_and_stay_with_their_room() {
         let mut h = history(100, usize::MAX, usize::MAX);
-        let a = h.position("a").epoch;
+        let a = h.position_of("a").epoch;
         assert_eq!(a.as_str().len(), EPOCH_CHARS);
         assert!(
             a.as_str()
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         );
-        assert_eq!(h.position("a").epoch, a, "the same room, the same epoch");
-        assert_ne!(h.position("b").epoch, a);
+        assert_eq!(h.position_of("a").epoch, a, "the same room, the same epoch");
+        assert_ne!(h.position_of("b").epoch, a);
         let others: std::collections::HashSet<_> = (0..1000).map(|_| Epoch::random()).collect();
         assert_eq!(others.len(), 1000, "no two alike");
     }
@@ -664,7 +792,7 @@ mod tests {
         for i in 1..=30 {
             say(&mut h, "r", &i.to_string());
         }
-        let position = h.position("r");
+        let position = h.position_of("r");
         assert_eq!((position.first, position.head), (21, 30));
         let chunk = h.read_from("r", 6, usize::MAX);
         assert_eq!(chunk.gap, Some((6, 20)));
@@ -696,7 +824,7 @@ mod tests {
         for _ in 0..5 {
             say(&mut h, "r", "0123456789");
         }
-        assert_eq!(h.position("r").first, 3);
+        assert_eq!(h.position_of("r").first, 3);
         assert_eq!(h.held_bytes(), 3 * line_cost);
     }
 
@@ -710,8 +838,8 @@ mod tests {
         say(&mut h, "new", "x");
         assert_eq!(h.held_bytes(), 4 * cost);
         say(&mut h, "new", "x"); // one too many: "old" loses all it had
-        assert_eq!(h.position("old").first, 3, "nothing held");
-        assert_eq!(h.position("old").head, 2, "but seqs never go back");
+        assert_eq!(h.position_of("old").first, 3, "nothing held");
+        assert_eq!(h.position_of("old").head, 2, "but seqs never go back");
         assert_eq!(h.read_from("old", 1, usize::MAX).gap, Some((1, 2)));
         assert_eq!(seqs(&h.read_from("mid", 1, usize::MAX)), [1]);
         assert_eq!(h.held_bytes(), 3 * cost);
@@ -721,7 +849,7 @@ mod tests {
         }
         assert!(h.held_bytes() <= 4 * cost);
         assert_eq!(seqs(&h.read_from("mid", 1, usize::MAX)), Vec::<Seq>::new());
-        assert_eq!(h.position("new").first, 12 - 4 + 1);
+        assert_eq!(h.position_of("new").first, 12 - 4 + 1);
     }
 
     #[test]
@@ -729,8 +857,8 @@ mod tests {
         let mut h = history(100, usize::MAX, usize::MAX);
         say(&mut h, "quiet", "x");
         say(&mut h, "busy", "x");
-        h.position("empty");
-        let quiet_epoch = h.position("quiet").epoch;
+        h.position_of("empty");
+        let quiet_epoch = h.position_of("quiet").epoch;
         let cutoff = Instant::now() + std::time::Duration::from_secs(1);
         assert!(!h.expire_room("quiet", Instant::now() - std::time::Duration::from_secs(60)));
         assert_eq!(h.expire_rooms(cutoff, &|room| room == "busy"), 2);
@@ -739,8 +867,8 @@ mod tests {
             h.held_bytes(),
             h.read_from("busy", 1, usize::MAX).lines[0].cost()
         );
-        assert_ne!(h.position("quiet").epoch, quiet_epoch, "begins again");
-        assert_eq!(h.position("quiet").head, 0);
+        assert_ne!(h.position_of("quiet").epoch, quiet_epoch, "begins again");
+        assert_eq!(h.position_of("quiet").head, 0);
         assert!(h.expire_room("busy", cutoff));
         assert_eq!(h.held_bytes(), 0);
     }

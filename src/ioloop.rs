@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mio::event::{Event, Source};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 /// The token of the loop's own [`Waker`]. Handlers must not use it; the
 /// server keeps its slab of connections well below it.
@@ -227,6 +227,12 @@ impl<S: EventHandler> IoLoop<S> {
         interest: Interest,
     ) -> io::Result<()> {
         self.poll.registry().reregister(source, token, interest)
+    }
+
+    /// The poller's registry, for a source that registers itself (and
+    /// again, after reconnecting: a handler's own connection to a store).
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
     }
 
     /// Stops watching `source`. Events already returned by the current `poll`

@@ -19,8 +19,10 @@
 //! 9. [`history`]: what a room remembers, behind one small interface;
 //!    [`feed`]: each member's place in it, live or catching up. [`disk`]:
 //!    the history that survives restarts, each room's [`log`] in the
-//!    [`datadir`].
+//!    [`datadir`]. [`shared`]: the history many servers share in Redis,
+//!    over [`redis`] connections in the loop.
 //! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
+//!     [`workers`]: `--workers N`, one loop per process on one port.
 //!
 //! ```no_run
 //! use eddy::{Config, Server};
@@ -54,8 +56,11 @@ pub mod limits;
 pub mod log;
 pub mod output;
 pub mod rate;
+pub mod redis;
 pub mod server;
+pub mod shared;
 pub mod templates;
+pub mod workers;
 pub mod ws;
 
 pub use chat::ChatRoom;

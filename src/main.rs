@@ -1,15 +1,33 @@
-//! The `eddy` binary: flags → [`eddy::Config`], the logger, bind, run.
+//! The `eddy` binary: flags → [`eddy::Config`], the logger, bind, run; or,
+//! with `--workers N`, bind and run N workers ([`eddy::workers`]).
 //! Nothing else lives here, so tests and benches configure a server exactly
 //! as the command line does.
 
 use std::process::ExitCode;
 
-use eddy::Server;
 use eddy::cli::{self, Command};
+use eddy::{Config, Server, workers};
 
 fn main() -> ExitCode {
     // env_logger's own default is "error"; a server should say it started.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // A worker's lines say which worker wrote them.
+    if let Ok(worker) = std::env::var(workers::WORKER_ENV) {
+        logger.format(move |out, record| {
+            use std::io::Write;
+            let level = out.default_level_style(record.level());
+            writeln!(
+                out,
+                "[{} {level}{:<5}{level:#} worker {worker} {}] {}",
+                out.timestamp(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    logger.init();
 
     let (addr, config) = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run { addr, config }) => (addr, *config),
@@ -32,6 +50,10 @@ fn main() -> ExitCode {
 
     // Before binding: the default connection cap is sized from the limit.
     let fd_limit = eddy::limits::raise_fd_limit();
+    let inherited = workers::inherited_listener();
+    if inherited.is_none() && config.workers > 1 {
+        return supervise(addr, config);
+    }
     let routes = match eddy::chat::routes(&config) {
         Ok(routes) => routes,
         Err(e) => {
@@ -39,7 +61,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut server = match Server::bind(addr, config, routes) {
+    let bound = match inherited {
+        // A worker: its parent bound the port.
+        Some(listener) => listener.and_then(|l| Server::from_listener(l, config, routes)),
+        None => Server::bind(addr, config, routes),
+    };
+    let mut server = match bound {
         Ok(server) => server,
         Err(e) => {
             eprintln!("eddy: {e}");
@@ -60,6 +87,43 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("eddy: event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--workers N`: binds `addr` once and runs N workers on it until SIGTERM.
+fn supervise(addr: std::net::SocketAddr, mut config: Config) -> ExitCode {
+    // What a worker would refuse, refused once, here.
+    if let Err(e) = config.validate() {
+        eprintln!("eddy: {e}");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = eddy::templates::load(config.templates.as_deref()) {
+        eprintln!("eddy: {e}");
+        return ExitCode::from(1);
+    }
+    let listener = match std::net::TcpListener::bind(addr)
+        .and_then(|l| eddy::limits::widen_backlog(&l).map(|()| l))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("eddy: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match listener.local_addr() {
+        Ok(local) => log::info!(
+            "listening on http://{local}/ with {} workers",
+            config.workers
+        ),
+        Err(e) => log::warn!("cannot read the bound address: {e}"),
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match workers::supervise(&listener, config.workers, &args, config.shutdown_timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eddy: workers: {e}");
             ExitCode::from(1)
         }
     }

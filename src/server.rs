@@ -66,6 +66,14 @@ const LISTENER_TOKEN: Token = Token(usize::MAX - 1);
 /// The signal pipe's token, outside the slab's range.
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 2);
 
+/// The tokens kept for handlers' own sockets ([`WebSocketHandler::attach`]):
+/// [`TOKENS_PER_ROUTE`] for each of the first [`ROUTES_WITH_SOURCES`] routes,
+/// from here up, below the signal pipe's.
+const SOURCE_TOKENS: usize = usize::MAX - 15;
+const TOKENS_PER_ROUTE: usize = 4;
+const ROUTES_WITH_SOURCES: usize = 3;
+const _: () = assert!(SOURCE_TOKENS + TOKENS_PER_ROUTE * ROUTES_WITH_SOURCES <= usize::MAX - 2);
+
 /// Slab slots from here up would collide with the tokens above.
 const MAX_SLOTS: usize = usize::MAX - 16;
 
@@ -104,13 +112,25 @@ impl Server {
     /// Binds a server to `addr` (port 0 picks a free port) that serves the
     /// page and, on each routed path, WebSockets with that route's handler;
     /// reads the page and checks `config` first.
-    pub fn bind(addr: SocketAddr, mut config: Config, routes: Routes) -> io::Result<Self> {
+    pub fn bind(addr: SocketAddr, config: Config, routes: Routes) -> io::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        Server::from_listener(listener, config, routes)
+    }
+
+    /// A server on a socket already listening: one that a parent process
+    /// bound for its workers ([`crate::workers`]).
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        mut config: Config,
+        routes: Routes,
+    ) -> io::Result<Self> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (assets, source) = templates::load(config.templates.as_deref())?;
-        let mut listener = TcpListener::bind(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
         limits::widen_backlog(&listener)?;
         info!("serving {source} at /");
         let max_connections = config
@@ -120,6 +140,16 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let ioloop = IoLoop::new()?;
         ioloop.add_handler(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        let mut routes = routes;
+        for (route, handler) in routes.handlers_mut().enumerate() {
+            let tokens: Vec<Token> = if route < ROUTES_WITH_SOURCES {
+                let first = SOURCE_TOKENS + route * TOKENS_PER_ROUTE;
+                (first..first + TOKENS_PER_ROUTE).map(Token).collect()
+            } else {
+                Vec::new()
+            };
+            handler.attach(ioloop.registry(), &tokens)?;
+        }
         let settings = Settings {
             site: Site {
                 assets,
@@ -156,6 +186,7 @@ impl Server {
             accept_trouble_warned: false,
             shutting_down: false,
             signals: None,
+            handler_timer: None,
         };
         Ok(Server { ioloop, state })
     }
@@ -369,6 +400,8 @@ pub struct ServerState {
     accept_trouble_warned: bool,
     shutting_down: bool,
     signals: Option<Signals>,
+    /// When the handlers' next [`WebSocketHandler::tick`] is due, and its timer.
+    handler_timer: Option<(Instant, TimeoutHandle)>,
 }
 
 impl EventHandler for ServerState {
@@ -376,6 +409,12 @@ impl EventHandler for ServerState {
         match token {
             LISTENER_TOKEN => self.accept(ioloop),
             SIGNAL_TOKEN => self.on_signal(ioloop),
+            Token(token) if token >= SOURCE_TOKENS => {
+                let route = (token - SOURCE_TOKENS) / TOKENS_PER_ROUTE;
+                if let Some(handler) = self.app.routes.handler_mut(route) {
+                    handler.source_ready(Token(token));
+                }
+            }
             Token(key) => {
                 // Errors and hang-ups are discovered by reading.
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
@@ -403,6 +442,7 @@ impl EventHandler for ServerState {
         }
         self.dirty = batch; // keep the allocation
         self.free_finished(ioloop);
+        self.schedule_handler_tick(ioloop);
         if self.shutting_down && self.connections.is_empty() {
             ioloop.stop();
         }
@@ -410,6 +450,33 @@ impl EventHandler for ServerState {
 }
 
 impl ServerState {
+    /// Sets a timer for the handlers' earliest [`WebSocketHandler::next_tick`],
+    /// if it moved.
+    fn schedule_handler_tick(&mut self, ioloop: &mut IoLoop<Self>) {
+        let next = self
+            .app
+            .routes
+            .handlers()
+            .filter_map(|h| h.next_tick())
+            .min();
+        if next == self.handler_timer.map(|(at, _)| at) {
+            return;
+        }
+        if let Some((_, timer)) = self.handler_timer.take() {
+            ioloop.remove_timeout(timer);
+        }
+        if let Some(at) = next {
+            let timer = ioloop.call_at(at, |state: &mut ServerState, _| {
+                state.handler_timer = None;
+                let now = Instant::now();
+                for handler in state.app.routes.handlers_mut() {
+                    handler.tick(now);
+                }
+            });
+            self.handler_timer = Some((at, timer));
+        }
+    }
+
     /// Accepts until the listener would block (edge-triggered: a pending
     /// connection left in the backlog brings no new event).
     fn accept(&mut self, ioloop: &mut IoLoop<Self>) {

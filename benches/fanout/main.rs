@@ -59,7 +59,10 @@
 //! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`,
 //! `eddy-before`, `tornado`, `tokio`, and `eddy-disk-everysec`,
 //! `eddy-disk-always`, `eddy-disk-no`: Eddy with its history on disk, a
-//! fresh data directory each start, synced as named; asked for by name
+//! fresh data directory each start, synced as named; `eddy-redis` and
+//! `eddy-redis-2workers`: Eddy on a fresh `redis-server` of its own, as one
+//! process or as `--workers 2`, its CPU and memory counted with Redis's and
+//! Redis's commands and CPU per line reported; these asked for by name
 //! only). Every other Eddy runs with `--data-dir off`.
 //!
 //! `EDDY_BENCH_BASELINE=PATH` adds `eddy-before`: the Eddy binary at PATH
@@ -619,6 +622,12 @@ fn main() {
         ("eddy-disk-no", Kind::EddyDisk("no"), || {
             Some(servers::eddy_disk("no"))
         }),
+        ("eddy-redis", Kind::EddyRedis(1), || {
+            Some(servers::eddy_redis(1))
+        }),
+        ("eddy-redis-2workers", Kind::EddyRedis(2), || {
+            Some(servers::eddy_redis(2))
+        }),
         ("tornado", Kind::Tornado, || Some(servers::tornado())),
         ("tokio", Kind::Tokio, || Some(servers::tokio())),
     ] {
@@ -641,7 +650,7 @@ fn main() {
         for (kind, recipe) in &recipes {
             let result = match recipe {
                 Err(why) => Err(format!("skipped: {why}")),
-                Ok(_) if scenario.eddy_only() && *kind != Kind::Eddy => Err(NOT_APPLICABLE.into()),
+                Ok(_) if scenario.eddy_only() && !kind.is_this_eddy() => Err(NOT_APPLICABLE.into()),
                 Ok(_) if scenario.without_tornado && *kind == Kind::Tornado => Err(TOO_SLOW.into()),
                 Ok(recipe) => slow_pace(&rows, scenario, *kind)
                     .and_then(|pace| measure(recipe, *scenario, runs, threads, pace)),
@@ -773,9 +782,12 @@ fn measure(
             break; // out of time once: the other runs would be too
         }
         let server = recipe.start(scenario.defaults, &scenario.eddy_flags())?;
-        let pid = server.pid;
+        // The server's processes: itself, and its workers and Redis if any.
+        let pids = server.pids();
+        let cpu = || proc::cpu_time_of(&pids);
+        let kib = |field| proc::status_kib_of(&pids, field);
         dropped.clone_from(&server.dropped);
-        let rss_before = proc::status_kib(pid, "VmRSS").unwrap_or(0);
+        let rss_before = kib("VmRSS");
         let plan = Plan {
             addr: server.addr,
             clients: scenario.clients,
@@ -805,16 +817,36 @@ fn measure(
             slow_bytes_per_s,
         };
         let mut cpu_at_send = None;
+        let mut redis_at_send = None;
         let outcome = loadgen::run(
             plan,
             || {
-                cpu_at_send = proc::cpu_time(pid);
-                proc::status_kib(pid, "VmRSS").unwrap_or(0)
+                cpu_at_send = cpu();
+                redis_at_send = server
+                    .redis()
+                    .map(|r| (r.commands(), proc::cpu_time(r.pid())));
+                kib("VmRSS")
             },
-            || proc::status_kib(pid, "VmRSS").unwrap_or(0),
+            || kib("VmRSS"),
         );
-        let cpu_after = proc::cpu_time(pid);
-        let peak = proc::status_kib(pid, "VmHWM").unwrap_or(0);
+        let cpu_after = cpu();
+        let peak = kib("VmHWM");
+        if let (Some(redis), Some((commands, redis_cpu))) = (server.redis(), redis_at_send) {
+            // What Redis did for the lines: commands (a script counts as
+            // itself and each call in it) and its own CPU.
+            let lines = (scenario.senders * scenario.lines_per_sender).max(1) as f64;
+            let commands = commands
+                .zip(redis.commands())
+                .map(|(a, b)| b.saturating_sub(a));
+            let redis_cpu = redis_cpu
+                .zip(proc::cpu_time(redis.pid()))
+                .map(|(a, b)| b.saturating_sub(a));
+            eprintln!(
+                "  redis: {} commands per line, {} µs of its CPU per line",
+                opt(commands.map(|c| c as f64 / lines), 1),
+                opt(redis_cpu.map(|c| c.as_secs_f64() * 1e6 / lines), 1),
+            );
+        }
         server.stop();
         let server_cpu = cpu_at_send.zip(cpu_after).map(|(a, b)| b.saturating_sub(a));
         outcomes.push(Run {

@@ -14,6 +14,18 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
 }
 
+/// The CPU time of several processes together (a server, its workers and
+/// its Redis); `None` if any cannot be read.
+pub fn cpu_time_of(pids: &[u32]) -> Option<Duration> {
+    pids.iter().map(|&pid| cpu_time(pid)).sum()
+}
+
+/// A field of /proc/PID/status in KiB, summed over `pids` (0 for one that
+/// cannot be read).
+pub fn status_kib_of(pids: &[u32], field: &str) -> u64 {
+    pids.iter().filter_map(|&pid| status_kib(pid, field)).sum()
+}
+
 /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -27,6 +27,11 @@ pub enum Kind {
     /// Eddy with its history on disk (`--data-dir`, a fresh directory for
     /// each start) and this `--fsync` mode, to show what the disk costs.
     EddyDisk(&'static str),
+    /// Eddy sharing its rooms through a Redis of its own (`--redis`, a
+    /// fresh `redis-server` for each start, with an append-only file synced
+    /// every second, as the disk log's default), with this many `--workers`.
+    /// Its CPU and memory are the parent's, the workers' and Redis's.
+    EddyRedis(u8),
     Tornado,
     Tokio,
 }
@@ -39,6 +44,8 @@ impl Kind {
             Kind::EddyDisk("always") => "eddy-disk-always",
             Kind::EddyDisk("no") => "eddy-disk-no",
             Kind::EddyDisk(_) => "eddy-disk-everysec",
+            Kind::EddyRedis(1) => "eddy-redis",
+            Kind::EddyRedis(_) => "eddy-redis-2workers",
             Kind::Tornado => "tornado",
             Kind::Tokio => "tokio-tungstenite",
         }
@@ -52,7 +59,16 @@ impl Kind {
 
     /// Whether it is Eddy or a build of it: it takes Eddy's flags.
     pub fn is_eddy(self) -> bool {
-        matches!(self, Kind::Eddy | Kind::Baseline | Kind::EddyDisk(_))
+        matches!(
+            self,
+            Kind::Eddy | Kind::Baseline | Kind::EddyDisk(_) | Kind::EddyRedis(_)
+        )
+    }
+
+    /// Whether it is this build of Eddy, in any of its setups (for the
+    /// scenarios only Eddy has: rooms, history memory).
+    pub fn is_this_eddy(self) -> bool {
+        matches!(self, Kind::Eddy | Kind::EddyDisk(_) | Kind::EddyRedis(_))
     }
 }
 
@@ -93,6 +109,24 @@ pub fn eddy_disk(fsync: &'static str) -> Result<Recipe, String> {
         PathBuf::from(env!("CARGO_BIN_EXE_eddy")),
     )?;
     recipe.args.extend(["--fsync".into(), fsync.into()]);
+    Ok(recipe)
+}
+
+/// Eddy on a Redis of its own with `workers` workers; skipped if there is
+/// no `redis-server`.
+pub fn eddy_redis(workers: u8) -> Result<Recipe, String> {
+    let version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("no redis-server ({e}): apt-get install -y redis-server"))?;
+    eprintln!("  {}", String::from_utf8_lossy(&version.stdout).trim());
+    let mut recipe = eddy_build(
+        Kind::EddyRedis(workers),
+        PathBuf::from(env!("CARGO_BIN_EXE_eddy")),
+    )?;
+    recipe
+        .args
+        .extend(["--workers".into(), workers.to_string()]);
     Ok(recipe)
 }
 
@@ -245,6 +279,109 @@ pub struct Running {
     pub dropped: Vec<String>,
     /// Its data directory (Eddy on disk), removed when it stops.
     data_dir: Option<PathBuf>,
+    /// Its Redis (Eddy on Redis), stopped with it.
+    redis: Option<Redis>,
+    /// Its workers' pids (Eddy with `--workers`).
+    workers: Vec<u32>,
+}
+
+/// A `redis-server` of the bench's own, on a free port, pinned as the
+/// server it serves.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(pinned: bool) -> Result<Redis, String> {
+        let port = free_port()?;
+        let dir = work_dir().join(format!("redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut command = if pinned {
+            let mut command = Command::new("taskset");
+            command.args(["-c", "0", "redis-server"]);
+            command
+        } else {
+            Command::new("redis-server")
+        };
+        let mut child = command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ])
+            .args(["--logfile", "", "--daemonize", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+                Some(Ok(_)) => {}
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("redis-server did not start".into());
+                }
+            }
+        }
+        thread::spawn(move || for _ in lines {});
+        Ok(Redis { child, port, dir })
+    }
+
+    /// The sum of `INFO commandstats`' calls: every command Redis ran
+    /// (scripts' own calls included, as `cmdstat_xadd` and so on).
+    pub fn commands(&self) -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            .ok()?;
+        let mut text = String::new();
+        let mut buf = [0u8; 8192];
+        // One bulk reply; read until it ends with the blank line INFO ends with.
+        while !text.ends_with("\r\n\r\n") {
+            let n = stream.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("cmdstat_"))
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum(),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Recipe {
@@ -280,6 +417,14 @@ impl Recipe {
                 let _ = std::fs::remove_dir_all(&dir);
                 command.arg("--data-dir").arg(&dir);
                 Some(dir)
+            }
+            _ => None,
+        };
+        let redis = match self.kind {
+            Kind::EddyRedis(_) => {
+                let redis = Redis::start(self.kind.pinned() && crate::proc::cpus() > 1)?;
+                command.args(["--redis", &format!("redis://127.0.0.1:{}", redis.port)]);
+                Some(redis)
             }
             _ => None,
         };
@@ -322,7 +467,10 @@ impl Recipe {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("listening on") => break,
+                Ok(line) if line.contains("listening on") => {
+                    said.push(line);
+                    break;
+                }
                 Ok(line) => said.push(line),
                 Err(_) => {
                     let _ = child.kill();
@@ -331,6 +479,44 @@ impl Recipe {
                 }
             }
         }
+        // With --workers, the parent says it is listening, then starts them.
+        let mut workers = Vec::new();
+        if let Kind::EddyRedis(count) = self.kind
+            && count > 1
+        {
+            while workers.len() < usize::from(count) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(line) = rx.recv_timeout(left) else {
+                    let _ = child.kill();
+                    return Err("the workers did not start".into());
+                };
+                if let Some(pid) = line.split("(pid ").nth(1) {
+                    workers.extend(pid.trim_end_matches(')').parse::<u32>().ok());
+                }
+            }
+        }
+        // Every worker connected to Redis before the clients come.
+        if let Some(redis) = &redis {
+            let mut connected = 0;
+            while connected
+                < 2 * usize::from(match self.kind {
+                    Kind::EddyRedis(count) => count,
+                    _ => 1,
+                })
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) if line.contains("): connected") => connected += 1,
+                    Ok(_) => {}
+                    Err(_) => {
+                        let _ = child.kill();
+                        return Err(format!("not connected to Redis on {}", redis.port));
+                    }
+                }
+            }
+        }
+        // Keep draining the server's output.
+        thread::spawn(move || for _ in rx {});
         // taskset execs the server: the pid is the server's.
         let pid = child.id();
         Ok(Running {
@@ -339,15 +525,33 @@ impl Recipe {
             pid,
             dropped,
             data_dir,
+            redis,
+            workers,
         })
     }
 }
 
 impl Running {
+    /// Every process serving: the server, its workers, its Redis.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid];
+        pids.extend(&self.workers);
+        pids.extend(self.redis.as_ref().map(Redis::pid));
+        pids
+    }
+
+    /// Its Redis, if it has one.
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
+    }
+
     /// SIGTERM, then SIGKILL after 5 s; then its data directory's size is
     /// reported (Eddy on disk) and the directory removed.
     pub fn stop(mut self) {
         self.end();
+        if let Some(redis) = self.redis.take() {
+            redis.stop();
+        }
         if let Some(dir) = self.data_dir.take() {
             let (files, bytes) = tree_size(&dir);
             eprintln!("  data directory: {bytes} bytes in {files} files");

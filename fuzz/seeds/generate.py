@@ -147,6 +147,49 @@ LOG_RECORD = {
 }
 
 
+def bulk(b):
+    b = b if isinstance(b, bytes) else b.encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def array(*items):
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def entry(seq, text):
+    stored = b'{"id":7,"text":"%s","ts":1764504000000}' % text
+    return array(bulk(b"0-%d" % seq), array(bulk("d"), bulk(stored)))
+
+
+# Redis replies for fuzz_targets/redis_reply.rs: before each frame, a byte
+# saying what it answers (its value mod 5: sync, fill, append, writer, push;
+# divided by 5, mod 2: which room).
+SYNC, FILL, APPEND, WRITER, PUSH = range(5)
+EPOCH = b"abcdefghjkmnpqrs"
+SYNCED = array(
+    bulk(EPOCH), bulk("3"), bulk(""), array(entry(2, b"two"), entry(3, b"three")),
+    array(bulk("otherserver00001 9 ann"), bulk("otherserver00001 10 ")),
+)
+def live(seq, text):
+    return array(bulk("smessage"), bulk("eddy:{lobby}:live"),
+                 bulk(EPOCH + b" %d " % seq + b'{"id":7,"text":"%s","ts":1}' % text))
+REDIS_REPLY = {
+    "sync": bytes([SYNC]) + SYNCED,
+    "sync_then_live": bytes([SYNC]) + SYNCED + bytes([PUSH]) + live(4, b"four")
+    + bytes([PUSH]) + live(6, b"six") + bytes([FILL]) + array(entry(5, b"five")),
+    "subscribed": bytes([PUSH]) + array(bulk("ssubscribe"), bulk("eddy:{lobby}:live"), b":1\r\n"),
+    "presence": bytes([SYNC]) + SYNCED + bytes([PUSH]) + array(
+        bulk("smessage"), bulk("eddy:{lobby}:live"), bulk("P join otherserver00002 11 bob")),
+    "append_ok": bytes([APPEND]) + array(bulk("ok"), b":4\r\n"),
+    "append_stale": bytes([APPEND]) + array(bulk("stale")),
+    "noscript": bytes([APPEND]) + b"-NOSCRIPT No matching script.\r\n",
+    "writer": bytes([WRITER]) + b":3\r\n" + bytes([WRITER]) + b"$-1\r\n",
+    "new_epoch": bytes([SYNC]) + SYNCED + bytes([SYNC]) + array(
+        bulk("zyxwvtsrqpnmkjhg"), bulk("1"), bulk("abcdefghjkmnpqrs:1 "), array(), array()),
+    "other_room": bytes([SYNC + 5]) + SYNCED,
+}
+
+
 def write(target, seeds):
     directory = os.path.join(HERE, target)
     os.makedirs(directory, exist_ok=True)
@@ -158,3 +201,4 @@ def write(target, seeds):
 write("http_head", HTTP_HEAD)
 write("connection", CONNECTION)
 write("log_record", LOG_RECORD)
+write("redis_reply", REDIS_REPLY)

@@ -582,7 +582,8 @@ impl Binary {
     pub fn listening_addr(&self) -> SocketAddr {
         let line = self.wait_for_line("listening on http://");
         let rest = line.split("listening on http://").nth(1).unwrap();
-        rest.trim_end_matches('/').parse().unwrap()
+        let url = rest.split_whitespace().next().unwrap();
+        url.trim_end_matches('/').parse().unwrap()
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.

@@ -1,0 +1,219 @@
+//! Many cores on one machine (`--workers N`): Tornado's `fork_processes`
+//! shape. The parent binds the listening socket once (so port 0 works, and
+//! every worker serves the same port), then starts N workers, each its own
+//! executable run again with the same flags, which inherit that socket and
+//! run one single-threaded loop each. The kernel hands each new connection
+//! to one of them. They share rooms through Redis (`--redis`), so the
+//! workers are one chat; without it their rooms would split, and more than
+//! one worker is refused ([`crate::Config::validate`]).
+//!
+//! The parent serves nobody: it restarts a worker that dies (logged, and not
+//! faster than once a second, so a worker that cannot start does not spin),
+//! and on SIGTERM or SIGINT passes SIGTERM on to every worker, waits for each
+//! to shut down gracefully (SIGKILL after its shutdown time and a margin),
+//! and exits. Workers are started with `std::process::Command` (a new
+//! program, never a `fork()` of a process with threads).
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
+
+/// The environment variable that tells a worker which descriptor is the
+/// listening socket it inherited.
+pub const LISTENER_FD_ENV: &str = "EDDY_LISTENER_FD";
+
+/// The environment variable that tells a worker its number (for its logs).
+pub const WORKER_ENV: &str = "EDDY_WORKER";
+
+/// A worker that dies sooner than this after starting is restarted only
+/// this long after it started.
+const RESTART_EVERY: Duration = Duration::from_secs(1);
+
+/// Past a worker's own shutdown time, how long it still has before SIGKILL.
+const KILL_MARGIN: Duration = Duration::from_secs(5);
+
+/// The listening socket a worker inherited from its parent, if this process
+/// is a worker.
+pub fn inherited_listener() -> Option<io::Result<TcpListener>> {
+    let fd = std::env::var(LISTENER_FD_ENV).ok()?;
+    Some(adopt(&fd))
+}
+
+fn adopt(fd: &str) -> io::Result<TcpListener> {
+    let fd: RawFd = fd.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{LISTENER_FD_ENV}={fd:?} is not a descriptor"),
+        )
+    })?;
+    // SAFETY: fstat writes one struct through a valid pointer; a descriptor
+    // that is not open makes it fail, which is checked.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{LISTENER_FD_ENV}={fd} is not an inherited socket"),
+        ));
+    }
+    // SAFETY: the descriptor is open and a socket (checked above), and
+    // nothing else in this process owns it: the parent passed it for this.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    set_inherited(&listener, false)?;
+    listener.local_addr()?; // a listening TCP socket, or an error
+    Ok(listener)
+}
+
+/// Whether `listener` stays open in programs this process starts.
+fn set_inherited(listener: &TcpListener, inherited: bool) -> io::Result<()> {
+    let flags = if inherited { 0 } else { libc::FD_CLOEXEC };
+    // SAFETY: fcntl on a descriptor we own; no memory is passed.
+    if unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One worker process.
+struct Worker {
+    number: usize,
+    child: Option<Child>,
+    started: Instant,
+}
+
+/// Runs `count` workers on `listener` until SIGTERM or SIGINT, restarting
+/// any that dies; each is this executable with `args`. Returns once every
+/// worker has exited.
+pub fn supervise(
+    listener: &TcpListener,
+    count: usize,
+    args: &[std::ffi::OsString],
+    shutdown_timeout: Duration,
+) -> io::Result<()> {
+    let program = std::env::current_exe()?;
+    set_inherited(listener, true)?;
+    let fd = listener.as_raw_fd().to_string();
+    let spawn = |number: usize| -> io::Result<Child> {
+        Command::new(&program)
+            .args(args)
+            .env(LISTENER_FD_ENV, &fd)
+            .env(WORKER_ENV, number.to_string())
+            .spawn()
+    };
+    let mut poll = Poll::new()?;
+    let mut signals = Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])?;
+    poll.registry()
+        .register(&mut signals, Token(0), Interest::READABLE)?;
+    let mut workers = Vec::with_capacity(count);
+    for number in 0..count {
+        let child = spawn(number)?;
+        info!("worker {number} started (pid {})", child.id());
+        workers.push(Worker {
+            number,
+            child: Some(child),
+            started: Instant::now(),
+        });
+    }
+    let mut events = Events::with_capacity(8);
+    let mut stopping: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        // Restart the dead, unless stopping.
+        if stopping.is_none() {
+            for worker in workers.iter_mut().filter(|w| w.child.is_none()) {
+                if now < worker.started + RESTART_EVERY {
+                    continue;
+                }
+                worker.started = now;
+                match spawn(worker.number) {
+                    Ok(child) => {
+                        info!("worker {} restarted (pid {})", worker.number, child.id());
+                        worker.child = Some(child);
+                    }
+                    Err(e) => error!("worker {}: cannot start: {e}", worker.number),
+                }
+            }
+        }
+        if stopping.is_some() && workers.iter().all(|w| w.child.is_none()) {
+            info!("every worker has stopped");
+            return Ok(());
+        }
+        let wake = match stopping {
+            Some(deadline) => Some(deadline),
+            None => workers
+                .iter()
+                .filter(|w| w.child.is_none())
+                .map(|w| w.started + RESTART_EVERY)
+                .min(),
+        };
+        let timeout = wake.map(|at| at.saturating_duration_since(Instant::now()));
+        match poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        for signal in signals.pending() {
+            if signal == libc::SIGCHLD {
+                continue; // reaped below, whatever woke us
+            }
+            if stopping.is_none() {
+                info!("signal {signal}: stopping {} workers", workers.len());
+                stopping = Some(Instant::now() + shutdown_timeout + KILL_MARGIN);
+                for worker in &workers {
+                    if let Some(child) = &worker.child {
+                        signal_child(child, libc::SIGTERM);
+                    }
+                }
+            }
+        }
+        for worker in &mut workers {
+            let Some(child) = &mut worker.child else {
+                continue;
+            };
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if stopping.is_none() {
+                        warn!(
+                            "worker {} (pid {}) died: {status}; restarting it",
+                            worker.number,
+                            child.id()
+                        );
+                    }
+                    worker.child = None;
+                }
+                Ok(None) => {}
+                Err(e) => warn!("worker {}: cannot wait for it: {e}", worker.number),
+            }
+        }
+        if let Some(deadline) = stopping
+            && Instant::now() >= deadline
+        {
+            for worker in &mut workers {
+                if let Some(mut child) = worker.child.take() {
+                    warn!("worker {} did not stop in time: killed", worker.number);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+}
+
+fn signal_child(child: &Child, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own
+    // child's, not reaped yet (it is reaped only through `child`).
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// How many workers `--workers 0` means: one per CPU this process may use.
+pub fn one_per_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
