@@ -479,40 +479,31 @@ impl Recipe {
                 }
             }
         }
-        // With --workers, the parent says it is listening, then starts them.
+        // With --workers, the parent says it is listening, then starts them;
+        // with Redis, every loop connects to it (two connections each)
+        // before the clients come.
         let mut workers = Vec::new();
-        if let Kind::EddyRedis(count) = self.kind
-            && count > 1
-        {
-            while workers.len() < usize::from(count) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Ok(line) = rx.recv_timeout(left) else {
-                    let _ = child.kill();
-                    return Err("the workers did not start".into());
-                };
-                if let Some(pid) = line.split("(pid ").nth(1) {
-                    workers.extend(pid.trim_end_matches(')').parse::<u32>().ok());
-                }
-            }
-        }
-        // Every worker connected to Redis before the clients come.
-        if let Some(redis) = &redis {
-            let mut connected = 0;
-            while connected
-                < 2 * usize::from(match self.kind {
-                    Kind::EddyRedis(count) => count,
-                    _ => 1,
-                })
-            {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(line) if line.contains("): connected") => connected += 1,
-                    Ok(_) => {}
-                    Err(_) => {
-                        let _ = child.kill();
-                        return Err(format!("not connected to Redis on {}", redis.port));
-                    }
-                }
+        let (wanted_workers, wanted_connections) = match self.kind {
+            Kind::EddyRedis(count) if count > 1 => (usize::from(count), 2 * usize::from(count)),
+            Kind::EddyRedis(_) => (0, 2),
+            _ => (0, 0),
+        };
+        let mut connected = 0;
+        while workers.len() < wanted_workers || connected < wanted_connections {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} of {wanted_workers} workers started, {connected} of \
+                     {wanted_connections} connections to Redis made",
+                    workers.len()
+                ));
+            };
+            if line.contains("): connected") {
+                connected += 1;
+            } else if let Some(pid) = line.split(" started (pid ").nth(1) {
+                workers.extend(pid.trim_end_matches(')').parse::<u32>().ok());
             }
         }
         // Keep draining the server's output.
