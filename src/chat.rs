@@ -1415,6 +1415,15 @@ impl WebSocketHandler for ChatRoom {
         if self.replaced.remove(&id) {
             return; // replaced by its comeback: no leave
         }
+        if let Some(at) = self.waiting.iter().position(|g| g.id == id) {
+            // It never got in: nobody heard of it, nobody hears it leave.
+            let room = self.waiting.swap_remove(at).room;
+            let empty = out.groups().count(&room) == 0;
+            if empty && !self.waiting.iter().any(|g| g.room == room) {
+                self.history.release(&room);
+            }
+            return;
+        }
         let groups = out.groups();
         let Some((group, room)) = groups
             .group_id_of(id)

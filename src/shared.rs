@@ -12,18 +12,19 @@
 //!   `MAXLEN ~` to the history's line limit;
 //! * `eddy:{room}:w:<server>`: the last append of one server to the room,
 //!   which makes appends idempotent;
-//! * `eddy:{room}:here`: who is in the room, on which server: a sorted set
-//!   of `<server> <id>` scored by when the entry expires, which each server
-//!   pushes back for its own members every [`BEAT_EVERY`] ([`BEAT`]); and
-//!   `eddy:{room}:names`, their names;
+//! * `eddy:{room}:members`: who is in the room, on which server: a hash of
+//!   `<server> <id>` to the member's name; and `eddy:{room}:servers`, the
+//!   servers with members there, a sorted set scored by when each one's
+//!   entry expires, which it pushes back every [`BEAT_EVERY`] ([`BEAT`]):
+//!   one entry per server, however many members it has;
 //! * the shard channel `eddy:{room}:live`, where each line is published,
 //!   and each join, leave and rename (`P <what> <server> <id> <name>`).
 //!
 //! Presence: a server tells the others of its members' joins, leaves and
 //! renames through the room's channel ([`PRESENCE`]), and learns theirs, so
 //! counts and `/who` cover every server. A server that dies without a word
-//! stops pushing its entries back: the next beat of any other server finds
-//! them expired, removes them and says they left, within
+//! stops pushing its entry back: the next beat of any other server finds it
+//! expired, removes its members and says they left, within
 //! [`PRESENCE_TTL`] + [`BEAT_EVERY`].
 //!
 //! A line's seq is assigned by one script ([`APPEND`]): check the epoch,
@@ -88,7 +89,7 @@ return {'ok', seq}
 "#;
 
 /// Where a room stands, its lines from a seq on, and who is in it: `KEYS`
-/// meta, log, here, names;
+/// meta, log, servers, members;
 /// `ARGV` a fresh epoch (used if one must begin), the epoch and head the
 /// server knows, the first seq wanted (0: the newest), how many lines.
 /// A room with no epoch (new, or Redis restarted empty) begins the fresh
@@ -124,31 +125,32 @@ local lines = {}
 if from <= seq then lines = redis.call('XRANGE', KEYS[2], '0-' .. from, '+', 'COUNT', count) end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local alive = {}
+for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do alive[s] = true end
 local here = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do
-  here[#here + 1] = m .. ' ' .. (redis.call('HGET', KEYS[4], m) or '')
+local all = redis.call('HGETALL', KEYS[4])
+for i = 1, #all, 2 do
+  local s = string.match(all[i], '^(%S+) ')
+  if s and alive[s] then here[#here + 1] = all[i] .. ' ' .. string.sub(all[i + 1], 2) end
 end
 return {epoch, tostring(seq), earlier, lines, here}
 "#;
 
-/// Who came, went or took a name: `KEYS` here, names, the member's `gone:`
-/// key; `ARGV` what (`join`, `leave`, `nick`), the server, the entries'
-/// time to live in ms, the channel, the member's id, its name (or empty),
-/// and for a leave its resume window in ms: its departure is kept that
-/// long, for a resume token on any server ([`SharedHistory::recall`]).
+/// Who came, went or took a name: `KEYS` servers, members, the member's
+/// `gone:` key; `ARGV` what (`join`, `leave`, `nick`), the server, the
+/// servers' time to live in ms, the channel, the member's id, its name (or
+/// empty), and for a leave its resume window in ms: its departure is kept
+/// that long, for a resume token on any server ([`SharedHistory::recall`]).
 const PRESENCE: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local member = ARGV[2] .. ' ' .. ARGV[5]
-if ARGV[1] == 'join' then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), member)
-  if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], member, ARGV[6]) else redis.call('HDEL', KEYS[2], member) end
-elseif ARGV[1] == 'leave' then
-  redis.call('ZREM', KEYS[1], member)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+if ARGV[1] == 'leave' then
   redis.call('HDEL', KEYS[2], member)
   redis.call('SET', KEYS[3], 'n' .. ARGV[6], 'PX', ARGV[7])
 else
-  redis.call('HSET', KEYS[2], member, ARGV[6])
+  redis.call('HSET', KEYS[2], member, 'n' .. ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[3]))
@@ -156,34 +158,48 @@ redis.call('SPUBLISH', ARGV[4], 'P ' .. ARGV[1] .. ' ' .. member .. ' ' .. ARGV[
 return 1
 "#;
 
-/// A server's heartbeat in a room: `KEYS` here, names; `ARGV` the server,
-/// the entries' time to live in ms, the channel, then its members' ids.
-/// Pushes their entries' expiry back (adding any Redis lost), and removes
-/// every expired entry (a server that died), saying each one left.
+/// A server's heartbeat in a room: `KEYS` servers, members; `ARGV` the
+/// server, the servers' time to live in ms, the channel, then (after Redis
+/// came back, when it may have lost them) its members' ids and names, in
+/// pairs, to add again. Pushes the server's expiry back, one entry whatever
+/// its members; finds the servers whose entry expired (they died without a
+/// word), and removes their members, saying each one left.
 const BEAT: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-for i = 4, #ARGV do
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1] .. ' ' .. ARGV[i])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+for i = 4, #ARGV - 1, 2 do
+  redis.call('HSET', KEYS[2], ARGV[1] .. ' ' .. ARGV[i], 'n' .. ARGV[i + 1])
 end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, m in ipairs(gone) do
-  local name = redis.call('HGET', KEYS[2], m) or ''
-  redis.call('ZREM', KEYS[1], m)
-  redis.call('HDEL', KEYS[2], m)
-  redis.call('SPUBLISH', ARGV[3], 'P leave ' .. m .. ' ' .. name)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local gone = 0
+if #dead > 0 then
+  local is_dead = {}
+  for _, s in ipairs(dead) do
+    is_dead[s] = true
+    redis.call('ZREM', KEYS[1], s)
+  end
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local s = string.match(all[i], '^(%S+) ')
+    if s and is_dead[s] then
+      redis.call('HDEL', KEYS[2], all[i])
+      redis.call('SPUBLISH', ARGV[3], 'P leave ' .. all[i] .. ' ' .. string.sub(all[i + 1], 2))
+      gone = gone + 1
+    end
+  end
 end
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
-return #gone
+return gone
 "#;
 
-/// How often a server pushes back its members' presence entries, and
+/// How often a server pushes back its presence entry in each room, and
 /// looks for expired ones.
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
 
-/// How long a presence entry lives without a beat: a server that died
-/// without a word is taken for gone this long after its last beat.
+/// How long a server's presence entry lives without a beat: a server that
+/// died without a word is taken for gone this long after its last beat.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(6);
 
 /// How many of a room's newest lines are read when it is first followed,
@@ -384,6 +400,8 @@ pub struct SharedHistory {
     next_beat: Instant,
     /// Whether Redis gave this server its number (its ids' base) yet.
     numbered: bool,
+    /// Whether the next beat sends every member again (Redis came back).
+    full_beat: bool,
     /// Departures asked about while Redis was away: asked when it is back.
     recalls: Vec<(Arc<str>, u64)>,
     cache: MemoryHistory,
@@ -430,6 +448,7 @@ impl SharedHistory {
             shas: [None, None, None, None],
             next_beat: Instant::now(),
             numbered: false,
+            full_beat: false,
             recalls: Vec::new(),
             cache: MemoryHistory::new(limits, seal),
             rooms: HashMap::new(),
@@ -510,8 +529,8 @@ impl SharedHistory {
         let keys = [
             room.key("meta"),
             room.key("log"),
-            room.key("here"),
-            room.key("names"),
+            room.key("servers"),
+            room.key("members"),
         ];
         let known = room.epoch.as_ref().map_or("", Epoch::as_str).to_owned();
         let head = room.delivered.to_string();
@@ -766,6 +785,8 @@ impl SharedHistory {
         if !self.commands_up() {
             return;
         }
+        // After Redis came back (perhaps empty), the members are sent again.
+        let full = std::mem::take(&mut self.full_beat);
         let ttl = u64::try_from(PRESENCE_TTL.as_millis())
             .unwrap_or(u64::MAX)
             .to_string();
@@ -774,12 +795,21 @@ impl SharedHistory {
             let Some(room) = self.rooms.get(&name) else {
                 continue;
             };
-            let keys = [room.key("here"), room.key("names")];
+            let keys = [room.key("servers"), room.key("members")];
             let channel = room.channel.clone();
-            let ids: Vec<String> = room.local.keys().map(u64::to_string).collect();
+            let members: Vec<(String, String)> = if full {
+                room.local
+                    .iter()
+                    .map(|(id, name)| (id.to_string(), name.as_deref().unwrap_or("").to_owned()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let server = self.server.clone();
             let mut args: Vec<&[u8]> = vec![server.as_bytes(), ttl.as_bytes(), &channel];
-            args.extend(ids.iter().map(|id| id.as_bytes()));
+            for (id, name) in &members {
+                args.extend([id.as_bytes(), name.as_bytes()]);
+            }
             self.eval(Ask::Quiet, Script::Beat, &[&keys[0], &keys[1]], &args);
         }
     }
@@ -819,7 +849,10 @@ impl SharedHistory {
             if old.is_some() {
                 warn!("room {name}: Redis lost lines seen here; epoch {epoch} begins");
             } else {
-                debug!("room {name}: followed, epoch {epoch}, head {seq}");
+                debug!(
+                    "room {name}: followed, epoch {epoch}, head {seq}, {} members on other servers",
+                    room.remote.len()
+                );
             }
             room.delivered = start;
             let was_ready = room.ready;
@@ -1057,6 +1090,8 @@ impl SharedHistory {
     }
 
     fn commands_came_up(&mut self) {
+        self.full_beat = true;
+        self.next_beat = Instant::now();
         if let Some(conns) = &mut self.conns {
             if !self.numbered {
                 conns
@@ -1486,7 +1521,11 @@ impl History for SharedHistory {
         if !up {
             return;
         }
-        let keys = [r.key("here"), r.key("names"), r.key(&format!("gone:{id}"))];
+        let keys = [
+            r.key("servers"),
+            r.key("members"),
+            r.key(&format!("gone:{id}")),
+        ];
         let channel = r.channel.clone();
         let ttl = u64::try_from(PRESENCE_TTL.as_millis())
             .unwrap_or(u64::MAX)
