@@ -1190,23 +1190,7 @@ impl ChatRoom {
         let mut news = std::mem::take(&mut self.news);
         for item in news.drain(..) {
             match item {
-                News::Ready(room) => {
-                    let Some(position) = self.history.position(&room) else {
-                        continue;
-                    };
-                    let (now, later) = std::mem::take(&mut self.waiting)
-                        .into_iter()
-                        .partition(|g| g.room == room && g.claim.is_none());
-                    self.waiting = later;
-                    for greeting in now {
-                        if out.groups().is_open(greeting.id) {
-                            self.greet(greeting, &position, out);
-                        }
-                    }
-                    if out.groups().count(&room) == 0 {
-                        self.history.release(&room); // they all left meanwhile
-                    }
-                }
+                News::Ready(room) => self.room_known(&room, false, out),
                 News::Joined(room, who) | News::Left(room, who) => {
                     let joined = self
                         .history
@@ -1241,28 +1225,49 @@ impl ChatRoom {
                 News::Recalled { room, id, left } => self.recalled(&room, id, left, out),
                 News::IdBase(base) => self.id_base = base,
                 News::TokenKey(key) => self.token_key = key,
-                News::Reset(room) => {
-                    let (Some(group), Some(position)) =
-                        (out.groups().id_of(&room), self.history.position(&room))
-                    else {
-                        continue;
-                    };
-                    let from = self.replay_from(&position);
-                    let reset = ChatEvent::Event {
-                        message: RESET,
-                        event: "reset",
-                        detail: EventDetail::None {},
-                    }
-                    .to_json();
-                    let members: Vec<ConnId> = out.groups().members(group).collect();
-                    for id in members {
-                        out.write_message(id, &reset);
-                        out.follow(id, from, true);
-                    }
-                }
+                News::Reset(room) => self.room_known(&room, true, out),
             }
         }
         self.news = news;
+    }
+
+    /// The history knows where `room` stands now: its newcomers are
+    /// welcomed; after a `reset` (Redis lost lines its members saw), its
+    /// members are told and start over from the replay.
+    fn room_known(&mut self, room: &Arc<str>, reset: bool, out: &mut Outbox) {
+        let group = out.groups().id_of(room);
+        if group.is_none() && !self.waiting.iter().any(|g| g.room == *room) {
+            return self.history.release(room); // nobody here any more
+        }
+        let Some(position) = self.history.position(room) else {
+            return;
+        };
+        if let (true, Some(group)) = (reset, group) {
+            let from = self.replay_from(&position);
+            let reset = ChatEvent::Event {
+                message: RESET,
+                event: "reset",
+                detail: EventDetail::None {},
+            }
+            .to_json();
+            let members: Vec<ConnId> = out.groups().members(group).collect();
+            for id in members {
+                out.write_message(id, &reset);
+                out.follow(id, from, true);
+            }
+        }
+        let (now, later) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|g| g.room == *room && g.claim.is_none());
+        self.waiting = later;
+        for greeting in now {
+            if out.groups().is_open(greeting.id) {
+                self.greet(greeting, &position, out);
+            }
+        }
+        if out.groups().count(room) == 0 && !self.waiting.iter().any(|g| g.room == *room) {
+            self.history.release(room); // they all left meanwhile
+        }
     }
 
     /// The answer to whether `member` left `room` on another server in its
@@ -1325,7 +1330,19 @@ impl ChatRoom {
 impl WebSocketHandler for ChatRoom {
     fn admit(&self, request: &Request<'_>, groups: &Groups) -> Result<(), Refusal> {
         let query = parse_query(request.query).map_err(|why| Refusal { status: 400, why })?;
-        if groups.count(&query.room) == 0 && groups.len() >= self.max_rooms {
+        // Rooms whose newcomers wait for the shared store count too.
+        let waiting_only =
+            |room: &str| groups.count(room) == 0 && self.waiting.iter().any(|g| *g.room == *room);
+        let mut waiting: Vec<&str> = self
+            .waiting
+            .iter()
+            .map(|g| &*g.room)
+            .filter(|r| waiting_only(r))
+            .collect();
+        waiting.sort_unstable();
+        waiting.dedup();
+        let new = groups.count(&query.room) == 0 && !waiting_only(&query.room);
+        if new && groups.len() + waiting.len() >= self.max_rooms {
             return Err(Refusal {
                 status: 503,
                 why: "too many rooms: try one that has people in it",

@@ -234,6 +234,9 @@ pub struct RedisConn<T> {
     /// Whether it has been up since it was last down (for the logs: say
     /// once that Redis is unreachable, and once that it is back).
     said_down: bool,
+    /// When the answer to a [`probe`](Self::probe) is due, while one is
+    /// awaited.
+    probe_due: Option<Instant>,
 }
 
 impl<T> fmt::Debug for RedisConn<T> {
@@ -272,6 +275,7 @@ impl<T> RedisConn<T> {
             waiting: VecDeque::new(),
             backoff: FIRST_BACKOFF,
             said_down: false,
+            probe_due: None,
         }
     }
 
@@ -291,6 +295,27 @@ impl<T> RedisConn<T> {
     pub fn send(&mut self, tag: T, words: &[&[u8]]) {
         debug_assert!(self.is_up(), "send on a connection that is down");
         self.queue(Tag::Owner(tag), words);
+    }
+
+    /// Whether commands are queued and not yet written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Asks a subscriber for a sign of life (`PING`, answered by a `pong`
+    /// push that its owner reports with [`answered`](Self::answered));
+    /// no answer within [`REPLY_DEADLINE`] breaks the connection, as a
+    /// command's missing reply would. One probe at a time.
+    pub fn probe(&mut self) {
+        if self.is_up() && self.probe_due.is_none() {
+            self.push_command(&[b"PING"]);
+            self.probe_due = Some(Instant::now() + REPLY_DEADLINE);
+        }
+    }
+
+    /// The probe was answered.
+    pub fn answered(&mut self) {
+        self.probe_due = None;
     }
 
     /// Queues a command that gets no reply of its own: on a subscriber,
@@ -455,7 +480,10 @@ impl<T> RedisConn<T> {
             State::Connecting { until, .. } if *until <= now => {
                 self.next_address("connecting took too long", happened)
             }
-            State::Up { .. } if self.waiting.front().is_some_and(|(_, due)| *due <= now) => {
+            State::Up { .. }
+                if self.waiting.front().is_some_and(|(_, due)| *due <= now)
+                    || self.probe_due.is_some_and(|due| due <= now) =>
+            {
                 let why = format!("no reply within {REPLY_DEADLINE:?}");
                 self.fail(&why, happened);
             }
@@ -469,7 +497,10 @@ impl<T> RedisConn<T> {
             State::Down { retry_at } => Some(*retry_at),
             State::Resolving { until, .. } => Some((Instant::now() + RESOLVE_POLL).min(*until)),
             State::Connecting { until, .. } => Some(*until),
-            State::Up { .. } => self.waiting.front().map(|(_, due)| *due),
+            State::Up { .. } => {
+                let reply = self.waiting.front().map(|(_, due)| *due);
+                reply.into_iter().chain(self.probe_due).min()
+            }
         }
     }
 
@@ -620,6 +651,7 @@ impl<T> RedisConn<T> {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.out.clear();
         self.input.clear();
+        self.probe_due = None;
         let lost: Vec<T> = self
             .waiting
             .drain(..)
@@ -636,6 +668,11 @@ impl<T> RedisConn<T> {
 /// past it); `None` if it is not whole yet; an error if it is not RESP.
 pub fn next_frame(input: &[u8], used: &mut usize) -> Result<Option<Reply>, String> {
     let rest = input.get(*used..).unwrap_or_default();
+    // The decoder recurses into nested arrays: a hostile reply nesting
+    // thousands deep would overflow the stack. Ours nest four deep.
+    if nests_too_deep(rest) {
+        return Err(format!("arrays nested over {MAX_DEPTH} deep"));
+    }
     match decode(rest) {
         Ok(Some((frame, len))) => {
             *used += len;
@@ -643,6 +680,57 @@ pub fn next_frame(input: &[u8], used: &mut usize) -> Result<Option<Reply>, Strin
         }
         Ok(None) => Ok(None),
         Err(e) => Err(format!("not RESP: {e:?}")),
+    }
+}
+
+/// How deep a reply's arrays may nest (a sync's are four deep).
+pub const MAX_DEPTH: usize = 16;
+
+/// Whether the frame at the start of `buf` nests arrays deeper than
+/// [`MAX_DEPTH`], as far as it has arrived: a walk over its headers, with
+/// no recursion. Whatever else is wrong with it is the decoder's to say.
+fn nests_too_deep(buf: &[u8]) -> bool {
+    // Elements still to come in each array open around `at`.
+    let mut open: Vec<u64> = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let Some(&kind) = buf.get(at) else {
+            return false; // not all here yet
+        };
+        let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let header = std::str::from_utf8(&buf[at + 1..at + eol]).ok();
+        let length = header.and_then(|h| h.parse::<i64>().ok());
+        at += eol + 2;
+        match (kind, length) {
+            (b'*', Some(n)) if n > 0 => {
+                if open.len() >= MAX_DEPTH {
+                    return true;
+                }
+                open.push(n.unsigned_abs());
+                continue;
+            }
+            (b'$', Some(n)) if n >= 0 => {
+                let Some(next) = usize::try_from(n).ok().and_then(|n| at.checked_add(n + 2)) else {
+                    return false;
+                };
+                at = next;
+            }
+            (b'*' | b'$', None) => return false, // not RESP: the decoder says so
+            _ => {}
+        }
+        // An element is complete: so may be the arrays around it.
+        loop {
+            let Some(left) = open.last_mut() else {
+                return false; // the whole frame
+            };
+            *left -= 1;
+            if *left > 0 {
+                break;
+            }
+            open.pop();
+        }
     }
 }
 
@@ -707,6 +795,43 @@ mod tests {
             let err = bad.parse::<RedisUrl>().unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn frames_are_split_and_deep_nesting_is_refused_without_recursion() {
+        let two = b"*2\r\n$3\r\nabc\r\n*1\r\n:7\r\n+OK\r\n$-1\r\n";
+        let mut used = 0;
+        let first = next_frame(two, &mut used).unwrap().unwrap();
+        assert!(
+            matches!(first, Reply::Array(ref a) if a.len() == 2),
+            "{first:?}"
+        );
+        assert_eq!(
+            next_frame(two, &mut used).unwrap(),
+            Some(Reply::SimpleString(b"OK".to_vec()))
+        );
+        assert_eq!(next_frame(two, &mut used).unwrap(), Some(Reply::Null));
+        assert_eq!(next_frame(two, &mut used).unwrap(), None, "nothing more");
+        assert_eq!(used, two.len());
+        // Half a frame: not yet.
+        let mut used = 0;
+        assert_eq!(next_frame(&two[..9], &mut used).unwrap(), None);
+        assert_eq!(used, 0);
+        // Nested as deep as allowed: fine; deeper, refused, even unfinished.
+        let nested = |depth: usize| {
+            let mut frame = b"*1\r\n".repeat(depth);
+            frame.extend_from_slice(b":1\r\n");
+            frame
+        };
+        let mut used = 0;
+        assert!(next_frame(&nested(MAX_DEPTH), &mut used).unwrap().is_some());
+        let mut used = 0;
+        assert!(next_frame(&nested(MAX_DEPTH + 1), &mut used).is_err());
+        let deep = b"*1\r\n".repeat(100_000);
+        let mut used = 0;
+        assert!(next_frame(&deep, &mut used).is_err(), "no stack overflow");
+        let mut used = 0;
+        assert!(next_frame(b"not RESP\r\n", &mut used).is_err());
     }
 
     #[test]

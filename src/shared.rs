@@ -91,7 +91,9 @@ return {'ok', seq}
 /// Where a room stands, its lines from a seq on, and who is in it: `KEYS`
 /// meta, log, servers, members;
 /// `ARGV` a fresh epoch (used if one must begin), the epoch and head the
-/// server knows, the first seq wanted (0: the newest), how many lines.
+/// server knows, the first seq wanted (0: the newest), how many lines, the
+/// keys' time to live in ms (for a room that begins: a room visited and
+/// never spoken in does not stay in Redis).
 /// A room with no epoch (new, or Redis restarted empty) begins the fresh
 /// one; a room whose seq is behind what the server saw in the same epoch
 /// (Redis restarted from an older snapshot) begins it too, continuing the
@@ -117,6 +119,7 @@ end
 if renew then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', seq, 'earlier', earlier)
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
 end
 local from, count = tonumber(ARGV[4]), tonumber(ARGV[5])
 if from == 0 then from = seq - count + 1 end
@@ -161,7 +164,8 @@ return 1
 /// A server's heartbeat in a room: `KEYS` servers, members; `ARGV` the
 /// server, the servers' time to live in ms, the channel, then (after Redis
 /// came back, when it may have lost them) its members' ids and names, in
-/// pairs, to add again. Pushes the server's expiry back, one entry whatever
+/// pairs, to add again (each one Redis had lost is announced as a join).
+/// Pushes the server's expiry back, one entry whatever
 /// its members; finds the servers whose entry expired (they died without a
 /// word), and removes their members, saying each one left.
 const BEAT: &str = r#"
@@ -169,7 +173,10 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 for i = 4, #ARGV - 1, 2 do
-  redis.call('HSET', KEYS[2], ARGV[1] .. ' ' .. ARGV[i], 'n' .. ARGV[i + 1])
+  local member = ARGV[1] .. ' ' .. ARGV[i]
+  if redis.call('HSET', KEYS[2], member, 'n' .. ARGV[i + 1]) == 1 then
+    redis.call('SPUBLISH', ARGV[3], 'P join ' .. member .. ' ' .. ARGV[i + 1])
+  end
 end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 local gone = 0
@@ -316,16 +323,22 @@ struct Room {
     head: Seq,
     /// The last seq handed to the chat (or cached, before it is ready).
     delivered: Seq,
-    /// Lines from the channel ahead of a hole, by seq (their [`Stored`] JSON).
-    early: BTreeMap<Seq, Vec<u8>>,
-    /// A sync or a fill is on its way; replies to older ones are ignored.
+    /// Lines from the channel ahead of a hole (or while syncing), by seq:
+    /// their epoch and their [`Stored`] JSON.
+    early: BTreeMap<Seq, (Box<[u8]>, Vec<u8>)>,
+    /// Joins, leaves and renames heard while syncing: applied after the
+    /// sync's list of who is here, which they may postdate.
+    early_presence: Vec<Vec<u8>>,
+    /// The room's epoch changed in a way its lines here do not continue:
+    /// synced afresh, its members are to be told ([`News::Reset`]).
+    reset_pending: bool,
+    /// The sync or fill on its way (from [`SharedHistory::generation`]);
+    /// replies to older ones, or to a room followed before, are ignored.
     generation: u64,
     syncing: bool,
     filling: bool,
     /// Whether the chat was told it is ready.
     ready: bool,
-    /// The last append number used.
-    counter: u64,
     /// Appends sent, whose reply has not come, oldest first.
     sent: VecDeque<Outgoing>,
     /// Appends waiting for the room to be synced.
@@ -363,11 +376,12 @@ impl Room {
             head: 0,
             delivered: 0,
             early: BTreeMap::new(),
+            early_presence: Vec::new(),
+            reset_pending: false,
             generation: 0,
             syncing: false,
             filling: false,
             ready: false,
-            counter: 0,
             sent: VecDeque::new(),
             held: VecDeque::new(),
             unknown: Vec::new(),
@@ -400,6 +414,11 @@ pub struct SharedHistory {
     next_beat: Instant,
     /// Whether Redis gave this server its number (its ids' base) yet.
     numbered: bool,
+    /// The last append number used, over all rooms: with the server's
+    /// name, it makes each append unique (the `w:` key keeps a room's last).
+    counter: u64,
+    /// The last sync or fill started, over all rooms.
+    generation: u64,
     /// Whether the next beat sends every member again (Redis came back).
     full_beat: bool,
     /// Departures asked about while Redis was away: asked when it is back.
@@ -418,6 +437,8 @@ pub struct SharedHistory {
     /// Why the command connection is to be dropped, once its replies so far
     /// are handled: a reply that makes no sense.
     broken: Option<String>,
+    /// The same, for the subscriber.
+    sub_broken: Option<String>,
 }
 
 /// The two connections and what they last reported.
@@ -448,6 +469,8 @@ impl SharedHistory {
             shas: [None, None, None, None],
             next_beat: Instant::now(),
             numbered: false,
+            counter: 0,
+            generation: 0,
             full_beat: false,
             recalls: Vec::new(),
             cache: MemoryHistory::new(limits, seal),
@@ -460,6 +483,7 @@ impl SharedHistory {
             stream_lines: limits.lines,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
             broken: None,
+            sub_broken: None,
         }
     }
 
@@ -519,7 +543,8 @@ impl SharedHistory {
         if room.subscription != Subscription::Yes {
             return; // once subscribed: no line can fall between the two
         }
-        room.generation += 1;
+        self.generation += 1;
+        room.generation = self.generation;
         room.syncing = true;
         room.filling = false;
         let ask = Ask::Sync {
@@ -541,6 +566,7 @@ impl SharedHistory {
         };
         let fresh = Epoch::random();
         let count = PAGE_LINES.to_string();
+        let ttl = self.ttl_ms.to_string();
         self.eval(
             ask,
             Script::Sync,
@@ -551,6 +577,7 @@ impl SharedHistory {
                 head.as_bytes(),
                 from.as_bytes(),
                 count.as_bytes(),
+                ttl.as_bytes(),
             ],
         );
     }
@@ -676,15 +703,16 @@ impl SharedHistory {
                 return;
             };
             let seq = *entry.key();
-            if seq <= room.delivered {
-                entry.remove();
+            let ours = room.epoch.as_ref().map(|e| e.as_str().as_bytes()) == Some(&*entry.get().0);
+            if seq <= room.delivered || !ours {
+                entry.remove(); // had, or of an epoch gone by
                 continue;
             }
             if seq > room.delivered + 1 {
                 room.head = room.head.max(seq - 1);
                 return self.fill(name);
             }
-            let stored = entry.remove();
+            let (_, stored) = entry.remove();
             self.deliver(name, seq, &stored);
         }
     }
@@ -695,6 +723,12 @@ impl SharedHistory {
             return; // unsubscribed meanwhile
         };
         if let Some(change) = message.strip_prefix(b"P ") {
+            if let Some(room) = self.rooms.get_mut(&name)
+                && room.syncing
+            {
+                room.early_presence.push(change.to_vec());
+                return;
+            }
             return self.on_presence(&name, change);
         }
         let mut parts = message.splitn(3, |&b| b == b' ');
@@ -712,14 +746,21 @@ impl SharedHistory {
             return;
         };
         let same_epoch = room.epoch.as_ref().map(|e| e.as_str().as_bytes()) == Some(epoch);
+        if room.early.len() >= MAX_EARLY {
+            // Too much ahead of a hole: read it from the stream instead.
+            room.early.clear();
+            if !room.syncing && room.epoch.is_some() {
+                return self.sync(&name);
+            }
+        }
         if room.syncing || room.epoch.is_none() {
-            room.early.insert(seq, stored.to_vec());
+            room.early.insert(seq, (epoch.into(), stored.to_vec()));
             return;
         }
         if !same_epoch {
             // Another epoch began: sync, and keep the line for after.
             room.early.clear();
-            room.early.insert(seq, stored.to_vec());
+            room.early.insert(seq, (epoch.into(), stored.to_vec()));
             return self.sync(&name);
         }
         if seq <= room.delivered {
@@ -729,11 +770,7 @@ impl SharedHistory {
             self.deliver(&name, seq, stored);
             return self.drain_early(&name);
         }
-        if room.early.len() >= MAX_EARLY {
-            room.early.clear();
-            return self.sync(&name);
-        }
-        room.early.insert(seq, stored.to_vec());
+        room.early.insert(seq, (epoch.into(), stored.to_vec()));
         room.head = room.head.max(seq - 1);
         self.fill(&name);
     }
@@ -829,33 +866,27 @@ impl SharedHistory {
         room.syncing = false;
         let server = self.server.as_str();
         room.remote = here.into_iter().filter(|m| &*m.server != server).collect();
-        let old = room.epoch.clone();
-        let position = Position {
-            epoch: epoch.clone(),
-            first: 1,
-            head: seq,
-            earlier: earlier.clone(),
+        // Joins and leaves heard meanwhile come after that list.
+        let heard = std::mem::take(&mut room.early_presence);
+        let room_name = Arc::clone(&room.name);
+        for change in heard {
+            self.on_presence(&room_name, &change);
+        }
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
         };
-        let continues = old
-            .as_ref()
-            .is_some_and(|old| position.continues(old.as_str(), room.delivered));
-        room.epoch = Some(epoch.clone());
-        room.earlier = earlier;
-        room.head = seq;
-        if !continues {
-            // The first sync, or a new epoch this server's lines do not
-            // continue into: the cache begins afresh, from the lines read.
+        let Some(old) = room.epoch.clone() else {
+            // The first sync (or the first after a reset): the cache begins
+            // from the newest lines, and the room is ready.
             let start = lines.first().map_or(seq, |(first, _)| first - 1);
-            if old.is_some() {
-                warn!("room {name}: Redis lost lines seen here; epoch {epoch} begins");
-            } else {
-                debug!(
-                    "room {name}: followed, epoch {epoch}, head {seq}, {} members on other servers",
-                    room.remote.len()
-                );
-            }
+            debug!(
+                "room {name}: followed, epoch {epoch}, head {seq}, {} members on other servers",
+                room.remote.len()
+            );
+            room.epoch = Some(epoch.clone());
+            room.earlier = earlier;
+            room.head = seq;
             room.delivered = start;
-            let was_ready = room.ready;
             room.ready = false;
             self.cache.restore(name, epoch, start);
             for (seq, stored) in &lines {
@@ -865,18 +896,46 @@ impl SharedHistory {
                 return;
             };
             room.ready = true;
+            let reset = std::mem::take(&mut room.reset_pending);
             let room_name = Arc::clone(&room.name);
-            self.news.push(if was_ready {
+            self.news.push(if reset {
                 News::Reset(room_name)
             } else {
                 News::Ready(room_name)
             });
-        } else {
-            for (seq, stored) in &lines {
-                self.deliver(name, *seq, stored);
-            }
+            return self.after_sync(name);
+        };
+        let position = Position {
+            epoch: epoch.clone(),
+            first: 1,
+            head: seq,
+            earlier: earlier.clone(),
+        };
+        if !position.continues(old.as_str(), room.delivered) {
+            // Redis lost lines seen here (restarted empty, or from an older
+            // snapshot): the room begins again from Redis's newest lines,
+            // and its members here are told. The lines just read began at
+            // this server's old numbering: read the newest instead.
+            warn!("room {name}: Redis lost lines seen here; epoch {epoch} begins");
+            room.epoch = None;
+            room.ready = false;
+            room.reset_pending = true;
+            room.early.clear();
+            return self.sync(name);
         }
-        // Lines sent before the room was known, or returned as stale.
+        room.epoch = Some(epoch);
+        room.earlier = earlier;
+        room.head = room.head.max(seq);
+        for (seq, stored) in &lines {
+            self.deliver(name, *seq, stored);
+        }
+        self.after_sync(name);
+    }
+
+    /// Once a room is synced: the lines sent before it was known (or
+    /// returned as stale) go out, and what came on the channel meanwhile
+    /// is delivered, or the hole before it filled.
+    fn after_sync(&mut self, name: &str) {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
@@ -890,7 +949,14 @@ impl SharedHistory {
 
     /// The reply to a fill: the lines asked for, or as many as fit a page.
     fn on_filled(&mut self, name: &str, reply: Reply) {
-        let lines = entries(&reply).unwrap_or_default();
+        let Some(lines) = entries(&reply) else {
+            // An error (a busy Redis) or nonsense: nothing is known of the
+            // hole. Reconnect and sync again, rather than skip it.
+            self.broken = Some(format!(
+                "room {name}: a fill's reply makes no sense: {reply:?}"
+            ));
+            return;
+        };
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
@@ -940,11 +1006,14 @@ impl SharedHistory {
             "stale" => {
                 // Not appended: the room moved on. Sync, then send again.
                 room.held.push_back(line);
+                room.held.make_contiguous().sort_by_key(|l| l.counter);
                 self.sync(name);
             }
             e if e.starts_with("NOSCRIPT") => {
                 self.shas = [None, None, None, None];
-                room.held.push_front(line);
+                // In number order, whatever order the refusals came in.
+                room.held.push_back(line);
+                room.held.make_contiguous().sort_by_key(|l| l.counter);
                 self.load_scripts();
                 self.sync(name);
             }
@@ -1020,8 +1089,10 @@ impl SharedHistory {
                     warn!("redis: a presence update failed: {e}");
                 }
             }
+            // Taken once: the ids of members already welcomed must not move.
+            Ask::ServerNumber if self.numbered => {}
             Ask::ServerNumber => match redis::number(&reply) {
-                Some(n) if !self.numbered => {
+                Some(n) => {
                     self.numbered = true;
                     // 2^20 - 1 bases of 2^32 ids each, below 2^52: ids stay
                     // exact in JavaScript. Base 0 is a server alone's.
@@ -1029,16 +1100,22 @@ impl SharedHistory {
                     info!("redis: this server's member ids begin at {}", base + 1);
                     self.news.push(News::IdBase(base));
                 }
-                Some(_) => {}
-                None => warn!("redis: no server number from INCR: {reply:?}"),
+                None => {
+                    self.numbered = true;
+                    warn!(
+                        "redis: no server number from INCR ({reply:?}): ids begin at a random base"
+                    );
+                }
             },
             Ask::Secret => {
-                let key = redis::text(&reply).filter(|k| k.len() == 32).and_then(|k| {
-                    Some([
-                        u64::from_str_radix(&k[..16], 16).ok()?,
-                        u64::from_str_radix(&k[16..], 16).ok()?,
-                    ])
-                });
+                let key = redis::text(&reply)
+                    .filter(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|k| {
+                        Some([
+                            u64::from_str_radix(&k[..16], 16).ok()?,
+                            u64::from_str_radix(&k[16..], 16).ok()?,
+                        ])
+                    });
                 match key {
                     Some(key) => self.news.push(News::TokenKey(key)),
                     None => warn!(
@@ -1173,6 +1250,17 @@ impl SharedHistory {
 
     /// Everything the subscriber reported.
     fn on_subscriber(&mut self, happened: Vec<Happening<()>>) {
+        self.hear_subscriber(happened);
+        if let Some(why) = self.sub_broken.take()
+            && let Some(conns) = &mut self.conns
+        {
+            let mut happened = Vec::new();
+            conns.subscriber.fail(&why, &mut happened);
+            self.hear_subscriber(happened);
+        }
+    }
+
+    fn hear_subscriber(&mut self, happened: Vec<Happening<()>>) {
         for happening in happened {
             match happening {
                 Happening::Up => {
@@ -1194,7 +1282,22 @@ impl SharedHistory {
 
     fn on_push(&mut self, frame: Reply) {
         let Reply::Array(parts) = frame else {
-            return warn!("redis: the subscriber got {frame:?}; ignored");
+            // A refused SSUBSCRIBE (Redis before 7, an ACL): the rooms
+            // asked for would wait for ever. Say so, and start again later.
+            if matches!(&frame, Reply::SimpleString(s) if s == b"PONG") {
+                // A probe's answer while subscribed to nothing.
+                if let Some(conns) = &mut self.conns {
+                    conns.subscriber.answered();
+                }
+            } else if let Reply::Error(e) = &frame {
+                self.sub_broken = Some(format!(
+                    "the subscriber was refused: {e} (Eddy needs Redis 7 or later, \
+                     and SSUBSCRIBE allowed)"
+                ));
+            } else {
+                warn!("redis: the subscriber got {frame:?}; ignored");
+            }
+            return;
         };
         let kind = parts.first().and_then(redis::text).unwrap_or("");
         let channel = match parts.get(1) {
@@ -1218,6 +1321,11 @@ impl SharedHistory {
                 }
             }
             ("sunsubscribe", _) => {}
+            ("pong", _) => {
+                if let Some(conns) = &mut self.conns {
+                    conns.subscriber.answered();
+                }
+            }
             _ => warn!("redis: the subscriber got an unexpected {kind:?}; ignored"),
         }
     }
@@ -1456,9 +1564,9 @@ impl History for SharedHistory {
         let Ok(stored) = serde_json::to_string(&stored) else {
             return refuse(self);
         };
-        r.counter += 1;
+        self.counter += 1;
         let line = Outgoing {
-            counter: r.counter,
+            counter: self.counter,
             member: draft.id,
             stored,
         };
@@ -1631,7 +1739,15 @@ impl History for SharedHistory {
         if now >= self.next_beat {
             self.next_beat = now + BEAT_EVERY;
             self.beat();
+            // A subscriber gets no replies to time out: it is asked for a
+            // pong, so that a dead one is found as soon as a command's is.
+            if let Some(conns) = &mut self.conns {
+                conns.subscriber.probe();
+            }
         }
+        // What was queued outside a turn's commit (a client cut off after
+        // it) goes now.
+        self.flush();
     }
 
     fn next_tick(&self) -> Option<Instant> {
@@ -1641,6 +1757,9 @@ impl History for SharedHistory {
             .values()
             .filter_map(|r| r.released.map(|t| t + LINGER))
             .min();
+        if conns.commands.has_output() || conns.subscriber.has_output() {
+            return Some(Instant::now()); // queued after the turn's commit
+        }
         let beat = (!self.rooms.is_empty()).then_some(self.next_beat);
         [
             conns.commands.next_tick(),

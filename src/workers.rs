@@ -12,11 +12,14 @@
 //! and on SIGTERM or SIGINT passes SIGTERM on to every worker, waits for each
 //! to shut down gracefully (SIGKILL after its shutdown time and a margin),
 //! and exits. Workers are started with `std::process::Command` (a new
-//! program, never a `fork()` of a process with threads).
+//! program, never a `fork()` of a process with threads), each in a process
+//! group of its own (a Ctrl-C reaches the parent alone; under systemd, use
+//! `KillMode=mixed`), and stop if the parent dies (`PR_SET_PDEATHSIG`).
 
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -99,19 +102,49 @@ pub fn supervise(
     set_inherited(listener, true)?;
     let fd = listener.as_raw_fd().to_string();
     let spawn = |number: usize| -> io::Result<Child> {
-        Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .args(args)
             .env(LISTENER_FD_ENV, &fd)
             .env(WORKER_ENV, number.to_string())
-            .spawn()
+            // A group of its own: a Ctrl-C at the terminal reaches the
+            // parent alone, which passes one SIGTERM on (a worker that got
+            // both would take the second for "stop now").
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only prctl, which is async-signal-safe; it touches no
+        // memory of the parent's.
+        unsafe {
+            command.pre_exec(|| {
+                // If the parent dies (even by SIGKILL), its workers are
+                // told to stop: no orphan keeps the port.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn()
     };
     let mut poll = Poll::new()?;
     let mut signals = Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
-    let mut workers = Vec::with_capacity(count);
+    let mut workers: Vec<Worker> = Vec::with_capacity(count);
     for number in 0..count {
-        let child = spawn(number)?;
+        let child = match spawn(number) {
+            Ok(child) => child,
+            Err(e) => {
+                // None left running without a parent to watch them.
+                for worker in &mut workers {
+                    if let Some(mut child) = worker.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                }
+                return Err(e);
+            }
+        };
         info!("worker {number} started (pid {})", child.id());
         workers.push(Worker {
             number,

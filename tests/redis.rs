@@ -492,12 +492,18 @@ fn scripts_flushed_from_redis_are_sent_again() {
     send(&mut client, "one");
     assert_eq!(next_line(&mut client)["seq"], 1);
     assert!(redis.command(&["SCRIPT", "FLUSH"]).starts_with("+OK"));
-    send(&mut client, "two");
-    let line = next_line(&mut client);
-    assert_eq!(
-        (line["seq"].as_u64(), line["message"].as_str()),
-        (Some(2), Some("two"))
-    );
+    // Several in one turn: each refused (NOSCRIPT), each sent again, in order.
+    for i in 2..=6 {
+        send(&mut client, &format!("line {i}"));
+    }
+    for i in 2..=6 {
+        let line = next_line(&mut client);
+        let text = format!("line {i}");
+        assert_eq!(
+            (line["seq"].as_u64(), line["message"].as_str()),
+            (Some(i), Some(&*text))
+        );
+    }
 }
 
 /// A "Redis" that answers with `reply` to whatever it is sent, on every
