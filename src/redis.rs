@@ -237,6 +237,8 @@ pub struct RedisConn<T> {
     /// When the answer to a [`probe`](Self::probe) is due, while one is
     /// awaited.
     probe_due: Option<Instant>,
+    /// Commands were queued since the last flush.
+    unflushed: bool,
 }
 
 impl<T> fmt::Debug for RedisConn<T> {
@@ -276,6 +278,7 @@ impl<T> RedisConn<T> {
             backoff: FIRST_BACKOFF,
             said_down: false,
             probe_due: None,
+            unflushed: false,
         }
     }
 
@@ -297,9 +300,11 @@ impl<T> RedisConn<T> {
         self.queue(Tag::Owner(tag), words);
     }
 
-    /// Whether commands are queued and not yet written.
+    /// Whether commands were queued since the last [`flush`](Self::flush)
+    /// (what a flush could not write waits for the socket to be writable,
+    /// and does not count: asking again at once would spin).
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        self.unflushed
     }
 
     /// Asks a subscriber for a sign of life (`PING`, answered by a `pong`
@@ -350,11 +355,13 @@ impl<T> RedisConn<T> {
             self.out.truncate(start);
             return false;
         }
+        self.unflushed = true;
         true
     }
 
     /// Writes what is queued, as far as the socket takes it.
     pub fn flush(&mut self, happened: &mut Vec<Happening<T>>) {
+        self.unflushed = false;
         let State::Up { socket } = &mut self.state else {
             return;
         };
