@@ -5,13 +5,12 @@
 //! Redis holds each room under one hash tag (`eddy:{room}:…`, so a Redis
 //! Cluster keeps a room's keys in one slot and no command spans two rooms):
 //!
-//! * `eddy:{room}:meta`: a hash of the room's `epoch`, its last `seq`, and
-//!   the `earlier` epochs its seqs continue;
+//! * `eddy:{room}:meta`: a hash of the room's `epoch`, its last `seq`, the
+//!   `earlier` epochs its seqs continue, and in `w:<server>` fields each
+//!   server's last append to the room, which makes appends idempotent;
 //! * `eddy:{room}:log`: a stream of its lines, each with the explicit id
 //!   `0-<seq>` (so a reader's cursor is a direct `XRANGE`), trimmed with
 //!   `MAXLEN ~` to the history's line limit;
-//! * `eddy:{room}:w:<server>`: the last append of one server to the room,
-//!   which makes appends idempotent;
 //! * `eddy:{room}:members`: who is in the room, on which server: a hash of
 //!   `<server> <id>` to the member's name; and `eddy:{room}:servers`, the
 //!   servers with members there, a sorted set scored by when each one's
@@ -65,25 +64,30 @@ use crate::history::{
 use crate::log::MAX_SEQ;
 use crate::redis::{self, Happening, RedisConn, RedisUrl, Reply};
 
-/// Assigns a line its seq and appends it: `KEYS` meta, log, writer;
-/// `ARGV` the epoch and head the server knows, the append's number, the
-/// line (a draft's JSON), the stream's length, the keys' time to live in
-/// ms, the channel. Answers `{"ok", seq}`; `{"dup"}` if this append ran
-/// already (a retry); `{"stale"}` if the room is not where the server
-/// thinks (another epoch, or behind what it saw): the server syncs first.
+/// Assigns a line its seq and appends it: `KEYS` meta, log; `ARGV` the
+/// epoch and head the server knows, the append's number, the line (a
+/// draft's JSON), the stream's length, the keys' time to live in ms, the
+/// channel, the server's field in meta (`w:<server>`: its last append
+/// there). Answers `{"ok", seq}`; `{"dup"}` if this append ran already (a
+/// retry); `{"stale"}` if the room is not where the server thinks
+/// (another epoch, or behind what it saw): the server syncs first.
+///
+/// Four calls a line (each one is Redis CPU for every line of every room):
+/// the keys' time to live is pushed back on a room's first line and every
+/// 64th after it, not on each.
 const APPEND: &str = r#"
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-if tonumber(ARGV[3]) <= last then return {'dup'} end
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq', ARGV[8])
+if tonumber(ARGV[3]) <= tonumber(meta[3] or '0') then return {'dup'} end
 if meta[1] ~= ARGV[1] then return {'stale'} end
 local seq = tonumber(meta[2] or '0')
 if seq < tonumber(ARGV[2]) then return {'stale'} end
 seq = seq + 1
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'd', ARGV[4])
-redis.call('HSET', KEYS[1], 'seq', seq)
-redis.call('SET', KEYS[3], ARGV[3], 'PX', 86400000)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('HSET', KEYS[1], 'seq', seq, ARGV[8], ARGV[3])
+if seq % 64 == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 redis.call('SPUBLISH', ARGV[7], ARGV[1] .. ' ' .. seq .. ' ' .. ARGV[4])
 return {'ok', seq}
 "#;
@@ -619,11 +623,8 @@ impl SharedHistory {
         let Some(epoch) = room.epoch.clone() else {
             return;
         };
-        let keys = [
-            room.key("meta"),
-            room.key("log"),
-            room.key(&format!("w:{}", self.server)),
-        ];
+        let keys = [room.key("meta"), room.key("log")];
+        let writer = format!("w:{}", self.server);
         let (head, counter) = (room.delivered.to_string(), line.counter.to_string());
         let (lines, ttl) = (self.stream_lines.to_string(), self.ttl_ms.to_string());
         let channel = room.channel.clone();
@@ -634,7 +635,7 @@ impl SharedHistory {
         self.eval(
             ask,
             Script::Append,
-            &[&keys[0], &keys[1], &keys[2]],
+            &[&keys[0], &keys[1]],
             &[
                 epoch.as_str().as_bytes(),
                 head.as_bytes(),
@@ -643,6 +644,7 @@ impl SharedHistory {
                 lines.as_bytes(),
                 ttl.as_bytes(),
                 &channel,
+                writer.as_bytes(),
             ],
         );
         if let Some(room) = self.rooms.get_mut(name) {
@@ -1198,13 +1200,13 @@ impl SharedHistory {
                 continue;
             };
             if !room.unknown.is_empty() {
-                let key = room.key(&format!("w:{}", self.server));
+                let (meta, writer) = (room.key("meta"), format!("w:{}", self.server));
                 if let Some(conns) = &mut self.conns {
                     conns.commands.send(
                         Ask::Writer {
                             room: Arc::clone(&name),
                         },
-                        &[b"GET", key.as_bytes()],
+                        &[b"HGET", meta.as_bytes(), writer.as_bytes()],
                     );
                 }
             }
