@@ -700,7 +700,8 @@ impl ChatRoom {
         }
     }
 
-    /// The chat `config` describes, its history kept in
+    /// The chat `config` describes, its history kept in Redis if
+    /// [`Config::redis`] names one ([`SharedHistory`]), else in
     /// [`Config::data_dir`] if it names one ([`DiskHistory`]), else in
     /// memory. Logs where the history is and what it holds.
     pub fn open(config: &Config) -> Result<Self, DataDirError> {
@@ -711,7 +712,8 @@ impl ChatRoom {
                 history_limits(config),
                 config.history_ttl,
                 seal,
-            );
+            )
+            .with_resume_window(config.resume_window);
             if let Some(dir) = &config.data_dir {
                 info!("--redis keeps the history: {} is not used", dir.display());
             }

@@ -166,17 +166,20 @@ return 1
 "#;
 
 /// A server's heartbeat in a room: `KEYS` servers, members; `ARGV` the
-/// server, the servers' time to live in ms, the channel, then (after Redis
+/// server, the servers' time to live in ms, the channel, the resume window
+/// in ms, the room's key prefix (`eddy:{room}:`), then (after Redis
 /// came back, when it may have lost them) its members' ids and names, in
 /// pairs, to add again (each one Redis had lost is announced as a join).
 /// Pushes the server's expiry back, one entry whatever
 /// its members; finds the servers whose entry expired (they died without a
-/// word), and removes their members, saying each one left.
+/// word), and removes their members, saying each one left and keeping its
+/// departure for a resume token (`gone:<id>`, in the room's hash tag), as a
+/// leave does.
 const BEAT: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-for i = 4, #ARGV - 1, 2 do
+for i = 6, #ARGV - 1, 2 do
   local member = ARGV[1] .. ' ' .. ARGV[i]
   if redis.call('HSET', KEYS[2], member, 'n' .. ARGV[i + 1]) == 1 then
     redis.call('SPUBLISH', ARGV[3], 'P join ' .. member .. ' ' .. ARGV[i + 1])
@@ -194,7 +197,9 @@ if #dead > 0 then
   for i = 1, #all, 2 do
     local s = string.match(all[i], '^(%S+) ')
     if s and is_dead[s] then
+      local id = string.match(all[i], ' (%S+)$')
       redis.call('HDEL', KEYS[2], all[i])
+      if id then redis.call('SET', ARGV[5] .. 'gone:' .. id, all[i + 1], 'PX', ARGV[4]) end
       redis.call('SPUBLISH', ARGV[3], 'P leave ' .. all[i] .. ' ' .. string.sub(all[i + 1], 2))
       gone = gone + 1
     end
@@ -438,6 +443,10 @@ pub struct SharedHistory {
     stream_lines: usize,
     /// The keys' time to live (`--history-ttl`), in ms.
     ttl_ms: u64,
+    /// How long a departure is kept for a resume token (`--resume-window`):
+    /// a leave says so itself; a dead server's members are given it by the
+    /// beat that finds them gone.
+    resume_window: Duration,
     /// Why the command connection is to be dropped, once its replies so far
     /// are handled: a reply that makes no sense.
     broken: Option<String>,
@@ -486,8 +495,18 @@ impl SharedHistory {
             seal,
             stream_lines: limits.lines,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            resume_window: crate::config::DEFAULT_RESUME_WINDOW,
             broken: None,
             sub_broken: None,
+        }
+    }
+
+    /// Keeps the departures of a dead server's members for `window`
+    /// (`--resume-window`), as their own leaves would have.
+    pub fn with_resume_window(self, window: Duration) -> Self {
+        SharedHistory {
+            resume_window: window,
+            ..self
         }
     }
 
@@ -826,6 +845,10 @@ impl SharedHistory {
         }
         // After Redis came back (perhaps empty), the members are sent again.
         let full = std::mem::take(&mut self.full_beat);
+        let window = u64::try_from(self.resume_window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+            .to_string();
         let ttl = u64::try_from(PRESENCE_TTL.as_millis())
             .unwrap_or(u64::MAX)
             .to_string();
@@ -845,7 +868,14 @@ impl SharedHistory {
                 Vec::new()
             };
             let server = self.server.clone();
-            let mut args: Vec<&[u8]> = vec![server.as_bytes(), ttl.as_bytes(), &channel];
+            let prefix = room.prefix.clone();
+            let mut args: Vec<&[u8]> = vec![
+                server.as_bytes(),
+                ttl.as_bytes(),
+                &channel,
+                window.as_bytes(),
+                prefix.as_bytes(),
+            ];
             for (id, name) in &members {
                 args.extend([id.as_bytes(), name.as_bytes()]);
             }

@@ -742,8 +742,9 @@ fn the_members_of_a_killed_server_leave_everyone_s_view_in_time() {
     let (_a, a) = node(&redis.url());
     let (mut doomed, b) = node(&redis.url());
     let (mut ann, _) = enter(a, "room=k");
-    let (_bob, welcome) = enter(b, "room=k");
+    let (_bob, welcome) = enter(b, "room=k&name=bob");
     let bob_id = welcome["id"].as_u64().unwrap();
+    let token = welcome["resume"].as_str().unwrap().to_owned();
     assert_eq!(next_notice(&mut ann, "join")["id"], bob_id);
     doomed.signal(libc::SIGKILL);
     doomed.wait_exit(TIMEOUT);
@@ -763,6 +764,20 @@ fn the_members_of_a_killed_server_leave_everyone_s_view_in_time() {
     );
     send(&mut ann, "/who");
     assert_eq!(next_notice(&mut ann, "who")["count"], 1);
+    // Bob's page reconnects to the surviving server with its token: its
+    // id and name come back, though its server never said goodbye.
+    let (_back, again) = enter(a, &format!("room=k&resume={token}"));
+    assert_eq!(
+        (again["id"].as_u64(), again["name"].as_str()),
+        (Some(bob_id), Some("bob")),
+        "{again}"
+    );
+    let joined = next_notice(&mut ann, "join");
+    assert_eq!(
+        (joined["id"].as_u64(), joined["count"].as_u64()),
+        (Some(bob_id), Some(2)),
+        "{joined}"
+    );
 }
 
 #[test]
