@@ -707,8 +707,13 @@ fn nests_too_deep(buf: &[u8]) -> bool {
         let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
             return false;
         };
-        let header = std::str::from_utf8(&buf[at + 1..at + eol]).ok();
-        let length = header.and_then(|h| h.parse::<i64>().ok());
+        // A type byte, then its header up to the line's end.
+        let Some(header) = buf.get(at + 1..at + eol) else {
+            return false; // not RESP: the decoder says so
+        };
+        let length = std::str::from_utf8(header)
+            .ok()
+            .and_then(|h| h.parse::<i64>().ok());
         at += eol + 2;
         match (kind, length) {
             (b'*', Some(n)) if n > 0 => {
@@ -724,8 +729,8 @@ fn nests_too_deep(buf: &[u8]) -> bool {
                 };
                 at = next;
             }
-            (b'*' | b'$', None) => return false, // not RESP: the decoder says so
-            _ => {}
+            (b'*' | b'$' | b'+' | b'-' | b':', _) => {} // empty, null, or one line
+            _ => return false,                          // not RESP: the decoder says so
         }
         // An element is complete: so may be the arrays around it.
         loop {

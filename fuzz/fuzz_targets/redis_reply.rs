@@ -6,14 +6,15 @@
 //!
 //! Checks that nothing panics; that splitting always moves forward and
 //! stays in the buffer; and that whatever the replies said, the lines the
-//! history hands the chat come in strictly rising seqs per room, and what
-//! it holds for a room reads back as consecutive lines.
+//! history hands the chat come in strictly rising seqs per room (until the
+//! room is reset: a new epoch starts its seqs over), and what it holds for
+//! a room reads back as consecutive lines.
 #![no_main]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use eddy::history::{Confirmed, Draft, History, Limits, Seq};
+use eddy::history::{Confirmed, Draft, History, Limits, News, Seq};
 use eddy::redis::next_frame;
 use eddy::shared::{Heard, SharedHistory};
 use libfuzzer_sys::fuzz_target;
@@ -35,6 +36,7 @@ fuzz_target!(|buf: &[u8]| {
     let mut history = SharedHistory::new(url, limits, std::time::Duration::from_secs(60), seal);
     let mut last: HashMap<Arc<str>, Seq> = HashMap::new();
     let mut confirmed: Vec<Confirmed> = Vec::new();
+    let mut news: Vec<News> = Vec::new();
     let mut at = 0;
     while let Some(&selector) = buf.get(at) {
         at += 1;
@@ -54,6 +56,14 @@ fuzz_target!(|buf: &[u8]| {
         let room = ROOMS[usize::from(selector / 5) % ROOMS.len()];
         history.hear(room, heard, frame);
         let _ = history.position(room);
+        // A reset (a new epoch its lines here do not continue into) starts
+        // a room's seqs over: what comes after it is compared afresh.
+        history.take_news(&mut news);
+        for item in news.drain(..) {
+            if let News::Reset(room) = item {
+                last.remove(&room);
+            }
+        }
         history.take_confirmed(&mut confirmed);
         for Confirmed { room, line } in confirmed.drain(..) {
             let previous = last.insert(Arc::clone(&room), line.seq);
