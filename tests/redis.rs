@@ -132,6 +132,24 @@ impl Redis {
         self.run();
     }
 
+    /// A copy of its files as they are now (every write it acknowledged is
+    /// synced: `appendfsync always`), to start it from later.
+    fn snapshot(&self) -> PathBuf {
+        let copy = self.dir.with_extension("snapshot");
+        let _ = fs::remove_dir_all(&copy);
+        let status = Command::new("cp").arg("-a").arg(&self.dir).arg(&copy).status().unwrap();
+        assert!(status.success(), "cp -a");
+        copy
+    }
+
+    /// Killed, and started again from `snapshot` (an older state).
+    fn restart_from(&mut self, snapshot: &std::path::Path) {
+        self.kill();
+        fs::remove_dir_all(&self.dir).unwrap();
+        fs::rename(snapshot, &self.dir).unwrap();
+        self.run();
+    }
+
     /// One command, its reply as RESP text (enough for the tests' checks).
     fn command(&self, words: &[&str]) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -447,6 +465,60 @@ fn redis_restarted_empty_begins_a_new_epoch_and_says_so() {
     let (mut old, again) = enter(a, &format!("since=1&epoch={old_epoch}"));
     assert_ne!(again["epoch"], old_epoch.as_str());
     next_notice(&mut old, "reset");
+}
+
+#[test]
+fn redis_back_from_an_older_snapshot_continues_the_seqs_it_kept() {
+    if !have_redis() {
+        return;
+    }
+    let mut redis = Redis::start("snapshot");
+    let (a_node, a) = node(&redis.url());
+    let (mut client, welcome) = enter(a, "");
+    let old_epoch = welcome["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=5 {
+        send(&mut client, &format!("kept {i}"));
+    }
+    for i in 1..=5 {
+        assert_eq!(next_line(&mut client)["seq"], i);
+    }
+    let snapshot = redis.snapshot();
+    for i in 6..=10 {
+        send(&mut client, &format!("lost {i}"));
+    }
+    for i in 6..=10 {
+        assert_eq!(next_line(&mut client)["seq"], i);
+    }
+    // Redis comes back with lines 1-5 only: this client saw 6-10, which
+    // are gone. A new epoch begins, continuing the seqs from 6, and the
+    // client is told (then replayed what Redis kept).
+    redis.restart_from(&snapshot);
+    wait_reconnected(&a_node);
+    next_notice(&mut client, "reset");
+    send(&mut client, "after");
+    let after = loop {
+        let line = next_line(&mut client);
+        if line["message"] == "after" {
+            break line;
+        }
+        assert!(line["seq"].as_u64().unwrap() <= 5, "only what Redis kept: {line}");
+    };
+    assert_eq!(after["seq"], 6, "the seqs go on from the last one Redis kept");
+    // A page that had seen up to 5 of the old epoch goes on seamlessly: no
+    // reset, the next line is 6.
+    let (mut five, again) = enter(a, &format!("since=5&epoch={old_epoch}"));
+    assert_ne!(again["epoch"], old_epoch.as_str(), "a new epoch");
+    loop {
+        let message = recv_json(&mut five);
+        assert_ne!(message["event"], "reset", "{message}");
+        if message["type"] == "user" {
+            assert_eq!((message["seq"].as_u64(), message["message"].as_str()), (Some(6), Some("after")));
+            break;
+        }
+    }
+    // One that had seen 8 (a line Redis lost) is told to start over.
+    let (mut eight, _) = enter(a, &format!("since=8&epoch={old_epoch}"));
+    next_notice(&mut eight, "reset");
 }
 
 #[test]
