@@ -14,19 +14,19 @@
 //! * `eddy:{room}:members`: who is in the room, on which server: a hash of
 //!   `<server> <id>` to the member's name; and `eddy:{room}:servers`, the
 //!   servers with members there, a sorted set scored by when each one's
-//!   entry expires, which it pushes back every [`BEAT_EVERY`] ([`BEAT`]):
+//!   entry expires, which it pushes back every [`BEAT_EVERY`] (`BEAT`):
 //!   one entry per server, however many members it has;
 //! * the shard channel `eddy:{room}:live`, where each line is published,
 //!   and each join, leave and rename (`P <what> <server> <id> <name>`).
 //!
 //! Presence: a server tells the others of its members' joins, leaves and
-//! renames through the room's channel ([`PRESENCE`]), and learns theirs, so
+//! renames through the room's channel (`PRESENCE`), and learns theirs, so
 //! counts and `/who` cover every server. A server that dies without a word
 //! stops pushing its entry back: the next beat of any other server finds it
 //! expired, removes its members and says they left, within
 //! [`PRESENCE_TTL`] + [`BEAT_EVERY`].
 //!
-//! A line's seq is assigned by one script ([`APPEND`]): check the epoch,
+//! A line's seq is assigned by one script (`APPEND`): check the epoch,
 //! increment, `XADD`, `SPUBLISH`, all or nothing. A server never delivers
 //! a line it sent itself: it delivers what comes back, in seq order, from
 //! the room's channel (`SSUBSCRIBE`, only while it has members there), and
@@ -41,7 +41,7 @@
 //! never ran. When Redis is back, each room catches up from the last seq
 //! delivered here. If Redis lost what this server saw (restarted empty, or
 //! from an older snapshot), the room begins a new epoch, as the disk log
-//! does after a lost tail ([`SYNC`]).
+//! does after a lost tail (`SYNC`).
 //!
 //! The lines are cached here in a [`MemoryHistory`], filled with the room's
 //! newest lines when it is first followed: readers are fed from it.

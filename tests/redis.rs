@@ -137,7 +137,12 @@ impl Redis {
     fn snapshot(&self) -> PathBuf {
         let copy = self.dir.with_extension("snapshot");
         let _ = fs::remove_dir_all(&copy);
-        let status = Command::new("cp").arg("-a").arg(&self.dir).arg(&copy).status().unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.dir)
+            .arg(&copy)
+            .status()
+            .unwrap();
         assert!(status.success(), "cp -a");
         copy
     }
@@ -501,9 +506,15 @@ fn redis_back_from_an_older_snapshot_continues_the_seqs_it_kept() {
         if line["message"] == "after" {
             break line;
         }
-        assert!(line["seq"].as_u64().unwrap() <= 5, "only what Redis kept: {line}");
+        assert!(
+            line["seq"].as_u64().unwrap() <= 5,
+            "only what Redis kept: {line}"
+        );
     };
-    assert_eq!(after["seq"], 6, "the seqs go on from the last one Redis kept");
+    assert_eq!(
+        after["seq"], 6,
+        "the seqs go on from the last one Redis kept"
+    );
     // A page that had seen up to 5 of the old epoch goes on seamlessly: no
     // reset, the next line is 6.
     let (mut five, again) = enter(a, &format!("since=5&epoch={old_epoch}"));
@@ -512,7 +523,10 @@ fn redis_back_from_an_older_snapshot_continues_the_seqs_it_kept() {
         let message = recv_json(&mut five);
         assert_ne!(message["event"], "reset", "{message}");
         if message["type"] == "user" {
-            assert_eq!((message["seq"].as_u64(), message["message"].as_str()), (Some(6), Some("after")));
+            assert_eq!(
+                (message["seq"].as_u64(), message["message"].as_str()),
+                (Some(6), Some("after"))
+            );
             break;
         }
     }
