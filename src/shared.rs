@@ -1804,3 +1804,185 @@ impl History for SharedHistory {
         .min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seal(seq: Seq, draft: &Draft<'_>) -> tungstenite::Bytes {
+        crate::ws::encode_text_frame(&format!("{seq}:{}", draft.text))
+    }
+
+    fn history() -> SharedHistory {
+        let limits = Limits {
+            lines: 100,
+            bytes: 1 << 20,
+            memory: 1 << 22,
+        };
+        let url = "redis://127.0.0.1:1".parse().unwrap();
+        SharedHistory::new(url, limits, Duration::from_secs(60), seal)
+    }
+
+    fn bulk(text: &str) -> Reply {
+        Reply::BulkString(text.as_bytes().to_vec())
+    }
+
+    fn stored(text: &str) -> String {
+        format!(r#"{{"id":7,"text":"{text}","ts":1}}"#)
+    }
+
+    fn entry(seq: Seq) -> Reply {
+        let line = stored(&format!("line {seq}"));
+        Reply::Array(vec![
+            bulk(&format!("0-{seq}")),
+            Reply::Array(vec![bulk("d"), bulk(&line)]),
+        ])
+    }
+
+    fn synced(epoch: &str, head: Seq, lines: std::ops::RangeInclusive<Seq>) -> Reply {
+        Reply::Array(vec![
+            bulk(epoch),
+            bulk(&head.to_string()),
+            bulk(""),
+            Reply::Array(lines.map(entry).collect()),
+            Reply::Array(vec![]),
+        ])
+    }
+
+    fn live(epoch: &str, seq: Seq) -> Reply {
+        let message = format!("{epoch} {seq} {}", stored(&format!("line {seq}")));
+        Reply::Array(vec![
+            bulk("smessage"),
+            bulk("eddy:{lobby}:live"),
+            bulk(&message),
+        ])
+    }
+
+    /// The seqs of the lines handed to the chat since the last call.
+    fn confirmed(history: &mut SharedHistory) -> Vec<Seq> {
+        let mut lines = Vec::new();
+        history.take_confirmed(&mut lines);
+        lines.iter().map(|c| c.line.seq).collect()
+    }
+
+    const EPOCH: &str = "abcdefghjkmnpqrs";
+
+    #[test]
+    fn a_room_is_known_once_synced_and_its_cache_holds_the_newest_lines() {
+        let mut h = history();
+        assert_eq!(h.position("lobby"), None, "asking Redis first");
+        h.hear("lobby", Heard::Sync, synced(EPOCH, 3, 1..=3));
+        let mut news = Vec::new();
+        h.take_news(&mut news);
+        assert_eq!(news, [News::Ready("lobby".into())]);
+        let position = h.position("lobby").unwrap();
+        assert_eq!(
+            (position.epoch.as_str(), position.first, position.head),
+            (EPOCH, 1, 3)
+        );
+        assert_eq!(
+            confirmed(&mut h),
+            [0; 0],
+            "the newest lines are for newcomers, not news"
+        );
+        assert_eq!(h.read_from("lobby", 2, usize::MAX).lines.len(), 2);
+    }
+
+    #[test]
+    fn a_hole_is_filled_from_the_stream_before_later_lines_go_out() {
+        let mut h = history();
+        h.hear("lobby", Heard::Sync, synced(EPOCH, 3, 1..=3));
+        h.hear("lobby", Heard::Push, live(EPOCH, 4));
+        assert_eq!(confirmed(&mut h), [4]);
+        // 5 and 6 were missed: 7 waits for them.
+        h.hear("lobby", Heard::Push, live(EPOCH, 7));
+        assert_eq!(confirmed(&mut h), [0; 0]);
+        h.hear("lobby", Heard::Push, live(EPOCH, 8));
+        assert_eq!(confirmed(&mut h), [0; 0]);
+        h.hear("lobby", Heard::Fill, Reply::Array(vec![entry(5), entry(6)]));
+        assert_eq!(confirmed(&mut h), [5, 6, 7, 8], "in order, once");
+        // A line heard twice (a retry, a catch-up) is not delivered twice.
+        h.hear("lobby", Heard::Push, live(EPOCH, 8));
+        h.hear("lobby", Heard::Push, live(EPOCH, 9));
+        assert_eq!(confirmed(&mut h), [9]);
+    }
+
+    #[test]
+    fn a_fill_that_fails_skips_nothing() {
+        let mut h = history();
+        h.hear("lobby", Heard::Sync, synced(EPOCH, 3, 1..=3));
+        h.hear("lobby", Heard::Push, live(EPOCH, 6));
+        h.hear(
+            "lobby",
+            Heard::Fill,
+            Reply::Error("BUSY a script is running".into()),
+        );
+        assert_eq!(confirmed(&mut h), [0; 0], "4 and 5 are still wanted");
+        h.hear("lobby", Heard::Fill, Reply::Array(vec![entry(4), entry(5)]));
+        assert_eq!(confirmed(&mut h), [4, 5, 6]);
+    }
+
+    #[test]
+    fn lines_the_stream_no_longer_has_are_skipped_with_a_warning_not_waited_for() {
+        let mut h = history();
+        h.hear("lobby", Heard::Sync, synced(EPOCH, 3, 1..=3));
+        h.hear("lobby", Heard::Push, live(EPOCH, 9));
+        // The stream was trimmed past 4..=8: a well-formed reply without them.
+        h.hear("lobby", Heard::Fill, Reply::Array(vec![]));
+        assert_eq!(confirmed(&mut h), [9]);
+    }
+
+    #[test]
+    fn a_line_of_another_epoch_is_held_and_the_room_synced_afresh() {
+        let mut h = history();
+        h.hear("lobby", Heard::Sync, synced(EPOCH, 3, 1..=3));
+        h.hear("lobby", Heard::Push, live("zyxwvtsrqpnmkjhg", 1));
+        assert_eq!(confirmed(&mut h), [0; 0], "not delivered as this epoch's");
+        // Redis restarted empty: nothing of the old epoch survives, so the
+        // room is synced again from the newest lines and its members reset.
+        h.hear("lobby", Heard::Sync, synced("zyxwvtsrqpnmkjhg", 1, 1..=1));
+        h.hear("lobby", Heard::Sync, synced("zyxwvtsrqpnmkjhg", 1, 1..=1));
+        let mut news = Vec::new();
+        h.take_news(&mut news);
+        assert_eq!(news.last(), Some(&News::Reset("lobby".into())), "{news:?}");
+        let position = h.position("lobby").unwrap();
+        assert_eq!(
+            (position.epoch.as_str(), position.head),
+            ("zyxwvtsrqpnmkjhg", 1)
+        );
+    }
+
+    #[test]
+    fn replies_that_make_no_sense_change_nothing_and_never_panic() {
+        let mut h = history();
+        h.hear("lobby", Heard::Sync, synced(EPOCH, 3, 1..=3));
+        for nonsense in [
+            Reply::Integer(-1),
+            Reply::Array(vec![bulk("0-0"), bulk("x")]),
+            Reply::Array(vec![entry(4), bulk("not an entry")]),
+            synced(EPOCH, u64::MAX, 1..=1),
+            Reply::Array(vec![
+                bulk("smessage"),
+                bulk("eddy:{lobby}:live"),
+                bulk("no seq"),
+            ]),
+            Reply::Array(vec![
+                bulk("smessage"),
+                bulk("eddy:{lobby}:live"),
+                bulk(&format!("{EPOCH} 0 x")),
+            ]),
+        ] {
+            for heard in [
+                Heard::Sync,
+                Heard::Fill,
+                Heard::Append,
+                Heard::Writer,
+                Heard::Push,
+            ] {
+                h.hear("lobby", heard, nonsense.clone());
+            }
+        }
+        assert_eq!(confirmed(&mut h), [0; 0]);
+        assert_eq!(h.position("lobby").unwrap().head, 3);
+    }
+}

@@ -536,6 +536,40 @@ fn redis_back_from_an_older_snapshot_continues_the_seqs_it_kept() {
 }
 
 #[test]
+fn subscribers_cut_mid_stream_catch_up_with_every_line_once() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start("cut");
+    let (_a, a) = node(&redis.url());
+    let (_b, b) = node(&redis.url());
+    let (mut on_a, _) = enter(a, "");
+    let (mut on_b, _) = enter(b, "");
+    let (mut sender, _) = enter(b, "");
+    for i in 1..=200 {
+        send(&mut sender, &format!("line {i}"));
+        if i % 50 == 0 {
+            // Every server's subscriber connection, cut by Redis itself:
+            // the lines published meanwhile never reach them live.
+            let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+            if i == 50 {
+                assert_eq!(killed, ":2\r\n", "both servers' subscribers cut");
+            }
+        }
+    }
+    for client in [&mut on_a, &mut on_b, &mut sender] {
+        for seq in 1..=200 {
+            let line = next_line(client);
+            let text = format!("line {seq}");
+            assert_eq!(
+                (line["seq"].as_u64(), line["message"].as_str()),
+                (Some(seq), Some(&*text))
+            );
+        }
+    }
+}
+
+#[test]
 fn redis_unreachable_at_startup_is_said_and_websockets_still_open() {
     if !have_redis() {
         return;
