@@ -38,7 +38,6 @@
 use std::time::SystemTime;
 
 use tungstenite::Bytes;
-use tungstenite::handshake::derive_accept_key;
 
 use crate::templates::{Asset, Assets};
 
@@ -401,7 +400,7 @@ fn upgrade(req: &Request<'_>, site: &Site, shape: Shape) -> Reply {
     {
         return refuse(403, "cross-origin WebSocket refused", &[]);
     }
-    let accept = derive_accept_key(key);
+    let accept = accept_key(key);
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\n\
          Upgrade: websocket\r\n\
@@ -553,6 +552,39 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "",
     }
+}
+
+/// The `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2):
+/// base64 of the SHA-1 of the key and the protocol's GUID.
+pub fn accept_key(key: &[u8]) -> String {
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID.as_bytes());
+    base64(&sha1.digest().bytes())
+}
+
+/// Standard base64 with padding (RFC 4648 §4): for the 20 bytes of the
+/// accept key, not worth a crate.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -776,6 +808,26 @@ mod tests {
         assert_eq!(
             ask(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")).0,
             431
+        );
+    }
+
+    #[test]
+    fn base64_and_the_accept_key_match_the_rfcs() {
+        // RFC 4648 §10's vectors, and RFC 6455 §1.3's key.
+        for (input, output) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), output, "{input:?}");
+        }
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

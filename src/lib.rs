@@ -21,7 +21,8 @@
 //!    the history that survives restarts, each room's [`log`] in the
 //!    [`datadir`]. [`shared`]: the history many servers share in Redis,
 //!    over [`redis`] connections in the loop.
-//! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files.
+//! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files;
+//!     [`logging`]: the log line.
 //!     [`workers`]: `--workers N`, one loop per process on one port.
 //!
 //! ```no_run
@@ -54,6 +55,7 @@ pub mod http;
 pub mod ioloop;
 pub mod limits;
 pub mod log;
+pub mod logging;
 pub mod output;
 pub mod rate;
 pub mod redis;

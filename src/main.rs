@@ -10,24 +10,8 @@ use eddy::{Config, Server, workers};
 
 fn main() -> ExitCode {
     // env_logger's own default is "error"; a server should say it started.
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     // A worker's lines say which worker wrote them.
-    if let Ok(worker) = std::env::var(workers::WORKER_ENV) {
-        logger.format(move |out, record| {
-            use std::io::Write;
-            let level = out.default_level_style(record.level());
-            writeln!(
-                out,
-                "[{} {level}{:<5}{level:#} worker {worker} {}] {}",
-                out.timestamp(),
-                record.level(),
-                record.target(),
-                record.args()
-            )
-        });
-    }
-    logger.init();
+    eddy::logging::init(std::env::var(workers::WORKER_ENV).ok());
 
     let (addr, config) = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run { addr, config }) => (addr, *config),
