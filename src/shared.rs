@@ -364,17 +364,7 @@ struct Room {
 
 impl Room {
     fn new(name: Arc<str>) -> Room {
-        let mut tag = String::with_capacity(name.len());
-        for c in name.chars() {
-            match c {
-                // Braces would end the hash tag; `%` escapes them.
-                '{' => tag.push_str("%7B"),
-                '}' => tag.push_str("%7D"),
-                '%' => tag.push_str("%25"),
-                c => tag.push(c),
-            }
-        }
-        let prefix = format!("eddy:{{{tag}}}:");
+        let prefix = key_prefix(&name);
         Room {
             channel: format!("{prefix}live").into_bytes(),
             prefix,
@@ -408,6 +398,36 @@ impl Room {
     fn busy(&self) -> bool {
         !self.sent.is_empty() || !self.held.is_empty() || !self.unknown.is_empty()
     }
+}
+
+/// The common part of `room`'s keys, its hash tag included: `eddy:{room}:`,
+/// with `{`, `}` and `%` in the name percent-escaped (a brace would end the
+/// hash tag).
+fn key_prefix(room: &str) -> String {
+    let mut tag = String::with_capacity(room.len());
+    for c in room.chars() {
+        match c {
+            '{' => tag.push_str("%7B"),
+            '}' => tag.push_str("%7D"),
+            '%' => tag.push_str("%25"),
+            c => tag.push(c),
+        }
+    }
+    format!("eddy:{{{tag}}}:")
+}
+
+/// Asks whether `id` left `room` within its window, taking the departure.
+fn send_recall(commands: &mut RedisConn<Ask>, room: Arc<str>, id: u64) {
+    let key = format!("{}gone:{id}", key_prefix(&room));
+    commands.send(Ask::Recall { room, id }, &[b"GETDEL", key.as_bytes()]);
+}
+
+/// `duration` in whole milliseconds, at least 1, as Redis's `PX` and
+/// `PEXPIRE` take it (0 would mean "now").
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// The history shared through Redis (see the module's docs).
@@ -494,7 +514,7 @@ impl SharedHistory {
             news: Vec::new(),
             seal,
             stream_lines: limits.lines,
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            ttl_ms: millis(ttl),
             resume_window: crate::config::DEFAULT_RESUME_WINDOW,
             broken: None,
             sub_broken: None,
@@ -845,13 +865,8 @@ impl SharedHistory {
         }
         // After Redis came back (perhaps empty), the members are sent again.
         let full = std::mem::take(&mut self.full_beat);
-        let window = u64::try_from(self.resume_window.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-            .to_string();
-        let ttl = u64::try_from(PRESENCE_TTL.as_millis())
-            .unwrap_or(u64::MAX)
-            .to_string();
+        let window = millis(self.resume_window).to_string();
+        let ttl = millis(PRESENCE_TTL).to_string();
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {
             let Some(room) = self.rooms.get(&name) else {
@@ -1059,6 +1074,13 @@ impl SharedHistory {
         }
     }
 
+    /// Whether `generation` is `room`'s sync or fill on its way.
+    fn is_current(&self, room: &str, generation: u64) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.generation == generation)
+    }
+
     fn load_scripts(&mut self) {
         if let Some(conns) = &mut self.conns {
             for script in Script::ALL {
@@ -1098,24 +1120,15 @@ impl SharedHistory {
                 _ => warn!("redis: cannot load a script: {reply:?}"),
             },
             Ask::Append { room, counter } => self.on_appended(&room, counter, reply),
-            Ask::Sync { room, generation } => {
-                if self
-                    .rooms
-                    .get(&room)
-                    .is_some_and(|r| r.generation == generation)
-                {
-                    self.on_synced(&room, reply);
-                }
+            Ask::Sync { room, generation } if self.is_current(&room, generation) => {
+                self.on_synced(&room, reply)
             }
-            Ask::Fill { room, generation } => {
-                if self
-                    .rooms
-                    .get(&room)
-                    .is_some_and(|r| r.generation == generation)
-                {
-                    self.on_filled(&room, reply);
-                }
+            Ask::Fill { room, generation } if self.is_current(&room, generation) => {
+                self.on_filled(&room, reply)
             }
+            // A reply to a sync or fill since replaced, or of a room no
+            // longer followed.
+            Ask::Sync { .. } | Ask::Fill { .. } => {}
             Ask::Quiet => {
                 if let Reply::Error(e) = reply {
                     warn!("redis: a presence update failed: {e}");
@@ -1217,10 +1230,7 @@ impl SharedHistory {
             );
             conns.commands.send(Ask::Secret, &[b"GET", b"eddy:secret"]);
             for (room, id) in std::mem::take(&mut self.recalls) {
-                let key = Room::new(Arc::clone(&room)).key(&format!("gone:{id}"));
-                conns
-                    .commands
-                    .send(Ask::Recall { room, id }, &[b"GETDEL", key.as_bytes()]);
+                send_recall(&mut conns.commands, room, id);
             }
         }
         self.load_scripts();
@@ -1628,12 +1638,7 @@ impl History for SharedHistory {
     fn recall(&mut self, room: &str, id: u64) {
         let room: Arc<str> = room.into();
         match &mut self.conns {
-            Some(conns) if conns.commands.is_up() => {
-                let key = Room::new(Arc::clone(&room)).key(&format!("gone:{id}"));
-                conns
-                    .commands
-                    .send(Ask::Recall { room, id }, &[b"GETDEL", key.as_bytes()]);
-            }
+            Some(conns) if conns.commands.is_up() => send_recall(&mut conns.commands, room, id),
             _ => self.recalls.push((room, id)),
         }
     }
@@ -1667,13 +1672,8 @@ impl History for SharedHistory {
             r.key(&format!("gone:{id}")),
         ];
         let channel = r.channel.clone();
-        let ttl = u64::try_from(PRESENCE_TTL.as_millis())
-            .unwrap_or(u64::MAX)
-            .to_string();
-        let window = u64::try_from(window.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-            .to_string();
+        let ttl = millis(PRESENCE_TTL).to_string();
+        let window = millis(window).to_string();
         let id = id.to_string();
         let server = self.server.clone();
         self.eval(
