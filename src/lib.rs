@@ -59,6 +59,7 @@ pub mod logging;
 pub mod output;
 pub mod rate;
 pub mod redis;
+pub mod resp;
 pub mod server;
 pub mod shared;
 pub mod templates;

@@ -14,9 +14,9 @@
 //! down, the owner gets back the tags still waiting for a reply: their
 //! commands may or may not have run, which only the owner can find out.
 //!
-//! Replies are decoded by `redis-protocol` (RESP2, sans-I/O). Its decoder
-//! parses from the start of the buffer each time, so a reply is read whole
-//! before it is parsed, and one larger than [`MAX_REPLY_BYTES`] breaks the
+//! Commands and replies are RESP2, encoded and decoded by [`crate::resp`],
+//! which parses from the start of the buffer each time, so a reply is read
+//! whole before it is parsed, and one larger than [`MAX_REPLY_BYTES`] breaks the
 //! connection instead of growing without bound. Anything Redis sends that is
 //! not RESP, or a reply nobody asked for, breaks the connection too: it
 //! never panics the loop.
@@ -36,10 +36,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::encode::encode_borrowed;
-use redis_protocol::resp2::types::BorrowedFrame;
-pub use redis_protocol::resp2::types::OwnedFrame as Reply;
+
+pub use crate::resp::Reply;
+use crate::resp::{encode_command, next_frame};
 
 /// The largest reply read: past it, the connection is broken (a reply is
 /// buffered whole, and parsed again from its start as it arrives).
@@ -326,37 +325,20 @@ impl<T> RedisConn<T> {
     /// Queues a command that gets no reply of its own: on a subscriber,
     /// `SSUBSCRIBE` and `SUNSUBSCRIBE`, answered by pushes.
     pub fn push_command(&mut self, words: &[&[u8]]) {
-        if self.encode(words) {
-            debug_assert!(
-                self.pushes,
-                "a command without a reply on a plain connection"
-            );
-        }
-    }
-
-    fn queue(&mut self, tag: Tag<T>, words: &[&[u8]]) {
-        if self.encode(words) {
-            self.waiting
-                .push_back((tag, Instant::now() + REPLY_DEADLINE));
-        }
-    }
-
-    /// Appends a command to what is to be written; false if it could not
-    /// be encoded.
-    fn encode(&mut self, words: &[&[u8]]) -> bool {
-        let parts: Vec<BorrowedFrame<'_>> =
-            words.iter().map(|w| BorrowedFrame::BulkString(w)).collect();
-        let frame = BorrowedFrame::Array(&parts);
-        let start = self.out.len();
-        self.out.resize(start + frame.encode_len(false), 0);
-        if let Err(e) = encode_borrowed(&mut self.out[start..], &frame, false) {
-            // Cannot happen: the buffer was sized by the encoder itself.
-            warn!("redis: a command could not be encoded ({e:?}); not sent");
-            self.out.truncate(start);
-            return false;
-        }
+        debug_assert!(
+            self.pushes,
+            "a command without a reply on a plain connection"
+        );
+        encode_command(words, &mut self.out);
         self.unflushed = true;
-        true
+    }
+
+    /// Appends a command to what is to be written, its reply awaited.
+    fn queue(&mut self, tag: Tag<T>, words: &[&[u8]]) {
+        encode_command(words, &mut self.out);
+        self.unflushed = true;
+        self.waiting
+            .push_back((tag, Instant::now() + REPLY_DEADLINE));
     }
 
     /// Writes what is queued, as far as the socket takes it.
@@ -452,7 +434,7 @@ impl<T> RedisConn<T> {
             let frame = match next_frame(&self.input, &mut used) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.to_string()),
             };
             match self.waiting.pop_front() {
                 Some((Tag::Owner(tag), _)) => happened.push(Happening::Reply(tag, frame)),
@@ -671,81 +653,6 @@ impl<T> RedisConn<T> {
     }
 }
 
-/// The whole frame at `input[*used..]`, if one is there (moving `used`
-/// past it); `None` if it is not whole yet; an error if it is not RESP.
-pub fn next_frame(input: &[u8], used: &mut usize) -> Result<Option<Reply>, String> {
-    let rest = input.get(*used..).unwrap_or_default();
-    // The decoder recurses into nested arrays: a hostile reply nesting
-    // thousands deep would overflow the stack. Ours nest four deep.
-    if nests_too_deep(rest) {
-        return Err(format!("arrays nested over {MAX_DEPTH} deep"));
-    }
-    match decode(rest) {
-        Ok(Some((frame, len))) => {
-            *used += len;
-            Ok(Some(frame))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => Err(format!("not RESP: {e:?}")),
-    }
-}
-
-/// How deep a reply's arrays may nest (a sync's are four deep).
-pub const MAX_DEPTH: usize = 16;
-
-/// Whether the frame at the start of `buf` nests arrays deeper than
-/// [`MAX_DEPTH`], as far as it has arrived: a walk over its headers, with
-/// no recursion. Whatever else is wrong with it is the decoder's to say.
-fn nests_too_deep(buf: &[u8]) -> bool {
-    // Elements still to come in each array open around `at`.
-    let mut open: Vec<u64> = Vec::new();
-    let mut at = 0usize;
-    loop {
-        let Some(&kind) = buf.get(at) else {
-            return false; // not all here yet
-        };
-        let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
-            return false;
-        };
-        // A type byte, then its header up to the line's end.
-        let Some(header) = buf.get(at + 1..at + eol) else {
-            return false; // not RESP: the decoder says so
-        };
-        let length = std::str::from_utf8(header)
-            .ok()
-            .and_then(|h| h.parse::<i64>().ok());
-        at += eol + 2;
-        match (kind, length) {
-            (b'*', Some(n)) if n > 0 => {
-                if open.len() >= MAX_DEPTH {
-                    return true;
-                }
-                open.push(n.unsigned_abs());
-                continue;
-            }
-            (b'$', Some(n)) if n >= 0 => {
-                let Some(next) = usize::try_from(n).ok().and_then(|n| at.checked_add(n + 2)) else {
-                    return false;
-                };
-                at = next;
-            }
-            (b'*' | b'$' | b'+' | b'-' | b':', _) => {} // empty, null, or one line
-            _ => return false,                          // not RESP: the decoder says so
-        }
-        // An element is complete: so may be the arrays around it.
-        loop {
-            let Some(left) = open.last_mut() else {
-                return false; // the whole frame
-            };
-            *left -= 1;
-            if *left > 0 {
-                break;
-            }
-            open.pop();
-        }
-    }
-}
-
 /// Between half and all of `backoff`, at random: servers that lost Redis
 /// together do not all come back in the same millisecond.
 fn jitter(backoff: Duration) -> Duration {
@@ -807,43 +714,6 @@ mod tests {
             let err = bad.parse::<RedisUrl>().unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn frames_are_split_and_deep_nesting_is_refused_without_recursion() {
-        let two = b"*2\r\n$3\r\nabc\r\n*1\r\n:7\r\n+OK\r\n$-1\r\n";
-        let mut used = 0;
-        let first = next_frame(two, &mut used).unwrap().unwrap();
-        assert!(
-            matches!(first, Reply::Array(ref a) if a.len() == 2),
-            "{first:?}"
-        );
-        assert_eq!(
-            next_frame(two, &mut used).unwrap(),
-            Some(Reply::SimpleString(b"OK".to_vec()))
-        );
-        assert_eq!(next_frame(two, &mut used).unwrap(), Some(Reply::Null));
-        assert_eq!(next_frame(two, &mut used).unwrap(), None, "nothing more");
-        assert_eq!(used, two.len());
-        // Half a frame: not yet.
-        let mut used = 0;
-        assert_eq!(next_frame(&two[..9], &mut used).unwrap(), None);
-        assert_eq!(used, 0);
-        // Nested as deep as allowed: fine; deeper, refused, even unfinished.
-        let nested = |depth: usize| {
-            let mut frame = b"*1\r\n".repeat(depth);
-            frame.extend_from_slice(b":1\r\n");
-            frame
-        };
-        let mut used = 0;
-        assert!(next_frame(&nested(MAX_DEPTH), &mut used).unwrap().is_some());
-        let mut used = 0;
-        assert!(next_frame(&nested(MAX_DEPTH + 1), &mut used).is_err());
-        let deep = b"*1\r\n".repeat(100_000);
-        let mut used = 0;
-        assert!(next_frame(&deep, &mut used).is_err(), "no stack overflow");
-        let mut used = 0;
-        assert!(next_frame(b"not RESP\r\n", &mut used).is_err());
     }
 
     #[test]

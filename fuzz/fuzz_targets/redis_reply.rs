@@ -1,5 +1,5 @@
 //! What Eddy makes of anything a Redis (or something posing as one) sends:
-//! `eddy::redis::next_frame` splits the bytes into RESP frames as the
+//! `eddy::resp::next_frame` splits the bytes into RESP frames as the
 //! connection does, and each frame is handed to the shared history as the
 //! reply to a sync, a fill, an append, a lookup of the last append, or a
 //! push on the subscriber (the byte before each frame says which).
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use eddy::history::{Confirmed, Draft, History, Limits, News, Seq};
-use eddy::redis::next_frame;
+use eddy::resp::next_frame;
 use eddy::shared::{Heard, SharedHistory};
 use libfuzzer_sys::fuzz_target;
 use tungstenite::Bytes;
