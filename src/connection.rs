@@ -39,13 +39,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, trace};
 use tungstenite::Bytes;
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::handler::ConnId;
 use crate::http::{self, Parsed, Reply, Site};
 use crate::output::OutputQueue;
-use crate::ws::{self, Adapter, Incoming};
+use crate::ws::{self, Adapter, Codec, Incoming};
 
 /// How much one `read` call asks the socket for, in HTTP and Closing states.
 const READ_CHUNK: usize = 4096;
@@ -206,9 +206,11 @@ enum State {
     /// A valid handshake, waiting for the handler's verdict. Boxed: it
     /// lasts an instant, and every connection pays for the largest state.
     Upgrading(Box<Upgrade>),
-    /// A WebSocket. The context holds tungstenite's read buffer and state;
-    /// the stream is lent to it as an [`Adapter`] for each read.
-    Open(Box<WebSocketContext>),
+    /// A WebSocket. The codec holds tungstenite's read buffer and state;
+    /// the stream is lent to it as an [`Adapter`] for each read. `None`
+    /// while the client is between messages: an idle connection keeps no
+    /// codec (see [`Codec::at_rest`]), and the next bytes make a fresh one.
+    Open(Option<Box<Codec>>),
     /// Finishing: flush, shut down writing, wait for the peer's EOF.
     Closing,
     /// Finished; waiting to be freed.
@@ -458,11 +460,8 @@ impl<S: Socket> Connection<S> {
                 debug!("conn {}: WebSocket open", self.id);
                 // The 101 is queued before anything tungstenite writes.
                 queue_response(&mut self.out, switch);
-                self.state = State::Open(Box::new(WebSocketContext::from_partially_read(
-                    early,
-                    Role::Server,
-                    Some(settings.websocket),
-                )));
+                let codec = (!early.is_empty()).then(|| Codec::new(early, settings.websocket));
+                self.state = State::Open(codec);
                 self.taking_messages = true;
                 self.heard_from();
                 report(Report::Opened(&target));
@@ -502,7 +501,7 @@ impl<S: Socket> Connection<S> {
             State::Http { .. } => self.read_http(settings, budget, report),
             // The server decides before reading on.
             State::Upgrading(_) => Step::Upgrade,
-            State::Open(_) => self.read_websocket(budget, report),
+            State::Open(_) => self.read_websocket(budget, settings.websocket, report),
             State::Closing => {
                 self.discard_input(budget);
                 Step::Stop
@@ -709,17 +708,24 @@ impl<S: Socket> Connection<S> {
 
     /// Open state: read frames through tungstenite until a message is
     /// complete (reported; [`Step::Continue`]) or the socket would block.
-    fn read_websocket(&mut self, budget: &mut usize, report: &mut dyn FnMut(Report<'_>)) -> Step {
+    fn read_websocket(
+        &mut self,
+        budget: &mut usize,
+        config: WebSocketConfig,
+        report: &mut dyn FnMut(Report<'_>),
+    ) -> Step {
         loop {
-            let State::Open(context) = &mut self.state else {
+            let State::Open(codec) = &mut self.state else {
                 return Step::Stop;
             };
+            let codec = codec.get_or_insert_with(|| Codec::new(Vec::new(), config));
             let mut stream = Adapter {
                 socket: &mut self.socket,
                 out: &mut self.out,
                 budget: &mut *budget,
+                bounds: &mut codec.bounds,
             };
-            let incoming = ws::classify(context.read(&mut stream));
+            let incoming = ws::classify(codec.context.read(&mut stream));
             if matches!(
                 incoming,
                 Incoming::Text(_) | Incoming::Binary(_) | Incoming::Control
@@ -755,6 +761,13 @@ impl<S: Socket> Connection<S> {
                 }
                 Incoming::WouldBlock => {
                     self.paused = Some(Pause::Blocked);
+                    if let State::Open(codec) = &mut self.state
+                        && codec.as_ref().is_some_and(|c| c.at_rest())
+                        && self.taking_messages
+                    {
+                        // Nothing half-read: an idle client costs no codec.
+                        *codec = None;
+                    }
                     return Step::Stop;
                 }
                 Incoming::Gone(why) => {
@@ -1019,6 +1032,50 @@ mod tests {
         let mut conn = Connection::new(ConnId(1), socket, Arc::new(TIMEOUTS));
         assert_eq!(ready(&mut conn, true), [OPENED, "Message(\"early\")"]);
         assert!(conn.takes_messages());
+    }
+
+    #[test]
+    fn an_idle_connection_keeps_no_codec_and_a_half_read_message_keeps_it() {
+        let has_codec = |conn: &Connection<MockSocket>| matches!(conn.state, State::Open(Some(_)));
+        let (socket, mut conn) = upgraded_with_room();
+        assert!(
+            conn.takes_messages() && !has_codec(&conn),
+            "idle from the start"
+        );
+        let push = |bytes: &[u8]| {
+            let mut peer = socket.0.borrow_mut();
+            peer.incoming.push_back(Some(bytes.to_vec()));
+            peer.incoming.push_back(None);
+        };
+        // Half a frame: the codec stays, and the frame comes out whole.
+        let hello = masked_text(b"hello");
+        push(&hello[..3]);
+        assert!(ready(&mut conn, true).is_empty());
+        assert!(has_codec(&conn), "mid-header");
+        push(&hello[3..8]);
+        assert!(ready(&mut conn, true).is_empty());
+        assert!(has_codec(&conn), "mid-payload");
+        // The rest, and the first fragment of a message (text, no FIN).
+        let mut bytes = hello[8..].to_vec();
+        bytes.extend([0x01, 0x82, 0, 0, 0, 0, b'a', b'b']);
+        push(&bytes);
+        assert_eq!(ready(&mut conn, true), ["Message(\"hello\")"]);
+        assert!(has_codec(&conn), "mid-message");
+        // A ping between the fragments, then the last one (FIN).
+        push(&[
+            0x89, 0x81, 0, 0, 0, 0, b'p', 0x80, 0x82, 0, 0, 0, 0, b'c', b'd',
+        ]);
+        assert_eq!(ready(&mut conn, true), ["Message(\"abcd\")"]);
+        assert!(!has_codec(&conn), "at rest again");
+        flush(&mut conn);
+        assert!(
+            socket.0.borrow().received.ends_with(&[0x8a, 0x01, b'p']),
+            "ponged"
+        );
+        // A fresh codec reads on as if nothing happened.
+        push(&masked_text(b"again"));
+        assert_eq!(ready(&mut conn, true), ["Message(\"again\")"]);
+        assert!(!has_codec(&conn));
     }
 
     #[test]

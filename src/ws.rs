@@ -11,6 +11,12 @@
 //! * [`websocket_config`]: explicit limits; tungstenite's defaults (a 128 KiB
 //!   read buffer per connection, 64 MiB messages, 16 MiB frames, an unbounded
 //!   write buffer) are never used.
+//! * [`Codec`]: tungstenite's context, held only while a frame or a
+//!   fragmented message is partly read. An idle connection holds none: the
+//!   [`FrameBounds`] the adapter keeps say when the bytes read so far end
+//!   exactly at a message's end, and then nothing in the context is worth
+//!   keeping (it is 400 bytes with its read buffer, most of an idle
+//!   connection's memory).
 //! * [`encode_text_frame`]: a broadcast is framed once, into shared bytes.
 //! * [`close_for_error`]: which close code answers which error, for the
 //!   errors tungstenite only reports (it queues no close frame for them).
@@ -18,9 +24,9 @@
 use std::io::{self, Read, Write};
 
 use tungstenite::error::{CapacityError, Error, ProtocolError};
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message};
 
 use crate::output::OutputQueue;
@@ -45,6 +51,110 @@ pub fn websocket_config(max_message_bytes: usize, read_buffer_bytes: usize) -> W
         .accept_unmasked_frames(false)
 }
 
+/// An open WebSocket's reading state while it has any: tungstenite's
+/// context, and where the bytes it was given end.
+pub struct Codec {
+    /// tungstenite's frame parser, read buffer and message reassembly.
+    pub context: WebSocketContext,
+    /// Where the bytes read so far stand in the client's frames.
+    pub bounds: FrameBounds,
+}
+
+impl Codec {
+    /// A context for a connection whose handshake was followed by `early`
+    /// bytes (the client's first frames, read with the request head).
+    pub fn new(early: Vec<u8>, config: WebSocketConfig) -> Box<Codec> {
+        let mut bounds = FrameBounds::default();
+        bounds.feed(&early);
+        Box::new(Codec {
+            context: WebSocketContext::from_partially_read(early, Role::Server, Some(config)),
+            bounds,
+        })
+    }
+
+    /// Whether dropping the context now loses nothing: the bytes read end
+    /// where a message (or a control frame) ends, so tungstenite holds no
+    /// part of a frame or of a fragmented message. Valid after its `read`
+    /// said `WouldBlock`: it then asked for more, having parsed everything
+    /// whole it held, and had written any pong it owed.
+    pub fn at_rest(&self) -> bool {
+        self.bounds.at_rest()
+    }
+}
+
+/// A client's frames as the adapter passes their bytes to tungstenite:
+/// counted, not parsed (tungstenite checks them), just enough to know where
+/// each frame ends and whether a fragmented message is under way.
+#[derive(Debug, Default)]
+pub struct FrameBounds {
+    /// The current frame's header bytes so far (2 to 14 of them).
+    header: [u8; 14],
+    header_len: u8,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// A data frame without FIN began a message its continuations finish.
+    fragmented: bool,
+}
+
+impl FrameBounds {
+    /// Counts `bytes`, the next ones of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let skip = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.payload_left -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let at = usize::from(self.header_len);
+            self.header[at] = bytes[0];
+            self.header_len += 1;
+            bytes = &bytes[1..];
+            if let Some(payload) = self.header_done() {
+                let first = self.header[0];
+                let (fin, opcode) = (first & 0x80 != 0, first & 0x0f);
+                if opcode < 8 {
+                    // Text, binary or continuation: a message ends at FIN.
+                    // Control frames come whole, even mid-message.
+                    self.fragmented = !fin;
+                }
+                self.payload_left = payload;
+                self.header_len = 0;
+            }
+        }
+    }
+
+    /// The payload length, once the header is whole: 2 bytes, then 0, 2 or
+    /// 8 of extended length, then 4 of mask if the mask bit is set. A
+    /// header tungstenite will refuse is counted all the same: the
+    /// connection closes before it matters.
+    fn header_done(&self) -> Option<u64> {
+        let have = usize::from(self.header_len);
+        let second = *self.header.get(1).filter(|_| have >= 2)?;
+        let (extended, short) = match second & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        if have < 2 + extended + mask {
+            return None;
+        }
+        Some(short.unwrap_or_else(|| {
+            self.header[2..2 + extended]
+                .iter()
+                .fold(0u64, |n, &b| n << 8 | u64::from(b))
+        }))
+    }
+
+    /// Between frames, and not inside a fragmented message.
+    pub fn at_rest(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.fragmented
+    }
+}
+
 /// The stream tungstenite sees: reads from the socket, writes to the queue.
 /// Built for the duration of one `read` call, from disjoint borrows of a
 /// connection.
@@ -57,6 +167,9 @@ pub struct Adapter<'a, S> {
     /// reports `WouldBlock` although the socket may hold more: tungstenite
     /// then returns to us mid-stream, its state intact, and we resume later.
     pub budget: &'a mut usize,
+    /// Counts what passes, so that the connection knows when the context
+    /// may go.
+    pub bounds: &'a mut FrameBounds,
 }
 
 impl<S: Read> Read for Adapter<'_, S> {
@@ -67,6 +180,7 @@ impl<S: Read> Read for Adapter<'_, S> {
         let want = buf.len().min(*self.budget);
         let n = self.socket.read(&mut buf[..want])?;
         *self.budget -= n;
+        self.bounds.feed(&buf[..n]);
         Ok(n)
     }
 }
@@ -202,7 +316,6 @@ pub fn close_for_error(error: Error) -> Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tungstenite::protocol::{Role, WebSocketContext};
 
     /// A socket that serves `input` in steps of at most `step` bytes, says
     /// WouldBlock when it runs dry (like a non-blocking socket), and records
@@ -251,11 +364,13 @@ mod tests {
         let mut ctx = WebSocketContext::new(Role::Server, Some(websocket_config(1024, 64)));
         let mut seen = Vec::new();
         let mut budget = usize::MAX;
+        let mut bounds = FrameBounds::default();
         loop {
             let mut io = Adapter {
                 socket: &mut socket,
                 out: &mut out,
                 budget: &mut budget,
+                bounds: &mut bounds,
             };
             match classify(ctx.read(&mut io)) {
                 Incoming::Text(t) => seen.push(format!("text:{}", t.as_str())),
@@ -284,6 +399,44 @@ mod tests {
         let mut sent = Vec::new();
         out.flush(&mut sent).unwrap();
         assert_eq!(sent, [0x8a, 0x01, b'p']);
+    }
+
+    #[test]
+    fn frame_bounds_find_each_message_end_however_the_bytes_arrive() {
+        let mut frame_16 = vec![0x82, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0];
+        frame_16.extend(vec![7u8; 256]);
+        let mut frame_64 = vec![0x82, 0x80 | 127];
+        frame_64.extend(70_000u64.to_be_bytes());
+        frame_64.extend([0, 0, 0, 0]);
+        frame_64.extend(vec![7u8; 70_000]);
+        let mut first_fragment = masked(0x1, b"ab");
+        first_fragment[0] &= 0x7f; // no FIN
+        let mut last_fragment = masked(0x0, b"cd");
+        last_fragment[0] |= 0x80;
+        // (bytes, whether a message has ended after them)
+        let stream: Vec<(Vec<u8>, bool)> = vec![
+            (masked(0x1, b"hello"), true),
+            (masked(0x1, b""), true),
+            (frame_16, true),
+            (frame_64, true),
+            (first_fragment, false),
+            (masked(0x9, b"ping"), false),
+            (last_fragment, true),
+        ];
+        for step in [1, 3, 7, 4096, usize::MAX] {
+            let mut bounds = FrameBounds::default();
+            assert!(bounds.at_rest());
+            for (bytes, ends) in &stream {
+                for chunk in bytes.chunks(step.min(bytes.len()).max(1)) {
+                    bounds.feed(chunk);
+                    let whole = std::ptr::eq(chunk.as_ptr_range().end, bytes.as_ptr_range().end);
+                    if !whole {
+                        assert!(!bounds.at_rest(), "mid-frame, step {step}");
+                    }
+                }
+                assert_eq!(bounds.at_rest(), *ends, "step {step}");
+            }
+        }
     }
 
     #[test]
