@@ -17,15 +17,15 @@
 //! A `reset` notice (a new epoch) starts the check afresh. The peers number
 //! nothing, and only the first check applies to them.
 //!
-//! Rooms (`rooms` > 1, Eddy only): client `k` joins room `r<k mod rooms>`
-//! (`/soc?room=r<k mod rooms>`), so sender `s` speaks in room `s mod rooms`.
-//! Each client then expects the lines of its own room's senders only, and
-//! checks them as above; a line of a sender from another room is counted
-//! apart (it must never come), and so is a welcome that does not name the
-//! client's room. The welcome's `head` (the room's last number) is where
-//! the client's check of the room's numbers starts (for every server that
-//! sends one): in a new room (head 0) the first line must be 1. Each client
-//! hears only its own room's joins.
+//! Rooms (`rooms` > 1, Eddy and the uWebSockets peer only): client `k`
+//! joins room `r<k mod rooms>` (`/soc?room=r<k mod rooms>`), so sender `s`
+//! speaks in room `s mod rooms`. Each client then expects the lines of its
+//! own room's senders only, and checks them as above; a line of a sender
+//! from another room is counted apart (it must never come), and so is a
+//! welcome that does not name the client's room. The welcome's `head` (the
+//! room's last number) is where the client's check of the room's numbers
+//! starts (for every server that sends one): in a new room (head 0) the
+//! first line must be 1. Each client hears only its own room's joins.
 //!
 //! Closed loop: a sender sends its next line when its previous one has come
 //! back to it. Open loop (`rate`): the senders together send `rate` lines a

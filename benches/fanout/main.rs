@@ -2,7 +2,8 @@
 //!
 //! For each scenario (N clients, S senders, M lines each) and each server
 //! (Eddy; optionally an older build of Eddy; the seed's Tornado server; a
-//! tokio-tungstenite chat in the shape of that crate's own example), the
+//! tokio-tungstenite chat in the shape of that crate's own example; a
+//! uWebSockets chat, if its sources are at hand: `UWS_SRC`, below), the
 //! bench starts the server, runs the load generator ([`loadgen`]) against
 //! it, reads the server's CPU time and memory from /proc, and stops it. Each
 //! scenario is run `runs` times and the medians are reported, with ratios
@@ -29,15 +30,16 @@
 //!   history capped at 32 MiB (`--history-memory`, `--history-bytes`), and
 //!   one sender's 70,000 lines of 1 KiB, over twice that, to a few clients;
 //!   the server's RSS before the lines and after them, beside the cap.
-//! - **Many rooms** (Eddy only; the peers have no rooms and show n/a):
-//!   10,000 clients in 1,000 rooms of 10 (`/soc?room=r<k>`), one sender a
-//!   room, 100 lines each: as many deliveries as the single-room 1,000 × 10
-//!   × 100 scenario, which runs beside it. Every client checks its own
-//!   room's lines (none lost, out of order or twice, `seq` dense in each
-//!   room from the `head` its welcome gave) and that no line of another
-//!   room reaches it, and that its welcome names its room. A table compares it with that single-room run
-//!   (the issue's target: deliveries/s at least as high, server CPU per
-//!   delivery no higher).
+//! - **Many rooms** (Eddy and the uWebSockets peer; the other peers have no
+//!   rooms and show n/a): 10,000 clients in 1,000 rooms of 10
+//!   (`/soc?room=r<k>`), one sender a room, 100 lines each: as many
+//!   deliveries as the single-room 1,000 × 10 × 100 scenario, which runs
+//!   beside it. Every client checks its own room's lines (none lost, out of
+//!   order or twice, `seq` dense in each room from the `head` its welcome
+//!   gave) and that no line of another room reaches it, and that its welcome
+//!   names its room. A table compares it with that single-room run (the
+//!   issue's target: deliveries/s at least as high, server CPU per delivery
+//!   no higher).
 //!
 //! Sets: `EDDY_BENCH=quick` (the default: minutes), `full` (adds 10,000
 //! clients and 19,000 held connections; about an hour, mostly Tornado), or
@@ -57,13 +59,20 @@
 //! runs the many-rooms scenario and its single-room comparison alone.
 //! `EDDY_BENCH_RUNS` overrides the runs per scenario;
 //! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`,
-//! `eddy-before`, `tornado`, `tokio`, and `eddy-disk-everysec`,
+//! `eddy-before`, `tornado`, `tokio`, `uws`, and `eddy-disk-everysec`,
 //! `eddy-disk-always`, `eddy-disk-no`: Eddy with its history on disk, a
 //! fresh data directory each start, synced as named; `eddy-redis` and
 //! `eddy-redis-2workers`: Eddy on a fresh `redis-server` of its own, as one
 //! process or as `--workers 2`, its CPU and memory counted with Redis's and
 //! Redis's commands and CPU per line reported; these asked for by name
 //! only). Every other Eddy runs with `--data-dir off`.
+//!
+//! `uws`, the uWebSockets peer (`benches/peers/uws/`), needs `UWS_SRC=DIR`:
+//! it is built from `DIR/uWebSockets` and `DIR/uSockets` at the commits
+//! `benches/peers/uws/PINS` names (`get-sources.sh` makes such a directory;
+//! see `benches/peers/README.md`), pinned as Eddy is. Unset, or the sources
+//! not at those commits, it is reported as skipped: the sources are on no
+//! package registry, and CI has no network to fetch them.
 //!
 //! `EDDY_BENCH_BASELINE=PATH` adds `eddy-before`: the Eddy binary at PATH
 //! (relative to the package root), built from an older commit, run with
@@ -136,7 +145,7 @@ struct Scenario {
     pending_cap: Option<usize>,
     /// Rooms the clients are spread over, evenly, the senders too (see
     /// [`loadgen::Plan::rooms`]); 1: one room, plain `/soc`. Above 1, Eddy
-    /// only: the peers have no rooms.
+    /// and the uWebSockets peer only: the other peers have no rooms.
     rooms: usize,
     /// Lines a sender may have in flight, closed loop (see
     /// [`loadgen::Plan::window`]).
@@ -239,9 +248,17 @@ impl Scenario {
         self.with_slow(0)
     }
 
-    /// Whether only Eddy runs it.
-    const fn eddy_only(&self) -> bool {
-        self.is_history() || self.rooms > 1
+    /// Why `kind` does not run it, if it does not: the history memory
+    /// scenario is this Eddy's alone, and many rooms need a server with
+    /// rooms.
+    fn not_for(&self, kind: Kind) -> Option<&'static str> {
+        if self.is_history() && !kind.is_this_eddy() {
+            Some(NOT_APPLICABLE)
+        } else if self.rooms > 1 && !kind.has_rooms() {
+            Some(NO_ROOMS)
+        } else {
+            None
+        }
     }
 
     /// Whether it is the history memory scenario (a table of its own).
@@ -593,7 +610,7 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(default_runs);
     let wanted = std::env::var("EDDY_BENCH_SERVERS")
-        .unwrap_or_else(|_| "eddy,eddy-before,tornado,tokio".into());
+        .unwrap_or_else(|_| "eddy,eddy-before,tornado,tokio,uws".into());
 
     match eddy::limits::raise_fd_limit() {
         Ok((_, soft, hard)) => eprintln!("open-file limit {soft} (hard {hard})"),
@@ -630,6 +647,7 @@ fn main() {
         }),
         ("tornado", Kind::Tornado, || Some(servers::tornado())),
         ("tokio", Kind::Tokio, || Some(servers::tokio())),
+        ("uws", Kind::Uws, || Some(servers::uws())),
     ] {
         if !wanted.split(',').any(|w| w.trim() == name) {
             continue;
@@ -639,6 +657,9 @@ fn main() {
             continue;
         };
         eprintln!("preparing {}", kind.name());
+        if kind == Kind::Uws {
+            eprintln!("  {}", servers::uws_versions());
+        }
         if let Err(why) = &recipe {
             eprintln!("  skipped: {why}");
         }
@@ -648,11 +669,13 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     for scenario in &scenarios {
         for (kind, recipe) in &recipes {
-            let result = match recipe {
-                Err(why) => Err(format!("skipped: {why}")),
-                Ok(_) if scenario.eddy_only() && !kind.is_this_eddy() => Err(NOT_APPLICABLE.into()),
-                Ok(_) if scenario.without_tornado && *kind == Kind::Tornado => Err(TOO_SLOW.into()),
-                Ok(recipe) => slow_pace(&rows, scenario, *kind)
+            let result = match (recipe, scenario.not_for(*kind)) {
+                (Err(why), _) => Err(format!("skipped: {why}")),
+                (Ok(_), Some(why)) => Err(why.into()),
+                (Ok(_), None) if scenario.without_tornado && *kind == Kind::Tornado => {
+                    Err(TOO_SLOW.into())
+                }
+                (Ok(recipe), None) => slow_pace(&rows, scenario, *kind)
                     .and_then(|pace| measure(recipe, *scenario, runs, threads, pace)),
             };
             match &result {
@@ -719,6 +742,9 @@ fn main() {
 
 /// The result of a server not run in a scenario for Eddy alone.
 const NOT_APPLICABLE: &str = "n/a (Eddy only)";
+
+/// The result of a server without rooms in a many-rooms scenario.
+const NO_ROOMS: &str = "n/a (no rooms)";
 
 /// A table row for a server that has no figures in a scenario: why, then
 /// `empty` more cells.
@@ -973,13 +999,14 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
     let baseline = rows
         .iter()
         .any(|r| r.kind == Kind::Baseline && r.result.is_ok());
+    let uws = rows.iter().any(|r| r.kind == Kind::Uws && r.result.is_ok());
     let _ = writeln!(
         out,
         "`EDDY_BENCH={set} cargo bench`, {date} — {machine}; medians of {runs} run(s). Eddy \
          with `--rate-limit off --ping-interval off` and `--announce-joins-up-to all`: every \
          server announces every join, except in scenarios marked (defaults), where each runs \
          with its defaults (Eddy announces joins while the room has up to 1,000 members; the \
-         peers always).{} {} Load generator: {threads} threads.\n",
+         peers always).{}{} {} Load generator: {threads} threads.\n",
         if baseline {
             format!(
                 " eddy-before: the Eddy binary at `{}`, with the same flags less those it does \
@@ -989,8 +1016,17 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
         } else {
             String::new()
         },
+        if uws {
+            format!(
+                " uws: `benches/peers/uws/chat.cpp` on {}, -O3, no SSL, no compression, no \
+                 backpressure cap.",
+                servers::uws_versions()
+            )
+        } else {
+            String::new()
+        },
         if pinned {
-            "Eddy (and eddy-before) and Tornado pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
+            "Eddy (and eddy-before), Tornado and uws pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
         } else {
             "No pinning (one CPU)."
         }
@@ -1095,7 +1131,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
          skipped with no gap notice, and steps back, numbers repeated or reordered); – where the \
          server numbers none. With slow readers, latencies and deliveries/s are the fast \
          clients' (deliveries/s until each of them had every line); lost counts everyone's. \
-         In rooms (Eddy only), each client expects its own room's lines, and seq counts from the \
+         In rooms (Eddy and uws), each client expects its own room's lines, and seq counts from the \
          room's head at its welcome."
     );
 }
@@ -1106,7 +1142,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
 fn rooms_table(out: &mut String, rows: &[Row]) {
     let many: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.scenario.rooms > 1 && r.kind == Kind::Eddy)
+        .filter(|r| r.scenario.rooms > 1 && matches!(r.kind, Kind::Eddy | Kind::Uws))
         .collect();
     if many.is_empty() {
         return;
@@ -1117,7 +1153,7 @@ fn rooms_table(out: &mut String, rows: &[Row]) {
          room, beside the single-room scenario of the run with as many deliveries (closed loop \
          both). Every client checks that no line of another room reaches it and that its welcome \
          names its room. Target: deliveries/s at least the single room's, server CPU per \
-         delivery no higher. Eddy only.\n"
+         delivery no higher. Eddy and uws (the other peers have no rooms).\n"
     );
     let _ = writeln!(
         out,

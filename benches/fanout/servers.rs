@@ -2,7 +2,8 @@
 //! (the baseline), and its peers, each started as its own process on a free
 //! port, pinned where the plan says, and stopped with SIGTERM. A server that
 //! cannot be prepared (no Python, no network for pip, a failed build, a
-//! baseline path that is not there) is reported as skipped with the reason.
+//! baseline path that is not there, no uWebSockets sources) is reported as
+//! skipped with the reason.
 //!
 //! Eddy and the baseline get the same flags, less those a build does not
 //! know: each is asked for its `--help` once, and a flag it does not name
@@ -34,6 +35,9 @@ pub enum Kind {
     EddyRedis(u8),
     Tornado,
     Tokio,
+    /// The uWebSockets chat (`benches/peers/uws/`), built from the sources
+    /// at `UWS_SRC`: the one peer with rooms, one pub/sub topic each.
+    Uws,
 }
 
 impl Kind {
@@ -48,6 +52,7 @@ impl Kind {
             Kind::EddyRedis(_) => "eddy-redis-2workers",
             Kind::Tornado => "tornado",
             Kind::Tokio => "tokio-tungstenite",
+            Kind::Uws => "uws",
         }
     }
 
@@ -69,6 +74,12 @@ impl Kind {
     /// scenarios only Eddy has: rooms, history memory).
     pub fn is_this_eddy(self) -> bool {
         matches!(self, Kind::Eddy | Kind::EddyDisk(_) | Kind::EddyRedis(_))
+    }
+
+    /// Whether it has rooms as Eddy's (`/soc?room=NAME`, the welcome naming
+    /// the room): this Eddy and the uWebSockets peer.
+    pub fn has_rooms(self) -> bool {
+        self.is_this_eddy() || self == Kind::Uws
     }
 }
 
@@ -258,6 +269,62 @@ pub fn tokio() -> Result<Recipe, String> {
     })
 }
 
+/// The uWebSockets peer's pinned sources: (name, commit, `git describe`),
+/// from `benches/peers/uws/PINS`.
+fn uws_pins() -> Vec<(String, String, String)> {
+    let pins = std::fs::read_to_string(root().join("benches/peers/uws/PINS")).unwrap_or_default();
+    pins.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace().map(String::from);
+            Some((fields.next()?, fields.next()?, fields.next()?))
+        })
+        .collect()
+}
+
+/// The uWebSockets peer's versions, for the report: "uWebSockets
+/// v20.79.0-17-g66dcff3 (66dcff3dd48f), uSockets …".
+pub fn uws_versions() -> String {
+    uws_pins()
+        .iter()
+        .map(|(name, commit, describe)| {
+            format!("{name} {describe} ({})", commit.get(..12).unwrap_or(commit))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The uWebSockets peer, built by `benches/peers/uws/build.sh` from the
+/// sources at `UWS_SRC` (checked against the pinned commits) into the work
+/// directory; skipped if `UWS_SRC` is unset (CI: the sources are on no
+/// package registry, and there is no network to fetch them) or the build
+/// refuses or fails.
+pub fn uws() -> Result<Recipe, String> {
+    let src = std::env::var_os("UWS_SRC").ok_or("UWS_SRC not set: see benches/peers/README.md")?;
+    let out = work_dir().join("uws");
+    let output = Command::new("sh")
+        .arg(root().join("benches/peers/uws/build.sh"))
+        .arg(&src)
+        .arg(&out)
+        .output()
+        .map_err(|e| format!("sh: {e}"))?;
+    if !output.status.success() {
+        // The script's reason, or a compiler's last words.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.trim().lines().collect();
+        return Err(format!(
+            "benches/peers/uws/build.sh: {}",
+            lines[lines.len().saturating_sub(3)..].join(" / ")
+        ));
+    }
+    Ok(Recipe {
+        kind: Kind::Uws,
+        program: out.join("uws-chat"),
+        args: Vec::new(),
+        help: None,
+    })
+}
+
 fn run(command: &mut Command) -> Result<(), String> {
     let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
     if output.status.success() {
@@ -429,7 +496,7 @@ impl Recipe {
             _ => None,
         };
         match self.kind {
-            Kind::Tornado => command.args(["--port", &port.to_string()]),
+            Kind::Tornado | Kind::Uws => command.args(["--port", &port.to_string()]),
             _ => command.args(["--addr", &format!("127.0.0.1:{port}")]),
         };
         let mut child = command
