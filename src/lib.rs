@@ -56,6 +56,7 @@ pub mod ioloop;
 pub mod limits;
 pub mod log;
 pub mod logging;
+pub mod memory;
 pub mod output;
 pub mod rate;
 pub mod redis;

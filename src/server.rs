@@ -58,7 +58,7 @@ use crate::handler::{
 use crate::history::{RoomHistory, Seq};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
-use crate::{http, limits, templates, ws};
+use crate::{http, limits, memory, templates, ws};
 
 /// The listening socket's token, outside the slab's range.
 const LISTENER_TOKEN: Token = Token(usize::MAX - 1);
@@ -215,10 +215,25 @@ impl Server {
     /// Runs until shut down. Returns an error only if polling itself fails.
     pub fn run(mut self) -> io::Result<()> {
         info!("listening on http://{}/", self.state.local_addr);
+        schedule_memory_check(&mut self.ioloop, memory::Trimmer::default());
         self.ioloop.start(&mut self.state)?;
         info!("stopped");
         Ok(())
     }
+}
+
+/// Every [`memory::CHECK_EVERY`], gives memory freed after a burst back to
+/// the system (see [`crate::memory`]).
+fn schedule_memory_check(ioloop: &mut IoLoop<ServerState>, mut trimmer: memory::Trimmer) {
+    ioloop.call_later(memory::CHECK_EVERY, move |_, ioloop| {
+        if let Some(free) = trimmer.check() {
+            debug!(
+                "gave back the free pages of {} KiB freed memory",
+                free / 1024
+            );
+        }
+        schedule_memory_check(ioloop, trimmer);
+    });
 }
 
 /// Controls a running [`Server`] from another thread. Cheap to clone.
