@@ -42,7 +42,10 @@
 //!   no higher).
 //!
 //! Sets: `EDDY_BENCH=quick` (the default: minutes), `full` (adds 10,000
-//! clients and 19,000 held connections; about an hour, mostly Tornado), or
+//! clients and 19,000 held connections; about an hour, mostly Tornado),
+//! `versus` (Eddy against the uWebSockets and tokio peers on every column
+//! of the performance issue: half an hour, mostly uWS connecting 10,000
+//! clients), or
 //! `smoke` (tiny, for CI: proves the bench still runs; its numbers mean
 //! nothing), or `custom` (one scenario from `EDDY_BENCH_CLIENTS`,
 //! `EDDY_BENCH_SENDERS`, `EDDY_BENCH_LINES`, `EDDY_BENCH_LIMIT` seconds,
@@ -110,6 +113,10 @@ const HISTORY_LINE_BYTES: usize = 1024;
 /// each), so the history must evict, and over the whole budget twice.
 const HISTORY_LINES: usize = 70_000;
 
+/// How long the bench waits after the connect phase before the lines: the
+/// server's RSS is read right after the joins and again after this quiet.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// The most fast clients' p99 may grow, as a multiple of the all-fast
 /// run's, in a scenario with slow readers (the target).
 const SLOW_P99_TARGET: f64 = 2.0;
@@ -150,6 +157,9 @@ struct Scenario {
     /// Lines a sender may have in flight, closed loop (see
     /// [`loadgen::Plan::window`]).
     window: usize,
+    /// Runs of this scenario, if not the set's (`EDDY_BENCH_RUNS` overrides
+    /// both): fewer for the ones that take minutes a run.
+    runs: Option<usize>,
 }
 
 impl Scenario {
@@ -169,6 +179,15 @@ impl Scenario {
             pending_cap: None,
             rooms: 1,
             window: 1,
+            runs: None,
+        }
+    }
+
+    /// The same run `runs` times, whatever the set's count.
+    const fn with_runs(self, runs: usize) -> Self {
+        Scenario {
+            runs: Some(runs),
+            ..self
         }
     }
 
@@ -324,7 +343,7 @@ impl Scenario {
             )
         };
         format!(
-            "{who} × {} line{}{}{}{}{}{}{}",
+            "{who} × {} line{}{}{}{}{}{}{}{}",
             thousands(self.lines_per_sender),
             if self.lines_per_sender == 1 { "" } else { "s" },
             if self.line_bytes == loadgen::LINE_BYTES {
@@ -349,6 +368,11 @@ impl Scenario {
             self.pending_cap
                 .map(|cap| format!(", Eddy's cap {} KiB", thousands(cap / 1024)))
                 .unwrap_or_default(),
+            match self.runs {
+                Some(1) => ", one run".to_owned(),
+                Some(n) => format!(", {n} runs"),
+                None => String::new(),
+            },
         )
     }
 }
@@ -426,6 +450,10 @@ struct Summary {
     wrong_room: u64,
     failed_clients: u64,
     server_cpu_s_per_million: Option<f64>,
+    /// RSS per connection over the server's before any came: right after
+    /// the joins, a second later, and after the lines.
+    joins_kib_per_conn: Option<f64>,
+    settled_kib_per_conn: Option<f64>,
     idle_kib_per_conn: Option<f64>,
     peak_kib_per_conn: Option<f64>,
     loadgen_cpu: Option<f64>,
@@ -540,6 +568,26 @@ fn main() {
             ],
             3,
         ),
+        // Eddy against uWebSockets (and the tokio peer), every column the
+        // performance issue names, in one run: 1,000 and 10,000 clients ×
+        // 1 and × 10 senders, every join announced, and many rooms. The
+        // 10,000-client runs take minutes each (uWS connects 10,000 with
+        // every join announced in ~7 minutes): one run each.
+        "versus" => (
+            vec![
+                Scenario::new(1000, 1, 100, 120),
+                Scenario::new(1000, 10, 100, 120),
+                Scenario::many_rooms(1000, 10, 1, 100, 120),
+                Scenario::many_rooms(1000, 10, 1, 100, 120).with_window(10),
+                Scenario::new(10_000, 1, 100, 900)
+                    .without_tornado()
+                    .with_runs(1),
+                Scenario::new(10_000, 10, 20, 900)
+                    .without_tornado()
+                    .with_runs(1),
+            ],
+            3,
+        ),
         "custom" => {
             let var = |name: &str, default: usize| {
                 std::env::var(name)
@@ -600,15 +648,15 @@ fn main() {
             3,
         ),
         other => {
-            eprintln!("EDDY_BENCH={other}: expected quick, full, smoke, custom or startup");
+            eprintln!("EDDY_BENCH={other}: expected quick, full, versus, smoke, custom or startup");
             std::process::exit(2);
         }
     };
     let scenarios = with_references(only(scenarios));
-    let runs = std::env::var("EDDY_BENCH_RUNS")
+    let runs_asked: Option<usize> = std::env::var("EDDY_BENCH_RUNS")
         .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(default_runs);
+        .and_then(|r| r.parse().ok());
+    let runs = runs_asked.unwrap_or(default_runs);
     let wanted = std::env::var("EDDY_BENCH_SERVERS")
         .unwrap_or_else(|_| "eddy,eddy-before,tornado,tokio,uws".into());
 
@@ -675,8 +723,10 @@ fn main() {
                 (Ok(_), None) if scenario.without_tornado && *kind == Kind::Tornado => {
                     Err(TOO_SLOW.into())
                 }
-                (Ok(recipe), None) => slow_pace(&rows, scenario, *kind)
-                    .and_then(|pace| measure(recipe, *scenario, runs, threads, pace)),
+                (Ok(recipe), None) => slow_pace(&rows, scenario, *kind).and_then(|pace| {
+                    let runs = runs_asked.or(scenario.runs).unwrap_or(runs);
+                    measure(recipe, *scenario, runs, threads, pace)
+                }),
             };
             match &result {
                 Ok(s) => eprintln!(
@@ -788,6 +838,9 @@ struct Run {
     /// Its RSS before any client came, and its peak, in KiB.
     rss_before: u64,
     peak: u64,
+    /// Its RSS a second after the connect phase (the join storm) ended,
+    /// idle meanwhile.
+    rss_settled: Option<u64>,
 }
 
 /// Runs one server through one scenario `runs` times; slow readers (if
@@ -844,14 +897,20 @@ fn measure(
         };
         let mut cpu_at_send = None;
         let mut redis_at_send = None;
+        let mut rss_settled = None;
         let outcome = loadgen::run(
             plan,
             || {
+                // Right after the last join arrived, and again after a
+                // second of quiet: what the server keeps of the storm.
+                let right_after = kib("VmRSS");
+                std::thread::sleep(SETTLE);
+                rss_settled = Some(kib("VmRSS"));
                 cpu_at_send = cpu();
                 redis_at_send = server
                     .redis()
                     .map(|r| (r.commands(), proc::cpu_time(r.pid())));
-                kib("VmRSS")
+                right_after
             },
             || kib("VmRSS"),
         );
@@ -880,6 +939,7 @@ fn measure(
             server_cpu,
             rss_before,
             peak,
+            rss_settled,
         });
     }
     let mut summary = summarize(scenario, &outcomes);
@@ -923,6 +983,13 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
             let all = o.deliveries + o.slow_deliveries;
             let cpu = r.server_cpu.filter(|_| finished(o) && all > 0)?;
             Some(cpu.as_secs_f64() * 1e6 / all as f64)
+        }),
+        joins_kib_per_conn: per(&|r| {
+            let right_after = r.outcome.idle_probe?;
+            Some(right_after.saturating_sub(r.rss_before) as f64 / n)
+        }),
+        settled_kib_per_conn: per(&|r| {
+            Some(r.rss_settled?.saturating_sub(r.rss_before) as f64 / n)
         }),
         idle_kib_per_conn: per(&|r| {
             let idle = r.outcome.after_probe?;
@@ -1067,11 +1134,11 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
     }
     let _ = writeln!(
         out,
-        "| scenario | server | connect s | deliveries/s | × Eddy | p50 ms | p90 ms | p99 ms | max ms | lost | out of order | twice | seq | server CPU s / M deliveries | idle KiB / conn | peak KiB / conn | load gen CPU |"
+        "| scenario | server | connect s | deliveries/s | × Eddy | p50 ms | p90 ms | p99 ms | max ms | lost | out of order | twice | seq | server CPU s / M deliveries | KiB / conn after joins | 1 s later | idle KiB / conn | peak KiB / conn | load gen CPU |"
     );
     let _ = writeln!(
         out,
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     for row in rows.iter().filter(|r| !r.scenario.is_history()) {
         let eddy = eddy_summary(rows, &row.scenario).and_then(|s| s.deliveries_per_s);
@@ -1085,7 +1152,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
                     .unwrap_or_else(|| "–".into());
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     row.scenario.name(),
                     row.kind.name(),
                     match (s.timed_out, s.connect_s) {
@@ -1111,6 +1178,8 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
                     s.twice,
                     seq_cell(s),
                     opt(s.server_cpu_s_per_million, 2),
+                    opt(s.joins_kib_per_conn, 2),
+                    opt(s.settled_kib_per_conn, 2),
                     opt(s.idle_kib_per_conn, 2),
                     opt(s.peak_kib_per_conn, 1),
                     s.loadgen_cpu
@@ -1118,7 +1187,7 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
                 );
             }
             Err(why) => {
-                error_row(out, row, why, 15);
+                error_row(out, row, why, 17);
             }
         }
     }
@@ -1132,7 +1201,9 @@ fn fanout_table(out: &mut String, rows: &[Row]) {
          server numbers none. With slow readers, latencies and deliveries/s are the fast \
          clients' (deliveries/s until each of them had every line); lost counts everyone's. \
          In rooms (Eddy and uws), each client expects its own room's lines, and seq counts from the \
-         room's head at its welcome."
+         room's head at its welcome. Memory is the server's RSS over what it had before any client \
+         came, per connection: right after the last join reached its client, a second later (no \
+         traffic meanwhile), idle after the last line, and at its peak."
     );
 }
 
