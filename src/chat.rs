@@ -37,10 +37,9 @@
 //!   connection is still open (half-open: the server has not noticed yet),
 //!   the old one is closed quietly, and the room hears no leave or join.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -559,17 +558,9 @@ struct Departed {
     until: Instant,
 }
 
-/// 128 random bits from the operating system: the resume tokens' key of a
-/// server alone (std's random hash keys if the OS has none to give).
+/// 128 random bits: the resume tokens' key of a server alone.
 fn random_key() -> [u64; 2] {
-    let mut bits = [0u8; 16];
-    if getrandom::fill(&mut bits).is_err() {
-        let state = RandomState::new();
-        return [state.hash_one(1u8), state.hash_one(2u8)];
-    }
-    let (k0, k1) = bits.split_at(8);
-    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-    [word(k0), word(k1)]
+    [crate::random::u64(), crate::random::u64()]
 }
 
 /// Where the member ids of a server sharing its rooms through Redis begin:
@@ -577,12 +568,7 @@ fn random_key() -> [u64; 2] {
 /// drawn per run, so that servers (and runs) do not hand out the same ids.
 /// Two runs draw the same base with a chance of one in a million.
 fn shared_id_base() -> u64 {
-    let mut bits = [0u8; 4];
-    let random = match getrandom::fill(&mut bits) {
-        Ok(()) => u32::from_le_bytes(bits),
-        Err(_) => RandomState::new().hash_one(0u8) as u32,
-    };
-    (u64::from(random % ((1 << 20) - 1)) + 1) << 32
+    (crate::random::u64() % ((1 << 20) - 1) + 1) << 32
 }
 
 /// The chat: every room, with its memory. Everyone in a room hears

@@ -26,15 +26,12 @@
 //! exact JSON ([`Line::json`]), which a disk log or Redis can store and
 //! rebuild the frame from.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use log::{debug, error};
+use log::debug;
 use mio::{Registry, Token};
 use tungstenite::Bytes;
 
@@ -64,17 +61,7 @@ impl Epoch {
     /// (two rooms, or a restart) must not share one.
     pub fn random() -> Epoch {
         let mut bits = [0u8; EPOCH_CHARS];
-        if let Err(e) = getrandom::fill(&mut bits) {
-            // Not seen on Linux after boot; if it happens, std's per-process
-            // random hash keys still give a name no other process shares.
-            error!("no randomness from the OS ({e}); using std's random hash keys for an epoch");
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let high = RandomState::new().hash_one(n).to_le_bytes();
-            let low = RandomState::new().hash_one(!n).to_le_bytes();
-            bits[..8].copy_from_slice(&high);
-            bits[8..].copy_from_slice(&low);
-        }
+        crate::random::fill(&mut bits);
         let text: String = bits
             .iter()
             .map(|b| char::from(EPOCH_ALPHABET[usize::from(b & 31)]))

@@ -58,6 +58,7 @@ pub mod log;
 pub mod logging;
 pub mod memory;
 pub mod output;
+pub mod random;
 pub mod rate;
 pub mod redis;
 pub mod resp;

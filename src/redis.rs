@@ -656,11 +656,7 @@ impl<T> RedisConn<T> {
 /// Between half and all of `backoff`, at random: servers that lost Redis
 /// together do not all come back in the same millisecond.
 fn jitter(backoff: Duration) -> Duration {
-    let mut bits = [0u8; 4];
-    let random = match getrandom::fill(&mut bits) {
-        Ok(()) => u32::from_le_bytes(bits),
-        Err(_) => u32::MAX / 2,
-    };
+    let random = crate::random::u64() as u32;
     let half = backoff / 2;
     half + half.mul_f64(f64::from(random) / f64::from(u32::MAX))
 }

@@ -1222,7 +1222,7 @@ impl SharedHistory {
             }
             // The first server to ask sets the key; every server reads it.
             let mut fresh = [0u8; 16];
-            let _ = getrandom::fill(&mut fresh);
+            crate::random::fill(&mut fresh);
             let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
             conns.commands.send(
                 Ask::Quiet,
