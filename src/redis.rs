@@ -329,16 +329,20 @@ impl<T> RedisConn<T> {
             self.pushes,
             "a command without a reply on a plain connection"
         );
-        encode_command(words, &mut self.out);
-        self.unflushed = true;
+        self.append(words);
     }
 
     /// Appends a command to what is to be written, its reply awaited.
     fn queue(&mut self, tag: Tag<T>, words: &[&[u8]]) {
-        encode_command(words, &mut self.out);
-        self.unflushed = true;
+        self.append(words);
         self.waiting
             .push_back((tag, Instant::now() + REPLY_DEADLINE));
+    }
+
+    /// Appends a command to what is to be written.
+    fn append(&mut self, words: &[&[u8]]) {
+        encode_command(words, &mut self.out);
+        self.unflushed = true;
     }
 
     /// Writes what is queued, as far as the socket takes it.

@@ -61,8 +61,8 @@ pub struct Codec {
 }
 
 impl Codec {
-    /// A context for a connection whose handshake was followed by `early`
-    /// bytes (the client's first frames, read with the request head).
+    /// A context that has already read `early` (the client's first frames,
+    /// read with the request head; none for a connection that was idle).
     pub fn new(early: Vec<u8>, config: WebSocketConfig) -> Box<Codec> {
         let mut bounds = FrameBounds::default();
         bounds.feed(&early);
