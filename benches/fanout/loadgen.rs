@@ -1192,29 +1192,29 @@ impl ClientLoop {
 /// error only leaves the kernel's default.
 fn delay_acks(stream: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let off: libc::c_int = 0;
-    // SAFETY: an open socket, and a pointer to a c_int of the size passed.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&off as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = set_tcp_option(stream.as_raw_fd(), libc::TCP_QUICKACK, 0);
 }
 
 /// Sets `TCP_MAXSEG` (socket2 offers it only with its `all` feature).
 fn set_mss(socket: &socket2::Socket, mss: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: an open socket, and a pointer to a c_int of the size passed.
+    set_tcp_option(socket.as_raw_fd(), libc::TCP_MAXSEG, mss)
+}
+
+/// Sets an `IPPROTO_TCP` option that takes a `c_int`.
+fn set_tcp_option(
+    fd: std::os::fd::RawFd,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a pointer to a c_int of the size passed; an fd that is not an
+    // open socket only makes the call fail.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            (&mss as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
