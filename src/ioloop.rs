@@ -395,7 +395,7 @@ impl<S: EventHandler> IoLoop<S> {
     /// handler asked to keep turning, until the earliest live timer, or
     /// indefinitely.
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if std::mem::take(&mut self.keep_turning) || !self.callbacks.is_empty() || self.stopping {
+        if self.keep_turning || !self.callbacks.is_empty() || self.stopping {
             return Some(Duration::ZERO);
         }
         // Drop cancelled timers from the top so they don't cause early wake-ups.
@@ -411,6 +411,8 @@ impl<S: EventHandler> IoLoop<S> {
     /// Steps 4 and 5: wait for readiness, then dispatch it.
     fn poll_once(&mut self, state: &mut S) -> io::Result<()> {
         let timeout = self.poll_timeout();
+        // Asked for this turn only; a handler with work left asks again.
+        self.keep_turning = false;
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             // mio's Poll docs: `poll` can fail with `Interrupted` when a

@@ -20,10 +20,10 @@
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes dirty
 //!    connections in the order they were marked, at most [`FLUSH_SLICE`] a
 //!    turn (all of them in a turn that opened a WebSocket; one vectored
-//!    write of all each has queued), feeds those
-//!    catching up from history as far as their sockets take, cuts off any
-//!    client whose unread output is over twice the cap (lines stop at the
-//!    cap; the rest is what history cannot give again: pongs, notices),
+//!    write of all each has queued), feeds those catching up from history
+//!    as far as their sockets take, cuts off any client whose unread output
+//!    is over twice the cap (lines stop at the cap; the rest is what history
+//!    cannot give again: pongs, notices),
 //!    asks mio for WRITABLE only where bytes remain, and frees finished
 //!    connections. If dirty ones remain, the loop polls without blocking
 //!    and the next turn goes on with them: a line that arrives in the
@@ -1055,15 +1055,21 @@ mod tests {
         (TcpStream::from_std(server_side), client, peer)
     }
 
-    #[test]
-    fn a_slot_freed_during_a_turn_is_reused_only_after_it() {
+    /// A server on a free port with the echo handler on `/soc`, not running:
+    /// the test turns its loop by hand.
+    fn echo_server() -> (IoLoop<ServerState>, ServerState) {
         let server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
             Config::default(),
             Routes::new().route("/soc", EchoHandler),
         )
         .unwrap();
-        let (mut ioloop, mut state) = (server.ioloop, server.state);
+        (server.ioloop, server.state)
+    }
+
+    #[test]
+    fn a_slot_freed_during_a_turn_is_reused_only_after_it() {
+        let (mut ioloop, mut state) = echo_server();
         let (a, _a_client, peer) = socket_pair();
         state.add_connection(&mut ioloop, a, peer);
         let a_id = state.connections[0].conn.id();
@@ -1158,13 +1164,7 @@ mod tests {
     #[test]
     fn a_turn_flushes_one_slice_and_the_next_turn_the_rest_in_order() {
         use std::io::Read;
-        let server = Server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            Config::default(),
-            Routes::new().route("/soc", EchoHandler),
-        )
-        .unwrap();
-        let (mut ioloop, mut state) = (server.ioloop, server.state);
+        let (mut ioloop, mut state) = echo_server();
         let mut clients = Vec::new();
         for _ in 0..FLUSH_SLICE + 2 {
             let (socket, mut client, peer) = socket_pair();
