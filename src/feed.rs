@@ -42,7 +42,7 @@ use crate::history::{RoomHistory, Seq};
 /// behind. It is at least what Linux's TCP lets one write call take when a
 /// socket signals writable again (a third of a send buffer that autotuning
 /// keeps at 16 KiB–4 MiB), so a writable socket is filled in one or a few
-/// `writev`s. Refilling before the queue is empty (the low-water mark)
+/// `send`s. Refilling before the queue is empty (the low-water mark)
 /// keeps a batch ready for the next writable event instead of making the
 /// socket wait for a read of the history.
 pub const CATCH_UP_BATCH: usize = 64 * 1024;

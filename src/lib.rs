@@ -11,7 +11,7 @@
 //! 3. [`connection`]: one socket's state machine, HTTP → WebSocket → closing.
 //! 4. [`http`]: pure request-head parsing and routing (httparse).
 //! 5. [`ws`]: tungstenite over an I/O adapter, limits, close codes.
-//! 6. [`output`]: the per-connection output queue and its vectored flush.
+//! 6. [`output`]: the per-connection output queue and its corked flush.
 //! 7. [`handler`]: the [`WebSocketHandler`] trait, [`ConnId`], [`Outbox`],
 //!    [`Routes`].
 //! 8. [`chat`]: the tutorial's chat room, as a handler, with [`rate`]'s

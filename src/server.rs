@@ -19,8 +19,8 @@
 //!    ([`Feed`]).
 //! 5. At the end of the turn, [`ServerState::end_of_turn`] flushes dirty
 //!    connections in the order they were marked, at most [`FLUSH_SLICE`] a
-//!    turn (all of them in a turn that opened a WebSocket; one vectored
-//!    write of all each has queued), feeds those catching up from history
+//!    turn (all of them in a turn that opened a WebSocket; one corked
+//!    `send` of all each has queued), feeds those catching up from history
 //!    as far as their sockets take, cuts off any client whose unread output
 //!    is over twice the cap (lines stop at the cap; the rest is what history
 //!    cannot give again: pongs, notices),

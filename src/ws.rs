@@ -15,8 +15,8 @@
 //!   fragmented message is partly read. An idle connection holds none: the
 //!   [`FrameBounds`] the adapter keeps say when the bytes read so far end
 //!   exactly at a message's end, and then nothing in the context is worth
-//!   keeping (it is 400 bytes with its read buffer, most of an idle
-//!   connection's memory).
+//!   keeping (it is 256 bytes, and its read buffer 1 KiB: more than
+//!   an idle connection's whole memory otherwise).
 //! * [`encode_text_frame`]: a broadcast is framed once, into shared bytes.
 //! * [`close_for_error`]: which close code answers which error, for the
 //!   errors tungstenite only reports (it queues no close frame for them).

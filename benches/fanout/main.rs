@@ -50,6 +50,8 @@
 //! nothing), or `custom` (one scenario from `EDDY_BENCH_CLIENTS`,
 //! `EDDY_BENCH_SENDERS`, `EDDY_BENCH_LINES`, `EDDY_BENCH_LIMIT` seconds,
 //! `EDDY_BENCH_DEFAULTS=1` for each server's default settings,
+//! `EDDY_BENCH_ROOMS=N` to spread the clients and senders over N rooms,
+//! `EDDY_BENCH_WINDOW=N` for N lines in flight a sender,
 //! `EDDY_BENCH_RATE=LINES_PER_SEC` for an open loop, `EDDY_BENCH_SLOW=10`
 //! for that percent of slow readers (its all-fast run comes first), or
 //! `EDDY_BENCH_HISTORY=1` for the history memory scenario, 10 clients × 1
@@ -269,11 +271,11 @@ impl Scenario {
 
     /// Why `kind` does not run it, if it does not: the history memory
     /// scenario is this Eddy's alone, and many rooms need a server with
-    /// rooms.
-    fn not_for(&self, kind: Kind) -> Option<&'static str> {
+    /// rooms (`has_rooms`: see [`servers::Recipe::has_rooms`]).
+    fn not_for(&self, kind: Kind, has_rooms: bool) -> Option<&'static str> {
         if self.is_history() && !kind.is_this_eddy() {
             Some(NOT_APPLICABLE)
-        } else if self.rooms > 1 && !kind.has_rooms() {
+        } else if self.rooms > 1 && !has_rooms {
             Some(NO_ROOMS)
         } else {
             None
@@ -611,6 +613,9 @@ fn main() {
                     var("EDDY_BENCH_LIMIT", 600) as u64,
                 )
             };
+            let rooms = var("EDDY_BENCH_ROOMS", 1).max(1);
+            let scenario =
+                Scenario { rooms, ..scenario }.with_window(var("EDDY_BENCH_WINDOW", 1).max(1));
             let scenario = Scenario {
                 rate: std::env::var("EDDY_BENCH_RATE")
                     .ok()
@@ -720,7 +725,10 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     for scenario in &scenarios {
         for (kind, recipe) in &recipes {
-            let result = match (recipe, scenario.not_for(*kind)) {
+            let result = match (
+                recipe,
+                scenario.not_for(*kind, recipe.as_ref().is_ok_and(Recipe::has_rooms)),
+            ) {
                 (Err(why), _) => Err(format!("skipped: {why}")),
                 (Ok(_), Some(why)) => Err(why.into()),
                 (Ok(_), None) if scenario.without_tornado && *kind == Kind::Tornado => {

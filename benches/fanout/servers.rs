@@ -107,6 +107,20 @@ pub fn work_dir() -> PathBuf {
     dir
 }
 
+impl Recipe {
+    /// Whether the server has rooms as Eddy's: this Eddy, the uWebSockets
+    /// peer, and a baseline Eddy whose `--help` names `--max-rooms` (one
+    /// built after rooms landed).
+    pub fn has_rooms(&self) -> bool {
+        self.kind.has_rooms()
+            || (self.kind == Kind::Baseline
+                && self
+                    .help
+                    .as_deref()
+                    .is_some_and(|help| names_flag(help, "--max-rooms")))
+    }
+}
+
 /// Eddy: the binary `cargo bench` built, every join announced (as the
 /// peers do), no rate limit, no heartbeat.
 pub fn eddy() -> Result<Recipe, String> {
