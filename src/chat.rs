@@ -59,6 +59,7 @@ use crate::history::{
     Confirmed, Draft, History, Limits, MemoryHistory, News, Position, PresenceChange, Refused,
     RoomHistory, Seq,
 };
+use crate::metrics::Exposition;
 use crate::rate::{Bucket, RateLimit, Verdict};
 use crate::shared::SharedHistory;
 use crate::{http, ws};
@@ -631,6 +632,29 @@ pub struct ChatRoom {
     shared: bool,
     /// When expired rooms and departures are next swept.
     next_sweep: Instant,
+    /// What it counts for `/metrics`.
+    counts: ChatCounts,
+}
+
+/// What the chat counts for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+struct ChatCounts {
+    /// Lines (and actions) taken from clients, to their room's history.
+    lines: u64,
+    /// Lines refused for coming too fast (`--rate-limit`).
+    too_fast: u64,
+    /// Clients closed for flooding.
+    flooding: u64,
+    /// Newcomers that resumed where they left off (`since` in the room's
+    /// epoch, within its head).
+    resumed: u64,
+    /// Newcomers told `reset`: their resume was from another epoch, or
+    /// past the head.
+    resume_reset: u64,
+    /// Members told `reset` because the shared store lost lines they saw.
+    store_reset: u64,
+    /// Resume tokens refused (forged, expired, or the id in use).
+    resume_refused: u64,
 }
 
 impl fmt::Debug for ChatRoom {
@@ -683,6 +707,7 @@ impl ChatRoom {
             news: Vec::new(),
             shared: false,
             next_sweep: Instant::now() + SWEEP_EVERY.min(config.history_ttl),
+            counts: ChatCounts::default(),
         }
     }
 
@@ -930,10 +955,12 @@ impl ChatRoom {
         match verdict {
             Verdict::Allowed => true,
             Verdict::Refused => {
+                self.counts.too_fast += 1;
                 out.write_message(id, &notice(TOO_FAST));
                 false
             }
             Verdict::Flooding => {
+                self.counts.flooding += 1;
                 out.close(id, CloseCode::Policy, FLOODING_REASON);
                 false
             }
@@ -984,6 +1011,7 @@ impl ChatRoom {
             name: self.people.get(&id).and_then(|p| p.name.as_deref()),
             action,
         };
+        self.counts.lines += 1;
         self.history.append(room.name(), draft);
         self.deliver_confirmed(out);
     }
@@ -1134,6 +1162,7 @@ impl ChatRoom {
             .then(|| presence_json("join", member, name, count));
         out.write_message(id, &welcome);
         if refused {
+            self.counts.resume_refused += 1;
             let refusal = ChatEvent::Event {
                 message: RESUME_REFUSED,
                 event: "resume_refused",
@@ -1144,9 +1173,11 @@ impl ChatRoom {
         let newcomer_from = self.replay_from(position);
         match resume {
             Some(resume) if position.continues(&resume.epoch, resume.since) => {
+                self.counts.resumed += 1;
                 out.follow(id, resume.since + 1, true);
             }
             Some(_) => {
+                self.counts.resume_reset += 1;
                 let reset = ChatEvent::Event {
                     message: RESET,
                     event: "reset",
@@ -1239,6 +1270,7 @@ impl ChatRoom {
             }
             .to_json();
             let members: Vec<ConnId> = out.groups().members(group).collect();
+            self.counts.store_reset += members.len() as u64;
             for id in members {
                 out.write_message(id, &reset);
                 out.follow(id, from, true);
@@ -1491,6 +1523,43 @@ impl WebSocketHandler for ChatRoom {
 
     fn next_tick(&self) -> Option<Instant> {
         self.history.next_tick()
+    }
+
+    fn write_metrics(&self, out: &mut Exposition) {
+        let counts = self.counts;
+        out.counter(
+            "eddy_lines_total",
+            "Chat lines (and actions) taken from clients into their room's history.",
+            counts.lines,
+        );
+        out.counter_by(
+            "eddy_rate_limited_total",
+            "Messages over --rate-limit: refused with a notice, or their sender closed for flooding.",
+            "action",
+            &[("refused", counts.too_fast), ("closed", counts.flooding)],
+        );
+        out.counter_by(
+            "eddy_resumes_total",
+            "Newcomers that asked to resume (since, epoch): continued where they left off, or told reset and replayed.",
+            "result",
+            &[("continued", counts.resumed), ("reset", counts.resume_reset)],
+        );
+        out.counter_by(
+            "eddy_resets_total",
+            "Members told reset (start over from the replay), by cause: a resume from another epoch or past the head, or the shared store lost lines they saw.",
+            "cause",
+            &[("resume", counts.resume_reset), ("store", counts.store_reset)],
+        );
+        out.counter(
+            "eddy_resume_tokens_refused_total",
+            "Resume tokens refused: forged, expired, or their id in use.",
+            counts.resume_refused,
+        );
+        self.history.write_metrics(out);
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.history.readiness()
     }
 
     fn room_history<'a>(&'a self, group: &'a str) -> Option<RoomHistory<'a>> {

@@ -61,6 +61,7 @@ pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--all
                          [--history-memory N] [--history-ttl DURATION] [--max-rooms N] \
                          [--presence-list-up-to N] [--resume-window SECS] \
                          [--data-dir DIR|off] [--fsync always|everysec|no] \
+                         [--workers N] [--redis URL] [--metrics-addr HOST:PORT] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -131,6 +132,8 @@ Options:
   --redis URL              Share rooms with other Eddy servers through Redis
                            (redis://[user:password@]host:port[/db]; no TLS): their history,
                            seqs and order live there, and --data-dir is not used [default: off]
+  --metrics-addr HOST:PORT Serve Prometheus metrics (/metrics) and health checks (/healthz,
+                           /readyz) on this address, a listener of its own [default: off]
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -254,6 +257,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
                     }
                 };
             }
+            Long("metrics-addr") => {
+                let value = parser.value()?.string()?;
+                config.metrics_addr = Some(resolve("--metrics-addr", &value)?);
+            }
             Long("redis") => {
                 let value = parser.value()?.string()?;
                 let url = value
@@ -295,7 +302,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             _ => return Err(arg.unexpected().into()),
         }
     }
-    let addr = resolve(&addr)?;
+    let addr = resolve("--addr", &addr)?;
     config.validate().map_err(|e| CliError(e.0))?;
     Ok(Command::Run {
         addr,
@@ -367,11 +374,12 @@ fn ttl(value: OsString) -> Result<Duration, CliError> {
     }
 }
 
-/// `HOST:PORT` to an address; a host name is looked up once, here.
-fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
+/// `HOST:PORT` (given as `flag`) to an address; a host name is looked up
+/// once, here.
+fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, CliError> {
     let bad = |why: String| {
         CliError(format!(
-            "--addr {addr:?}: {why} (expected HOST:PORT, e.g. {DEFAULT_ADDR})"
+            "{flag} {addr:?}: {why} (expected HOST:PORT, e.g. {DEFAULT_ADDR})"
         ))
     };
     match addr.to_socket_addrs() {
@@ -448,11 +456,14 @@ mod tests {
             "--data-dir",
             "/var/lib/eddy",
             "--fsync=always",
+            "--metrics-addr",
+            "127.0.0.1:9100",
         ])
         .unwrap() else {
             panic!("not a run")
         };
         assert_eq!(addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(config.templates, Some(PathBuf::from("/tmp/t")));
         assert_eq!(
             config.allowed_origins,
@@ -540,6 +551,18 @@ mod tests {
             (&["--bogus"], "--bogus"),
             (&["--addr"], "missing argument"),
             (&["--addr", "nowhere"], "HOST:PORT"),
+            (&["--metrics-addr", "nowhere"], "--metrics-addr \"nowhere\""),
+            (
+                &[
+                    "--metrics-addr",
+                    "127.0.0.1:0",
+                    "--workers",
+                    "2",
+                    "--redis",
+                    "redis://127.0.0.1:1",
+                ],
+                "not supported yet",
+            ),
             (&["--max-message-bytes", "64k"], "whole number"),
             (
                 &["--announce-joins-up-to", "some"],

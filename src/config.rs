@@ -198,6 +198,9 @@ pub struct Config {
     /// How many worker processes serve the port (`--workers`): 1, this
     /// process alone; more need [`Config::redis`].
     pub workers: usize,
+    /// Where the metrics listener listens (`--metrics-addr`): `/metrics`,
+    /// `/healthz`, `/readyz`. `None`: no such listener.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The binary's `--data-dir` when none is given: relative to the working
@@ -254,6 +257,7 @@ impl Default for Config {
             fsync: Fsync::default(),
             redis: None,
             workers: 1,
+            metrics_addr: None,
             resume_window: DEFAULT_RESUME_WINDOW,
             max_connections: None,
             max_connections_per_ip: None,
@@ -334,6 +338,13 @@ impl Config {
             return Err(ConfigError(format!(
                 "--workers {} needs --redis: each worker would have rooms of its own, \
                  and people in one room would not hear each other",
+                self.workers
+            )));
+        }
+        if self.workers > 1 && self.metrics_addr.is_some() {
+            return Err(ConfigError(format!(
+                "--metrics-addr with --workers {} is not supported yet: each worker \
+                 would need a metrics port of its own",
                 self.workers
             )));
         }

@@ -175,6 +175,9 @@ pub enum Report<'a> {
     /// next read queues), or the peer vanished. Call `on_close`. Sent once,
     /// only after `Opened`; no broadcast reaches the connection after it.
     Closing,
+    /// A close frame of ours, with this code, was queued (counted for
+    /// `/metrics`; nothing to do).
+    CloseSent(u16),
 }
 
 /// What [`Connection::on_ready`] asks of the server when it returns.
@@ -192,6 +195,10 @@ pub enum Step {
     /// handler about [`Connection::upgrade_target`], then call
     /// [`Connection::upgrade`].
     Upgrade,
+    /// A request only the server can answer is waiting ([`http::Probe`],
+    /// on the metrics listener): answer [`Connection::probe`] with
+    /// [`Connection::answer`].
+    Ask,
 }
 
 /// The connection's stage; see the module docs.
@@ -206,6 +213,9 @@ enum State {
     /// A valid handshake, waiting for the handler's verdict. Boxed: it
     /// lasts an instant, and every connection pays for the largest state.
     Upgrading(Box<Upgrade>),
+    /// A request waiting for the server's answer ([`Step::Ask`]). Boxed for
+    /// the same reason; it lasts an instant too.
+    Asking(Box<Asking>),
     /// A WebSocket. The codec holds tungstenite's read buffer and state;
     /// the stream is lent to it as an [`Adapter`] for each read. `None`
     /// while the client is between messages: an idle connection keeps no
@@ -225,6 +235,14 @@ struct Upgrade {
     target: String,
     /// Bytes after the head: the client's first frames.
     early: Vec<u8>,
+}
+
+/// A request waiting for the server's answer ([`State::Asking`]).
+struct Asking {
+    probe: http::Probe,
+    asked: http::Asked,
+    /// Bytes after the request's head: the next requests, pipelined.
+    buf: Vec<u8>,
 }
 
 /// One client connection.
@@ -389,6 +407,16 @@ impl<S: Socket> Connection<S> {
         matches!(self.state, State::Closing)
     }
 
+    /// Its stage, for `/metrics`: `http` (requests, a handshake), `open`
+    /// (a WebSocket) or `closing`.
+    pub fn stage(&self) -> &'static str {
+        match self.state {
+            State::Http { .. } | State::Upgrading(_) | State::Asking(_) => "http",
+            State::Open(_) => "open",
+            State::Closing | State::Closed => "closing",
+        }
+    }
+
     /// Whether it is finished and can be freed.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
@@ -434,6 +462,28 @@ impl<S: Socket> Connection<S> {
             State::Upgrading(upgrade) => Some(&upgrade.target),
             _ => None,
         }
+    }
+
+    /// The request waiting for the server's answer ([`Step::Ask`]) and the
+    /// shape its answer must have.
+    pub fn probe(&self) -> Option<(http::Probe, http::Asked)> {
+        match &self.state {
+            State::Asking(asking) => Some((asking.probe, asking.asked.clone())),
+            _ => None,
+        }
+    }
+
+    /// Answers the request waiting ([`Step::Ask`]) with `response`, then
+    /// goes on as after any response: [`Step::Continue`] to read the next
+    /// request, or [`Step::Stop`] if it closed the connection.
+    pub fn answer(&mut self, response: http::Response, budget: &mut usize) -> Step {
+        let State::Asking(asking) = std::mem::replace(&mut self.state, State::Closing) else {
+            return Step::Stop;
+        };
+        self.state = State::Http {
+            buf: Box::new(asking.buf),
+        };
+        self.respond(response, budget)
     }
 
     /// Ends a handshake waiting to be admitted: with `Ok`, queues the 101,
@@ -501,6 +551,7 @@ impl<S: Socket> Connection<S> {
             State::Http { .. } => self.read_http(settings, budget, report),
             // The server decides before reading on.
             State::Upgrading(_) => Step::Upgrade,
+            State::Asking(_) => Step::Ask,
             State::Open(_) => self.read_websocket(budget, settings.websocket, report),
             State::Closing => {
                 self.discard_input(budget);
@@ -511,12 +562,13 @@ impl<S: Socket> Connection<S> {
     }
 
     /// Writes what the socket takes. In Closing, shuts down the write side
-    /// once everything is out. A write error ends the connection.
-    pub fn flush(&mut self, report: &mut dyn FnMut(Report<'_>)) {
+    /// once everything is out. A write error ends the connection. Returns
+    /// the bytes written.
+    pub fn flush(&mut self, report: &mut dyn FnMut(Report<'_>)) -> usize {
         if self.is_closed() {
-            return;
+            return 0;
         }
-        match self.out.flush(&mut self.socket) {
+        let written = match self.out.flush(&mut self.socket) {
             Ok(n) => {
                 trace!(
                     "conn {}: wrote {n} bytes, {} pending",
@@ -537,13 +589,14 @@ impl<S: Socket> Connection<S> {
                     };
                     self.deadline = Some((at, pong));
                 }
+                n
             }
             Err(e) => {
                 debug!("conn {}: write failed: {e}", self.id);
                 self.abort(report);
-                return;
+                return 0;
             }
-        }
+        };
         if self.is_closing() && self.out.is_empty() {
             if !self.write_shut {
                 self.write_shut = true;
@@ -554,6 +607,7 @@ impl<S: Socket> Connection<S> {
                 self.state = State::Closed;
             }
         }
+        written
     }
 
     /// Closes with `code`: queues the close frame, reports `Closing`, and goes
@@ -569,9 +623,10 @@ impl<S: Socket> Connection<S> {
             State::Open(_) => {
                 self.report_closing(report);
                 self.out.push(ws::encode_close_frame(code, reason));
+                report(Report::CloseSent(u16::from(code)));
                 self.begin_closing();
             }
-            State::Http { .. } | State::Upgrading(_) => self.begin_closing(),
+            State::Http { .. } | State::Upgrading(_) | State::Asking(_) => self.begin_closing(),
             State::Closing | State::Closed => {}
         }
     }
@@ -625,28 +680,16 @@ impl<S: Socket> Connection<S> {
                 };
                 match reply {
                     Reply::Respond(response) => {
-                        debug!(
-                            "conn {}: HTTP {} ({})",
-                            self.id, response.status, response.why
-                        );
-                        let close = response.close;
-                        queue_response(&mut self.out, response);
-                        if close {
-                            // Anything pipelined after this request is discarded.
-                            self.begin_closing();
-                            self.discard_input(budget);
+                        buf.drain(..consumed);
+                        if self.respond(response, budget) == Step::Stop {
                             return Step::Stop;
                         }
+                    }
+                    Reply::Ask(probe, asked) => {
                         buf.drain(..consumed);
-                        let now = Instant::now();
-                        self.deadline = if buf.is_empty() {
-                            // Idle keep-alive connections hold no buffer.
-                            **buf = Vec::new();
-                            Some((now + self.timeouts.keep_alive, Deadline::Idle))
-                        } else {
-                            // The next request has begun: its head's clock runs.
-                            Some((now + self.timeouts.header, Deadline::Head))
-                        };
+                        let buf = std::mem::take(&mut **buf);
+                        self.state = State::Asking(Box::new(Asking { probe, asked, buf }));
+                        return Step::Ask;
                     }
                     Reply::Upgrade(switch, target) => {
                         // Bytes after the head are the client's first frames.
@@ -790,6 +833,36 @@ impl<S: Socket> Connection<S> {
         }
     }
 
+    /// Queues the response to the request just taken from the buffer; then
+    /// closes if it says so (anything pipelined after it is discarded:
+    /// [`Step::Stop`]), or waits for the next request ([`Step::Continue`]).
+    fn respond(&mut self, response: http::Response, budget: &mut usize) -> Step {
+        debug!(
+            "conn {}: HTTP {} ({})",
+            self.id, response.status, response.why
+        );
+        let close = response.close;
+        queue_response(&mut self.out, response);
+        if close {
+            self.begin_closing();
+            self.discard_input(budget);
+            return Step::Stop;
+        }
+        let State::Http { buf } = &mut self.state else {
+            return Step::Stop;
+        };
+        let now = Instant::now();
+        self.deadline = if buf.is_empty() {
+            // Idle keep-alive connections hold no buffer.
+            **buf = Vec::new();
+            Some((now + self.timeouts.keep_alive, Deadline::Idle))
+        } else {
+            // The next request has begun: its head's clock runs.
+            Some((now + self.timeouts.header, Deadline::Head))
+        };
+        Step::Continue
+    }
+
     /// Closing state: read and throw away until EOF, so that our close
     /// frame is not destroyed by a reset (see the module docs).
     fn discard_input(&mut self, budget: &mut usize) {
@@ -908,6 +981,7 @@ mod tests {
                 csp: None,
                 allowed_origins: Vec::new(),
                 websocket_paths: vec!["/soc".into()],
+                probes: false,
             },
             websocket: ws::websocket_config(1024, 256),
             timeouts: Arc::new(TIMEOUTS),
@@ -1092,7 +1166,10 @@ mod tests {
             peer.incoming.push_back(Some(masked_text(b"more garbage")));
         }
         let mut conn = Connection::new(ConnId(1), socket.clone(), Arc::new(TIMEOUTS));
-        assert_eq!(ready(&mut conn, true), [OPENED, "Closing"]);
+        assert_eq!(
+            ready(&mut conn, true),
+            [OPENED, "Closing", "CloseSent(1002)"]
+        );
         assert!(conn.is_closing());
         flush(&mut conn);
         let received = socket.0.borrow().received.clone();
@@ -1225,7 +1302,7 @@ mod tests {
         assert!(answer_by >= ping_at + TIMEOUTS.ping_timeout);
         let mut seen = Vec::new();
         conn.on_deadline(answer_by, &mut |r| seen.push(format!("{r:?}")));
-        assert_eq!(seen, ["Closing"]);
+        assert_eq!(seen, ["Closing", "CloseSent(1011)"]);
         flush(&mut conn);
         assert_eq!(
             &sent(&socket)[before + 2..before + 6],
@@ -1266,7 +1343,7 @@ mod tests {
         conn.on_deadline(conn.deadline().unwrap(), &mut |r| {
             seen.push(format!("{r:?}"))
         });
-        assert_eq!(seen, ["Closing"], "no pong: 1011");
+        assert_eq!(seen, ["Closing", "CloseSent(1011)"], "no pong: 1011");
         // And a client that reads nothing at all is closed at the first deadline.
         let (socket, mut conn) = upgraded_with_room();
         flush(&mut conn);
@@ -1278,7 +1355,7 @@ mod tests {
         conn.on_deadline(conn.deadline().unwrap(), &mut |r| {
             seen.push(format!("{r:?}"))
         });
-        assert_eq!(seen, ["Closing"]);
+        assert_eq!(seen, ["Closing", "CloseSent(1011)"]);
     }
 
     #[test]
@@ -1356,7 +1433,7 @@ mod tests {
         flush(&mut conn);
         let mut seen = Vec::new();
         conn.cut_off(&mut |r| seen.push(format!("{r:?}")));
-        assert_eq!(seen, ["Closing"]);
+        assert_eq!(seen, ["Closing", "CloseSent(1008)"]);
         assert!(!conn.takes_messages());
         socket.0.borrow_mut().write_room = usize::MAX;
         flush(&mut conn);

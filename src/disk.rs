@@ -64,6 +64,7 @@ use crate::history::{
     Seq,
 };
 use crate::log::{Log, LogError, Options, SyncHandle};
+use crate::metrics::{self, Exposition, SharedHistogram};
 use crate::ws;
 
 /// At most this many rooms' logs hold open files at once; the least
@@ -132,6 +133,18 @@ impl RoomLog {
     }
 }
 
+/// Whether this process may write in `dir`: `access(2)` with `W_OK`, which
+/// also says no for a file system mounted read-only. A metadata call, not
+/// a write: cheap enough for the loop to make when asked (`/readyz`).
+fn writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
 /// Every room's history, on disk, with the newest lines cached in memory.
 pub struct DiskHistory {
     data: DataDir,
@@ -158,6 +171,13 @@ pub struct DiskHistory {
     /// Startup succeeded: only then does dropping this mean a clean
     /// shutdown (a failed start must not mark the directory clean).
     started: bool,
+    /// Batches appended to the rooms' logs (one `write` each), and the
+    /// lines in them, for `/metrics`.
+    appends: u64,
+    appended_lines: u64,
+    /// How long each sync of a log took, on the loop (`always`) or the
+    /// helper thread (`everysec`).
+    syncs: Arc<SharedHistogram>,
 }
 
 /// What the helper thread does for the loop, once a second.
@@ -240,6 +260,9 @@ impl DiskHistory {
             damaged: RefCell::new(HashSet::new()),
             reads_failing: Cell::new(false),
             started: false,
+            appends: 0,
+            appended_lines: 0,
+            syncs: Arc::new(SharedHistogram::new(metrics::SECONDS_BUCKETS)),
             data,
         };
         lock(&history.chores).doomed = history.data.leftovers();
@@ -303,7 +326,11 @@ impl DiskHistory {
             history.rooms.insert(name, room);
         }
         history.data.begin_run()?;
-        history.helper = Some(spawn_helper(Arc::clone(&history.chores), fsync)?);
+        history.helper = Some(spawn_helper(
+            Arc::clone(&history.chores),
+            fsync,
+            Arc::clone(&history.syncs),
+        )?);
         history.started = true;
         Ok((history, opened))
     }
@@ -384,12 +411,20 @@ impl DiskHistory {
             .iter()
             .map(|(seq, _, frame)| (*seq, ws::text_frame_payload(frame).as_bytes()));
         log.append(batch).map_err(|e| e.to_string())?;
-        if fsync == Fsync::Always
-            && let Err(e) = log.sync()
-        {
-            // The lines are in the file; only their durability is in
-            // doubt, and that is said loudly.
-            error!("room {room}: --fsync always: sync failed: {e}");
+        self.appends += 1;
+        self.appended_lines += staged.len() as u64;
+        if fsync == Fsync::Always {
+            let began = Instant::now();
+            match log.sync() {
+                Ok(synced) => {
+                    if synced.is_some() {
+                        self.syncs.observe_duration(began.elapsed());
+                    }
+                }
+                // The lines are in the file; only their durability is in
+                // doubt, and that is said loudly.
+                Err(e) => error!("room {room}: --fsync always: sync failed: {e}"),
+            }
         }
         retain(room, log, lines, bytes);
         r.head = log.last();
@@ -550,6 +585,7 @@ fn create_room_log(
 fn spawn_helper(
     chores: Arc<Mutex<Chores>>,
     fsync: Fsync,
+    syncs: Arc<SharedHistogram>,
 ) -> Result<(mpsc::Sender<()>, JoinHandle<()>), DataDirError> {
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = thread::Builder::new()
@@ -588,7 +624,16 @@ fn spawn_helper(
                         continue;
                     }
                     let result = match fsync {
-                        Fsync::EverySec => handle.sync().and_then(|_| handle.write_checkpoint()),
+                        Fsync::EverySec => {
+                            let began = Instant::now();
+                            let synced = handle.sync();
+                            // Only a sync that had something to sync: an
+                            // idle room's costs no system call.
+                            if matches!(synced, Ok(Some(_))) {
+                                syncs.observe_duration(began.elapsed());
+                            }
+                            synced.and_then(|_| handle.write_checkpoint())
+                        }
                         Fsync::Always => handle.write_checkpoint(),
                         Fsync::No => Ok(None),
                     };
@@ -672,6 +717,59 @@ impl Drop for DiskHistory {
 }
 
 impl History for DiskHistory {
+    fn write_metrics(&self, out: &mut Exposition) {
+        self.cache.write_memory_metrics(out);
+        let (mut lines, mut bytes) = (0u64, 0u64);
+        for room in self.rooms.values() {
+            if let Some(log) = room.log.borrow().as_ref() {
+                lines += (log.last() + 1).saturating_sub(log.first());
+                bytes += log.bytes();
+            }
+        }
+        out.gauge(
+            "eddy_history_disk_lines",
+            "Lines of history in the data directory's logs, over all rooms.",
+            lines as f64,
+        );
+        out.gauge(
+            "eddy_history_disk_bytes",
+            "Bytes of the data directory's log segments, over all rooms.",
+            bytes as f64,
+        );
+        out.counter(
+            "eddy_log_appends_total",
+            "Batches appended to the rooms' logs: one write each, a room's lines of one turn.",
+            self.appends,
+        );
+        out.counter(
+            "eddy_log_appended_lines_total",
+            "Lines appended to the rooms' logs.",
+            self.appended_lines,
+        );
+        out.histogram(
+            "eddy_log_fsync_seconds",
+            "How long one sync of a room's log took (--fsync always: on the loop; everysec: on the helper thread).",
+            &self.syncs.snapshot(),
+        );
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        let dir = self.data.path();
+        if !writable(dir) {
+            return Err(format!("data directory {} is not writable", dir.display()));
+        }
+        let failing = self.rooms.values().filter(|room| room.failing).count();
+        if failing > 0 {
+            return Err(format!(
+                "writes to the data directory are failing in {failing} rooms"
+            ));
+        }
+        if self.reads_failing.get() {
+            return Err("reads from the data directory are failing".into());
+        }
+        Ok(())
+    }
+
     fn position(&mut self, room: &str) -> Option<Position> {
         Some(match self.rooms.get(room) {
             Some(r) => Position {

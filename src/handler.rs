@@ -39,6 +39,7 @@ pub use tungstenite::protocol::frame::coding::CloseCode;
 use crate::feed::FeedNotice;
 use crate::groups::{GroupId, Groups};
 use crate::history::{RoomHistory, Seq};
+use crate::metrics::Exposition;
 use crate::ws;
 
 /// A connection's identity for its whole life, and the `id` in the chat's
@@ -148,6 +149,16 @@ pub trait WebSocketHandler {
     /// the end of every turn.
     fn next_tick(&self) -> Option<Instant> {
         None
+    }
+
+    /// Writes the handler's own figures for `/metrics` (lines, its store).
+    /// The server's and the loop's are written by them.
+    fn write_metrics(&self, _out: &mut Exposition) {}
+
+    /// Whether the handler can serve clients now, for `/readyz`: `Err`
+    /// with a one-line reason (its store unreachable or failing).
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
     }
 
     /// The history of the group `group`, if the handler keeps one. The

@@ -35,6 +35,7 @@ use log::debug;
 use mio::{Registry, Token};
 use tungstenite::Bytes;
 
+use crate::metrics::Exposition;
 use crate::ws;
 
 /// A line's sequence number in its room: 1 for the first line of an epoch,
@@ -354,6 +355,15 @@ pub trait History {
         None
     }
 
+    /// Writes the history's figures for `/metrics`: what it holds.
+    fn write_metrics(&self, _out: &mut Exposition) {}
+
+    /// Whether lines can be kept now, for `/readyz`: `Err` with a one-line
+    /// reason (the store out of reach, the disk refusing writes).
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// `room`'s lines from `from` on, oldest first: as many consecutive
     /// lines as fit in `max_bytes` of frames, but at least one if any is
     /// held, so a line larger than the budget still goes out. Lines no longer
@@ -499,6 +509,27 @@ impl MemoryHistory {
         self.rooms.len()
     }
 
+    /// Writes what it holds in memory, for `/metrics` (its own, or as the
+    /// cache of a history kept elsewhere).
+    pub fn write_memory_metrics(&self, out: &mut Exposition) {
+        let lines: usize = self.rooms.values().map(|ring| ring.lines.len()).sum();
+        out.gauge(
+            "eddy_history_memory_lines",
+            "Lines of history held in memory, over all rooms.",
+            lines as f64,
+        );
+        out.gauge(
+            "eddy_history_memory_bytes",
+            "Bytes of history held in memory, over all rooms: the lines' frames and bookkeeping.",
+            self.held as f64,
+        );
+        out.gauge(
+            "eddy_history_rooms",
+            "Rooms the history knows, with people in them or not.",
+            self.rooms.len() as f64,
+        );
+    }
+
     /// Keeps `line` as `room`'s newest, within the limits; returns the
     /// room's shared name. Its seq is the room's new head: one more than
     /// the last for a line just appended; anything else (a cache given a
@@ -632,6 +663,10 @@ impl MemoryHistory {
 impl History for MemoryHistory {
     fn position(&mut self, room: &str) -> Option<Position> {
         Some(self.position_of(room))
+    }
+
+    fn write_metrics(&self, out: &mut Exposition) {
+        self.write_memory_metrics(out);
     }
 
     fn append(&mut self, room: &str, draft: Draft<'_>) {

@@ -20,6 +20,7 @@
 //! | `/soc` with an `Origin` that is not this host nor allowed     | 403             |
 //! | GET/HEAD `/` or a template file, `If-None-Match` matching     | 304             |
 //! | GET/HEAD `/` (the page) or `/<file>` (a template file)       | 200             |
+//! | on the metrics listener: `/metrics`, `/healthz`, `/readyz`     | the server's ([`Reply::Ask`]) |
 //! | any other path                                               | 404             |
 //!
 //! Every response has `Date` and says `X-Content-Type-Options: nosniff` and
@@ -54,6 +55,36 @@ pub const WEBSOCKET_PATH: &str = "/soc";
 /// a room's link. The page reads the room from its own path.
 pub const ROOM_PAGE_PREFIX: &str = "/r/";
 
+/// The metrics listener's path for what the server says of itself.
+pub const METRICS_PATH: &str = "/metrics";
+/// The metrics listener's path for liveness: the loop is turning.
+pub const HEALTH_PATH: &str = "/healthz";
+/// The metrics listener's path for readiness: clients can be taken.
+pub const READY_PATH: &str = "/readyz";
+
+/// A request only the server can answer, from its own state: asked on the
+/// metrics listener (`--metrics-addr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `/metrics`: the Prometheus exposition.
+    Metrics,
+    /// `/healthz`: the loop is turning (answering is the proof).
+    Health,
+    /// `/readyz`: the server can take clients.
+    Ready,
+}
+
+impl Probe {
+    fn from_path(path: &str) -> Option<Probe> {
+        match path {
+            METRICS_PATH => Some(Probe::Metrics),
+            HEALTH_PATH => Some(Probe::Health),
+            READY_PATH => Some(Probe::Ready),
+            _ => None,
+        }
+    }
+}
+
 /// What the HTTP layer serves: the files, their policy, and the origins.
 #[derive(Debug, Clone)]
 pub struct Site {
@@ -66,6 +97,9 @@ pub struct Site {
     pub allowed_origins: Vec<String>,
     /// The paths that upgrade to a WebSocket (the server's routes).
     pub websocket_paths: Vec<String>,
+    /// Whether the [`Probe`] paths are the server's to answer (the metrics
+    /// listener's site: no files, no WebSockets).
+    pub probes: bool,
 }
 
 impl Site {
@@ -108,6 +142,58 @@ pub enum Reply {
     /// WebSocket, if the handler admits the request's target (path and
     /// query, the second value), or a refusal replaces it.
     Upgrade(Response, String),
+    /// A [`Probe`]: the server answers it with [`probe_response`], shaped
+    /// as the request asks.
+    Ask(Probe, Asked),
+}
+
+/// What a request said about the shape of its answer, kept while the
+/// server works out a [`Reply::Ask`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    version: u8,
+    head_only: bool,
+    close: bool,
+    date: String,
+}
+
+/// The answer to a [`Probe`]: `status` with `body` (text of `content_type`),
+/// or its head alone for HEAD. Never cached: each scrape is news.
+pub fn probe_response(
+    asked: &Asked,
+    status: u16,
+    why: &'static str,
+    content_type: &str,
+    body: String,
+) -> Response {
+    let shape = Shape {
+        version: asked.version,
+        head_only: asked.head_only,
+        close: asked.close,
+        date: &asked.date,
+    };
+    let no_store = [("Cache-Control", "no-store")];
+    text_response(shape, status, why, content_type, body, &no_store)
+}
+
+/// A response with a text `body` of `content_type` (its head alone for
+/// HEAD), and `extra` headers.
+fn text_response(
+    shape: Shape,
+    status: u16,
+    why: &'static str,
+    content_type: &str,
+    body: String,
+    extra: &[(&str, &str)],
+) -> Response {
+    let head = response_head(status, Some(content_type), body.len(), extra, shape);
+    Response {
+        status,
+        why,
+        head,
+        body: (!shape.head_only).then(|| Bytes::from(body)),
+        close: shape.close,
+    }
 }
 
 /// A response ready to be queued: head bytes, an optional shared body, and
@@ -276,6 +362,17 @@ fn route(req: &Request<'_>, site: &Site, date: &str) -> Reply {
             "method not allowed",
             &[("Allow", "GET, HEAD")],
         ));
+    }
+    if site.probes
+        && let Some(probe) = Probe::from_path(req.path)
+    {
+        let asked = Asked {
+            version: shape.version,
+            head_only: shape.head_only,
+            close: shape.close,
+            date: shape.date.to_owned(),
+        };
+        return Reply::Ask(probe, asked);
     }
     if site.is_websocket(req.path) {
         return upgrade(req, site, shape);
@@ -485,20 +582,7 @@ fn connection_header(shape: Shape) -> Option<&'static str> {
 /// An error response with a short text body saying what went wrong.
 fn error(shape: Shape, status: u16, why: &'static str, extra: &[(&str, &str)]) -> Response {
     let body = format!("{status} {}: {why}\n", reason(status));
-    let head = response_head(
-        status,
-        Some("text/plain; charset=utf-8"),
-        body.len(),
-        extra,
-        shape,
-    );
-    Response {
-        status,
-        why,
-        head,
-        body: (!shape.head_only).then(|| Bytes::from(body)),
-        close: shape.close,
-    }
+    text_response(shape, status, why, "text/plain; charset=utf-8", body, extra)
 }
 
 /// Status line and headers. Every response but the 101 is built here, so
@@ -607,6 +691,7 @@ mod tests {
             csp: Some("default-src 'self'".into()),
             allowed_origins: vec!["https://chat.example".into()],
             websocket_paths: vec!["/soc".into()],
+            probes: false,
         }
     }
 
@@ -624,7 +709,52 @@ mod tests {
                 }
                 (r.status, r.close, consumed, text)
             }
+            Parsed::Complete {
+                reply: Reply::Ask(probe, _),
+                ..
+            } => panic!("{probe:?} asked on a site without probes: {head:?}"),
         }
+    }
+
+    #[test]
+    fn probes_are_the_servers_to_answer_on_a_site_that_has_them() {
+        let probes = Site {
+            probes: true,
+            ..site()
+        };
+        let get = |head: &str| match answer(head.as_bytes(), &probes, now()) {
+            Parsed::Complete {
+                reply: Reply::Ask(probe, asked),
+                consumed,
+            } => Some((probe, asked, consumed)),
+            _ => None,
+        };
+        let head = "GET /metrics HTTP/1.1\r\nHost: h\r\n\r\nGET /";
+        let (probe, asked, consumed) = get(head).expect("asked");
+        assert_eq!((probe, consumed), (Probe::Metrics, head.len() - 5));
+        let response = probe_response(&asked, 200, "metrics", "text/plain", "x 1\n".into());
+        let text = String::from_utf8(response.head.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Length: 4\r\n") && text.contains("Cache-Control: no-store\r\n")
+        );
+        assert_eq!(response.body.as_deref(), Some(&b"x 1\n"[..]));
+        assert!(!response.close);
+
+        let (probe, asked, _) = get("HEAD /healthz HTTP/1.0\r\n\r\n").expect("asked");
+        assert_eq!(probe, Probe::Health);
+        let response = probe_response(&asked, 503, "not ready", "text/plain", "no\n".into());
+        assert_eq!(response.body, None, "HEAD: the head alone");
+        assert!(response.close, "HTTP/1.0 without keep-alive closes");
+        assert_eq!(
+            get("GET /readyz HTTP/1.1\r\nHost: h\r\n\r\n").map(|g| g.0),
+            Some(Probe::Ready)
+        );
+        // Not a probe, or not GET/HEAD: the usual answers.
+        assert!(get("GET /metricsx HTTP/1.1\r\nHost: h\r\n\r\n").is_none());
+        assert!(get("DELETE /metrics HTTP/1.1\r\nHost: h\r\n\r\n").is_none());
+        // And the chat's site has none.
+        assert_eq!(ask("GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n").0, 404);
     }
 
     fn upgrade_head(extra: &str) -> String {
@@ -949,6 +1079,9 @@ mod tests {
                     Parsed::Complete { consumed, reply: Reply::Respond(r) | Reply::Upgrade(r, _) } => {
                         prop_assert!(consumed <= buf.len());
                         check_response(&r);
+                    }
+                    Parsed::Complete { reply: Reply::Ask(..), .. } => {
+                        prop_assert!(false, "a probe on a site without probes");
                     }
                 }
             }

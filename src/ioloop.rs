@@ -39,6 +39,12 @@
 //!    next timer's deadline (or forever); interrupted by a signal (`EINTR`),
 //!    it simply ends the turn early, and the next turn polls again;
 //! 5. hand each event to [`EventHandler::ready`].
+//!
+//! The loop also keeps two histograms of itself ([`IoLoop::write_metrics`]):
+//! how long each turn's work took (from `poll` returning to the next
+//! `poll`, the wait excluded) and how many events each `poll` returned.
+//! Two clock reads a turn; a loop that turns slowly is the first thing an
+//! operator of an event loop needs to see.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -50,6 +56,8 @@ use std::time::{Duration, Instant};
 
 use mio::event::{Event, Source};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use crate::metrics::{self, Exposition, Histogram};
 
 /// The token of the loop's own [`Waker`]. Handlers must not use it; the
 /// server keeps its slab of connections well below it.
@@ -181,6 +189,12 @@ pub struct IoLoop<S> {
     stopping: bool,
     /// Set by [`IoLoop::keep_turning`]: the next `poll` does not block.
     keep_turning: bool,
+    /// When the current turn's work began (`poll` returned).
+    turn_began: Option<Instant>,
+    /// How long each turn's work took.
+    turn_seconds: Histogram,
+    /// How many events each `poll` returned.
+    events_per_turn: Histogram,
 }
 
 impl<S> fmt::Debug for IoLoop<S> {
@@ -212,7 +226,25 @@ impl<S: EventHandler> IoLoop<S> {
             waker,
             stopping: false,
             keep_turning: false,
+            turn_began: None,
+            turn_seconds: Histogram::new(metrics::SECONDS_BUCKETS),
+            events_per_turn: Histogram::new(metrics::EVENTS_BUCKETS),
         })
+    }
+
+    /// Writes the loop's histograms: each turn's work time and the events
+    /// each `poll` returned.
+    pub fn write_metrics(&self, out: &mut Exposition) {
+        out.histogram(
+            "eddy_loop_turn_seconds",
+            "Time the event loop spent on one turn's work: from poll returning to the next poll.",
+            &self.turn_seconds,
+        );
+        out.histogram(
+            "eddy_loop_events_per_turn",
+            "Readiness events one poll returned.",
+            &self.events_per_turn,
+        );
     }
 
     /// A handle other threads can use to stop the loop or send it callbacks.
@@ -410,6 +442,9 @@ impl<S: EventHandler> IoLoop<S> {
 
     /// Steps 4 and 5: wait for readiness, then dispatch it.
     fn poll_once(&mut self, state: &mut S) -> io::Result<()> {
+        if let Some(began) = self.turn_began.take() {
+            self.turn_seconds.observe_duration(began.elapsed());
+        }
         let timeout = self.poll_timeout();
         // Asked for this turn only; a handler with work left asks again.
         self.keep_turning = false;
@@ -424,6 +459,9 @@ impl<S: EventHandler> IoLoop<S> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
+        self.turn_began = Some(Instant::now());
+        self.events_per_turn
+            .observe(self.events.iter().count() as f64);
         // Take the events out so handlers can borrow `self` mutably; give
         // the buffer back afterwards so its allocation is reused.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));

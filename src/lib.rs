@@ -22,7 +22,7 @@
 //!    [`datadir`]. [`shared`]: the history many servers share in Redis,
 //!    over [`redis`] connections in the loop.
 //! 10. [`config`], [`cli`], [`templates`]: settings, flags, the page's files;
-//!     [`logging`]: the log line.
+//!     [`logging`]: the log line; [`metrics`]: what `/metrics` shows.
 //!     [`workers`]: `--workers N`, one loop per process on one port.
 //!
 //! ```no_run
@@ -57,6 +57,7 @@ pub mod limits;
 pub mod log;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod output;
 pub mod random;
 pub mod rate;

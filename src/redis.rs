@@ -37,6 +37,7 @@ use log::{info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::metrics::{self, Exposition, Histogram};
 pub use crate::resp::Reply;
 use crate::resp::{encode_command, next_frame};
 
@@ -212,6 +213,66 @@ enum Tag<T> {
     Owner(T),
 }
 
+/// What one connection counts, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct RedisStats {
+    /// Commands written (or queued to be).
+    pub commands: u64,
+    /// Error replies (`-ERR ...`).
+    pub error_replies: u64,
+    /// Times it went down, or an attempt to connect failed.
+    pub failures: u64,
+    /// Times it connected again after being down.
+    pub reconnects: u64,
+    /// From a command's queuing to its reply: up to a turn's wait before
+    /// it is written (commands go out at the end of the turn), then the
+    /// round trip.
+    pub replies: Histogram,
+}
+
+/// Writes the counts of `connections` (by role) for `/metrics`, and the
+/// reply times of the first (the commands' connection).
+pub fn write_metrics(connections: &[(&str, &RedisStats)], out: &mut Exposition) {
+    /// A counter's name, its help, and where its value is.
+    type Counter = (&'static str, &'static str, fn(&RedisStats) -> u64);
+    let counters: [Counter; 4] = [
+        (
+            "eddy_redis_commands_total",
+            "Commands sent to Redis, by connection.",
+            |s| s.commands,
+        ),
+        (
+            "eddy_redis_error_replies_total",
+            "Error replies from Redis, by connection.",
+            |s| s.error_replies,
+        ),
+        (
+            "eddy_redis_failures_total",
+            "Times a connection to Redis broke, or an attempt to make it failed.",
+            |s| s.failures,
+        ),
+        (
+            "eddy_redis_reconnects_total",
+            "Times a connection to Redis was made again after it was down.",
+            |s| s.reconnects,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        let samples: Vec<(&str, u64)> = connections
+            .iter()
+            .map(|(role, stats)| (*role, pick(stats)))
+            .collect();
+        out.counter_by(name, help, "conn", &samples);
+    }
+    if let Some((_, commands)) = connections.first() {
+        out.histogram(
+            "eddy_redis_reply_seconds",
+            "From a command's queuing (written at the end of the loop's turn) to its reply.",
+            &commands.replies,
+        );
+    }
+}
+
 /// One connection to Redis (see the module's docs).
 pub struct RedisConn<T> {
     /// What it is for, in logs ("commands", "subscriber").
@@ -238,6 +299,8 @@ pub struct RedisConn<T> {
     probe_due: Option<Instant>,
     /// Commands were queued since the last flush.
     unflushed: bool,
+    /// What it counts for `/metrics`.
+    stats: RedisStats,
 }
 
 impl<T> fmt::Debug for RedisConn<T> {
@@ -278,7 +341,19 @@ impl<T> RedisConn<T> {
             said_down: false,
             probe_due: None,
             unflushed: false,
+            stats: RedisStats {
+                commands: 0,
+                error_replies: 0,
+                failures: 0,
+                reconnects: 0,
+                replies: Histogram::new(metrics::SECONDS_BUCKETS),
+            },
         }
+    }
+
+    /// What it has counted.
+    pub fn stats(&self) -> &RedisStats {
+        &self.stats
     }
 
     /// Whether it is connected (and can take commands).
@@ -341,6 +416,7 @@ impl<T> RedisConn<T> {
 
     /// Appends a command to what is to be written.
     fn append(&mut self, words: &[&[u8]]) {
+        self.stats.commands += 1;
         encode_command(words, &mut self.out);
         self.unflushed = true;
     }
@@ -434,12 +510,21 @@ impl<T> RedisConn<T> {
     /// Hands over the whole replies at the front of the input.
     fn parse(&mut self, happened: &mut Vec<Happening<T>>) -> Result<(), String> {
         let mut used = 0;
+        let now = Instant::now();
         let result = loop {
             let frame = match next_frame(&self.input, &mut used) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e.to_string()),
             };
+            if matches!(frame, Reply::Error(_)) {
+                self.stats.error_replies += 1;
+            }
+            if let Some((_, due)) = self.waiting.front() {
+                let queued = due.checked_sub(REPLY_DEADLINE).unwrap_or(*due);
+                let waited = now.saturating_duration_since(queued);
+                self.stats.replies.observe_duration(waited);
+            }
             match self.waiting.pop_front() {
                 Some((Tag::Owner(tag), _)) => happened.push(Happening::Reply(tag, frame)),
                 Some((Tag::Own, _)) => {
@@ -591,6 +676,7 @@ impl<T> RedisConn<T> {
         self.state = State::Up { socket };
         self.backoff = FIRST_BACKOFF;
         if self.said_down {
+            self.stats.reconnects += 1;
             info!("redis {} ({}): connected again", self.url, self.role);
         } else {
             info!("redis {} ({}): connected", self.url, self.role);
@@ -621,6 +707,7 @@ impl<T> RedisConn<T> {
     }
 
     fn down(&mut self, why: &str, happened: &mut Vec<Happening<T>>) {
+        self.stats.failures += 1;
         if let State::Up { socket } | State::Connecting { socket, .. } = &mut self.state {
             let _ = self.registry.deregister(socket);
         }

@@ -31,6 +31,18 @@
 //!    the members not yet written, instead of waiting for the whole
 //!    broadcast to be written first.
 //!
+//! **The metrics listener** (`--metrics-addr`, off by default) is a second
+//! listening socket in the same loop. Its connections are [`Connection`]s
+//! like any other (the same head limits, timeouts and keep-alive), with a
+//! [`Site`] of their own that serves no files and no WebSockets, only the
+//! [`http::Probe`] paths; the connection asks ([`Step::Ask`]) and the server
+//! answers from its own state: `/metrics` (Prometheus text, written by the
+//! server, the loop and each handler: [`crate::metrics`]), `/healthz` (the
+//! loop answered: it is turning) and `/readyz` (accepting, and each
+//! handler's store reachable; else 503 with the reason). They do not count
+//! against `--max-connections` (a scrape of a full server must get
+//! through) but have a small cap of their own, [`MAX_METRICS_CONNECTIONS`].
+//!
 //! Slots are freed only at the end of a turn, never while the events of a
 //! `poll` are being dispatched: `deregister` does not remove events already
 //! returned (mio #219), so a slot freed and reused within one batch could
@@ -38,7 +50,8 @@
 //! the [`ConnId`] as well as the slot, and do nothing if the slot now holds
 //! someone else.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -57,13 +70,14 @@ use crate::config::Config;
 use crate::connection::{
     Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Socket, Step, Timeouts,
 };
-use crate::feed::{self, Feed, Member, Pace, Progress};
+use crate::feed::{self, Feed, FeedNotice, Member, Pace, Progress};
 use crate::handler::{
     ConnId, Delivery, Outbox, Payload, Recipients, Refusal, Request, Routes, WebSocketHandler,
 };
 use crate::history::{RoomHistory, Seq};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
+use crate::metrics::{self, Exposition, ServerCounts};
 use crate::{http, limits, memory, templates, ws};
 
 /// The listening socket's token, outside the slab's range.
@@ -72,13 +86,20 @@ const LISTENER_TOKEN: Token = Token(usize::MAX - 1);
 /// The signal pipe's token, outside the slab's range.
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 2);
 
+/// The metrics listener's token, outside the slab's range.
+const METRICS_TOKEN: Token = Token(usize::MAX - 3);
+
+/// The most connections the metrics listener holds at once; more are
+/// answered 503. A scraper or a probe needs one or two.
+pub const MAX_METRICS_CONNECTIONS: usize = 16;
+
 /// The tokens kept for handlers' own sockets ([`WebSocketHandler::attach`]):
 /// [`TOKENS_PER_ROUTE`] for each of the first [`ROUTES_WITH_SOURCES`] routes,
 /// from here up, below the signal pipe's.
 const SOURCE_TOKENS: usize = usize::MAX - 15;
 const TOKENS_PER_ROUTE: usize = 4;
 const ROUTES_WITH_SOURCES: usize = 3;
-const _: () = assert!(SOURCE_TOKENS + TOKENS_PER_ROUTE * ROUTES_WITH_SOURCES <= usize::MAX - 2);
+const _: () = assert!(SOURCE_TOKENS + TOKENS_PER_ROUTE * ROUTES_WITH_SOURCES <= usize::MAX - 3);
 
 /// Slab slots from here up would collide with the tokens above.
 const MAX_SLOTS: usize = usize::MAX - 16;
@@ -154,6 +175,22 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let ioloop = IoLoop::new()?;
         ioloop.add_handler(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        let mut metrics_listener = match config.metrics_addr {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} for metrics: {e}"),
+                    )
+                })?;
+                listener.set_nonblocking(true)?;
+                Some(TcpListener::from_std(listener))
+            }
+            None => None,
+        };
+        if let Some(listener) = &mut metrics_listener {
+            ioloop.add_handler(listener, METRICS_TOKEN, Interest::READABLE)?;
+        }
         let mut routes = routes;
         for (route, handler) in routes.handlers_mut().enumerate() {
             let tokens: Vec<Token> = if route < ROUTES_WITH_SOURCES {
@@ -170,6 +207,7 @@ impl Server {
                 csp: config.csp.clone(),
                 allowed_origins: config.allowed_origins.clone(),
                 websocket_paths: routes.paths().map(str::to_owned).collect(),
+                probes: false,
             },
             websocket: ws::websocket_config(config.max_message_bytes, config.read_buffer_bytes),
             timeouts: Arc::new(Timeouts {
@@ -180,14 +218,35 @@ impl Server {
                 close: config.close_timeout,
             }),
         };
+        // The metrics listener's connections: no files, no WebSockets.
+        let metrics_settings = Settings {
+            site: Site {
+                assets: templates::Assets::default(),
+                csp: None,
+                allowed_origins: Vec::new(),
+                websocket_paths: Vec::new(),
+                probes: true,
+            },
+            ..settings.clone()
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
         let state = ServerState {
             listener: Some(listener),
             local_addr,
+            metrics_listener,
+            metrics_addr,
+            metrics_settings,
+            metrics_connections: 0,
+            counts: ServerCounts::default(),
             connections: Slab::new(),
             app: App {
                 routes,
                 outbox: Outbox::new(),
                 opened: false,
+                closes_sent: BTreeMap::new(),
             },
             settings,
             config,
@@ -211,6 +270,11 @@ impl Server {
         Ok(self.state.local_addr)
     }
 
+    /// Where the metrics listener listens, if `--metrics-addr` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.state.metrics_addr
+    }
+
     /// A handle that can shut the server down from another thread.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle(Arc::new(self.ioloop.handle()))
@@ -230,6 +294,9 @@ impl Server {
     /// Runs until shut down. Returns an error only if polling itself fails.
     pub fn run(mut self) -> io::Result<()> {
         info!("listening on http://{}/", self.state.local_addr);
+        if let Some(addr) = self.state.metrics_addr {
+            info!("metrics at http://{addr}/metrics, probes at /healthz and /readyz");
+        }
         schedule_memory_check(&mut self.ioloop, memory::Trimmer::default());
         self.ioloop.start(&mut self.state)?;
         info!("stopped");
@@ -322,6 +389,9 @@ struct Entry {
 /// The route of a connection that is not a WebSocket (yet).
 const NO_ROUTE: u16 = u16::MAX;
 
+/// The route of a connection to the metrics listener.
+const METRICS_ROUTE: u16 = u16::MAX - 1;
+
 // Every connection's entry is boxed, and glibc's allocator serves a box of
 // up to 184 bytes from its 192-byte class: 8 bytes more would cost every
 // connection 16 (measured at 10,000 idle connections). If this fails, an
@@ -339,6 +409,10 @@ const _: () = assert!(
 struct Fed<'a, S> {
     conn: &'a mut Connection<S>,
     left: bool,
+    /// Bytes its flushes wrote.
+    written: u64,
+    /// Frames queued on it: lines from history, and notices.
+    queued: u64,
 }
 
 impl<S: Socket> Member for Fed<'_, S> {
@@ -347,12 +421,13 @@ impl<S: Socket> Member for Fed<'_, S> {
     }
 
     fn queue(&mut self, frame: tungstenite::Bytes) {
+        self.queued += 1;
         self.conn.queue(frame);
     }
 
     fn flush(&mut self) -> bool {
         let left = &mut self.left;
-        self.conn.flush(&mut |r| *left |= r == Report::Closing);
+        self.written += self.conn.flush(&mut |r| *left |= r == Report::Closing) as u64;
         self.conn.takes_messages()
     }
 }
@@ -364,6 +439,8 @@ struct App {
     outbox: Outbox,
     /// A WebSocket opened since the last end of turn.
     opened: bool,
+    /// Close frames the server sent, by code (for `/metrics`).
+    closes_sent: BTreeMap<u16, u64>,
 }
 
 impl App {
@@ -398,6 +475,7 @@ impl App {
                 handler.on_close(id, out);
                 out.groups_mut().close(id);
             }
+            Report::CloseSent(code) => *self.closes_sent.entry(code).or_insert(0) += 1,
         }
     }
 }
@@ -408,6 +486,16 @@ pub struct ServerState {
     /// `None` once shutting down: we stop accepting.
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
+    /// The metrics listener (`--metrics-addr`); `None` without one, or
+    /// once shutting down.
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+    /// What the metrics listener's connections serve.
+    metrics_settings: Settings,
+    /// Connections to the metrics listener now.
+    metrics_connections: usize,
+    /// What the server counts for `/metrics`.
+    counts: ServerCounts,
     /// Every connection, keyed by slot = mio token. Boxed: the slab grows by
     /// doubling, and a vacant slot then costs a pointer, not a connection
     /// (measured with `cargo bench`: ~300 bytes per client at 10,000).
@@ -441,7 +529,8 @@ pub struct ServerState {
 impl EventHandler for ServerState {
     fn ready(&mut self, ioloop: &mut IoLoop<Self>, token: Token, event: &Event) {
         match token {
-            LISTENER_TOKEN => self.accept(ioloop),
+            LISTENER_TOKEN => self.accept(ioloop, LISTENER_TOKEN),
+            METRICS_TOKEN => self.accept(ioloop, METRICS_TOKEN),
             SIGNAL_TOKEN => self.on_signal(ioloop),
             Token(token) if token >= SOURCE_TOKENS => {
                 let route = (token - SOURCE_TOKENS) / TOKENS_PER_ROUTE;
@@ -452,7 +541,7 @@ impl EventHandler for ServerState {
             Token(key) => {
                 // Errors and hang-ups are discovered by reading.
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                self.on_connection_ready(key, readable);
+                self.on_connection_ready(ioloop, key, readable);
             }
         }
     }
@@ -525,10 +614,18 @@ impl ServerState {
 
     /// Accepts until the listener would block (edge-triggered: a pending
     /// connection left in the backlog brings no new event).
-    fn accept(&mut self, ioloop: &mut IoLoop<Self>) {
+    /// `which`: the chat's listener ([`LISTENER_TOKEN`]) or the metrics
+    /// listener ([`METRICS_TOKEN`]).
+    fn accept(&mut self, ioloop: &mut IoLoop<Self>, which: Token) {
+        let metrics = which == METRICS_TOKEN;
         let mut errors_in_a_row = 0;
         while !self.accept_paused {
-            let Some(listener) = &self.listener else {
+            let listener = if metrics {
+                &self.metrics_listener
+            } else {
+                &self.listener
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
@@ -538,7 +635,7 @@ impl ServerState {
                         self.accept_trouble_warned = false;
                         info!("accepting connections again");
                     }
-                    self.add_connection(ioloop, socket, peer);
+                    self.add_connection(ioloop, socket, peer, metrics);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -567,11 +664,20 @@ impl ServerState {
         self.accept_paused = true;
         ioloop.call_later(ACCEPT_PAUSE, |state: &mut Self, ioloop| {
             state.accept_paused = false;
-            state.accept(ioloop);
+            state.accept(ioloop, LISTENER_TOKEN);
+            state.accept(ioloop, METRICS_TOKEN);
         });
     }
 
-    fn add_connection(&mut self, ioloop: &mut IoLoop<Self>, socket: TcpStream, peer: SocketAddr) {
+    /// Takes a new connection into the table. `metrics`: one to the metrics
+    /// listener, which the chat's caps do not apply to (it has its own).
+    fn add_connection(
+        &mut self,
+        ioloop: &mut IoLoop<Self>,
+        socket: TcpStream,
+        peer: SocketAddr,
+        metrics: bool,
+    ) {
         if self.shutting_down {
             return;
         }
@@ -590,7 +696,16 @@ impl ServerState {
         let mut conn = Connection::new(id, socket, Arc::clone(&self.settings.timeouts));
         let ip = peer.ip();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-        if open >= self.max_connections {
+        if metrics {
+            if self.metrics_connections >= MAX_METRICS_CONNECTIONS {
+                debug!("conn {id}: metrics connection refused, {MAX_METRICS_CONNECTIONS} open");
+                conn.refuse(http::service_unavailable(
+                    SystemTime::now(),
+                    "too many metrics connections",
+                ));
+            }
+        } else if open >= self.max_connections {
+            self.counts.refused += 1;
             debug!("conn {id}: refused, {open} connections open");
             conn.refuse(http::service_unavailable(
                 SystemTime::now(),
@@ -601,6 +716,7 @@ impl ServerState {
             .max_connections_per_ip
             .is_some_and(|max| from_ip >= max)
         {
+            self.counts.refused += 1;
             debug!("conn {id}: refused, {from_ip} connections from {ip}");
             conn.refuse(http::service_unavailable(
                 SystemTime::now(),
@@ -613,6 +729,11 @@ impl ServerState {
         }
         // Counted only once registered: `free_finished` uncounts it.
         *self.per_ip.entry(ip).or_insert(0) += 1;
+        if metrics {
+            self.metrics_connections += 1;
+        } else {
+            self.counts.accepted += 1;
+        }
         debug!("conn {id}: accepted from {peer}");
         let entry = slot.insert(Box::new(Entry {
             conn,
@@ -623,7 +744,7 @@ impl ServerState {
             resume_queued: false,
             feed: Feed::Off,
             feed_queued: false,
-            route: NO_ROUTE,
+            route: if metrics { METRICS_ROUTE } else { NO_ROUTE },
         }));
         // Settled at the end of the turn like any touched connection: that
         // arms the timer for its first deadline (the request head's), which
@@ -634,8 +755,27 @@ impl ServerState {
     /// Lets a connection read, one message at a time: after each, what the
     /// handler made of it is delivered before the connection reads on. The
     /// whole run shares one read budget ([`READ_BUDGET`]).
-    fn on_connection_ready(&mut self, key: usize, readable: bool) {
+    fn on_connection_ready(&mut self, ioloop: &IoLoop<Self>, key: usize, readable: bool) {
         let mut budget = READ_BUDGET;
+        self.read_connection(ioloop, key, readable, &mut budget);
+        let read = (READ_BUDGET - budget) as u64;
+        if self
+            .connections
+            .get(key)
+            .is_some_and(|e| e.route != METRICS_ROUTE)
+        {
+            self.counts.bytes_received += read;
+        }
+    }
+
+    /// [`on_connection_ready`](Self::on_connection_ready)'s loop.
+    fn read_connection(
+        &mut self,
+        ioloop: &IoLoop<Self>,
+        key: usize,
+        readable: bool,
+        budget: &mut usize,
+    ) {
         let mut readable = readable;
         loop {
             // A miss is an event for a slot freed earlier: ignore it.
@@ -648,11 +788,32 @@ impl ServerState {
             let id = entry.conn.id();
             let app = &mut self.app;
             let route = entry.route;
-            let mut step = entry
-                .conn
-                .on_ready(readable, &mut budget, &self.settings, &mut |r| {
-                    app.report(key, id, route, r)
-                });
+            let settings = if route == METRICS_ROUTE {
+                &self.metrics_settings
+            } else {
+                &self.settings
+            };
+            let mut step = entry.conn.on_ready(readable, budget, settings, &mut |r| {
+                app.report(key, id, route, r)
+            });
+            if step == Step::Ask {
+                // Answered from the server's own state: let go of the
+                // entry while the answer is worked out.
+                let Some((probe, asked)) = entry.conn.probe() else {
+                    return;
+                };
+                let response = self.answer_probe(ioloop, probe, &asked);
+                let Some(entry) = self.connections.get_mut(key) else {
+                    return;
+                };
+                let step = entry.conn.answer(response, budget);
+                mark_dirty(&mut self.dirty, key, entry);
+                if step == Step::Stop {
+                    return;
+                }
+                readable = false;
+                continue;
+            }
             if step == Step::Upgrade {
                 // The path's handler admits the handshake, or refuses it
                 // with a status the client can read (before the 101).
@@ -674,10 +835,14 @@ impl ServerState {
                 let verdict = verdict.map_err(|refusal| {
                     http::refused_upgrade(SystemTime::now(), refusal.status, refusal.why)
                 });
+                match verdict {
+                    Ok(()) => self.counts.websockets_opened += 1,
+                    Err(_) => self.counts.websockets_refused += 1,
+                }
                 let route = entry.route;
                 step = entry
                     .conn
-                    .upgrade(verdict, &self.settings, &mut budget, &mut |r| {
+                    .upgrade(verdict, &self.settings, budget, &mut |r| {
                         app.report(key, id, route, r)
                     });
             }
@@ -714,21 +879,31 @@ impl ServerState {
                         let Some(members) = self.app.outbox.groups().get(group) else {
                             continue; // everyone left
                         };
+                        let mut tally = Tally {
+                            cap,
+                            dirty: &mut self.dirty,
+                            counts: &mut self.counts,
+                        };
                         for &slot in members.slots() {
                             let key = slot as usize;
                             let Some(entry) = self.connections.get_mut(key) else {
                                 continue;
                             };
                             if to.includes(entry.conn.id(), Some(group)) {
-                                offer(entry, key, seq, &frame, cap, &mut self.dirty);
+                                offer(entry, key, seq, &frame, &mut tally);
                             }
                         }
                     }
                     (to, Payload::Frame(frame)) => {
+                        let mut tally = Tally {
+                            cap,
+                            dirty: &mut self.dirty,
+                            counts: &mut self.counts,
+                        };
                         for (key, entry) in self.connections.iter_mut() {
                             // `offer` skips a connection that takes no messages.
                             if to.includes(entry.conn.id(), None) {
-                                offer(entry, key, seq, &frame, cap, &mut self.dirty);
+                                offer(entry, key, seq, &frame, &mut tally);
                             }
                         }
                     }
@@ -750,7 +925,12 @@ impl ServerState {
         };
         let app = &mut self.app;
         match payload {
-            Payload::Frame(frame) => entry.conn.queue(frame),
+            Payload::Frame(frame) => {
+                if entry.conn.takes_messages() {
+                    self.counts.deliveries += 1;
+                    entry.conn.queue(frame);
+                }
+            }
             Payload::Close(code, reason) => {
                 let route = entry.route;
                 entry
@@ -789,23 +969,38 @@ impl ServerState {
         let id = entry.conn.id();
         let route = entry.route;
         let app = &mut self.app;
-        entry.conn.flush(&mut |r| app.report(key, id, route, r));
+        self.counts.bytes_sent += entry.conn.flush(&mut |r| app.report(key, id, route, r)) as u64;
         if entry.feed.is_catching_up() && entry.conn.takes_messages() {
             let groups = app.outbox.groups();
             let mut member = Fed {
                 conn: &mut entry.conn,
                 left: false,
+                written: 0,
+                queued: 0,
             };
+            // Notices told (frames that are not lines), and gaps met.
+            let (told, gaps) = (Cell::new(0u64), Cell::new(0u64));
             let progress = match app.followed_history(route, id) {
                 Some((handler, history)) => feed::catch_up(
                     &mut entry.feed,
                     history,
                     &mut member,
-                    &|notice| handler.feed_notice(id, notice, groups),
+                    &|notice| {
+                        if matches!(notice, FeedNotice::Gap { .. }) {
+                            gaps.set(gaps.get() + 1);
+                        }
+                        let frame = handler.feed_notice(id, notice, groups);
+                        told.set(told.get() + u64::from(frame.is_some()));
+                        frame
+                    },
                     Pace::for_cap(cap),
                 ),
                 None => Progress::Idle,
             };
+            self.counts.bytes_sent += member.written;
+            self.counts.fed_from_history += member.queued - told.get();
+            self.counts.gaps += gaps.get();
+            self.counts.caught_up += u64::from(progress == Progress::CaughtUp);
             if member.left {
                 app.report(key, id, route, Report::Closing);
             }
@@ -830,7 +1025,8 @@ impl ServerState {
         };
         if entry.conn.takes_messages() && entry.conn.pending() > limit {
             entry.conn.cut_off(report);
-            entry.conn.flush(report);
+            self.counts.cut_off += 1;
+            self.counts.bytes_sent += entry.conn.flush(report) as u64;
         }
         if entry.conn.is_closed() {
             self.finished.push(key);
@@ -871,18 +1067,174 @@ impl ServerState {
         }
         if entry.conn.wants_resume() && !entry.resume_queued {
             entry.resume_queued = true;
-            ioloop.add_callback(move |state: &mut Self, _| state.resume(key, id));
+            ioloop.add_callback(move |state: &mut Self, ioloop| state.resume(ioloop, key, id));
         }
     }
 
+    /// The answer to a request on the metrics listener, from the server's
+    /// own state.
+    fn answer_probe(
+        &self,
+        ioloop: &IoLoop<Self>,
+        probe: http::Probe,
+        asked: &http::Asked,
+    ) -> http::Response {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        match probe {
+            http::Probe::Metrics => {
+                let mut out = Exposition::new();
+                self.write_metrics(&mut out);
+                ioloop.write_metrics(&mut out);
+                for handler in self.app.routes.handlers() {
+                    handler.write_metrics(&mut out);
+                }
+                http::probe_response(asked, 200, "metrics", metrics::CONTENT_TYPE, out.finish())
+            }
+            // That the loop answered at all is the news.
+            http::Probe::Health => http::probe_response(asked, 200, "healthy", TEXT, "ok\n".into()),
+            http::Probe::Ready => match self.readiness() {
+                Ok(()) => http::probe_response(asked, 200, "ready", TEXT, "ready\n".into()),
+                Err(why) => {
+                    debug!("not ready: {why}");
+                    http::probe_response(
+                        asked,
+                        503,
+                        "not ready",
+                        TEXT,
+                        format!("not ready: {why}\n"),
+                    )
+                }
+            },
+        }
+    }
+
+    /// Whether the server can take clients now (`/readyz`): accepting, under
+    /// its connection cap, and every handler's store within reach.
+    fn readiness(&self) -> Result<(), String> {
+        if self.shutting_down || self.listener.is_none() {
+            return Err("shutting down".into());
+        }
+        if self.accept_paused {
+            return Err(
+                "accepting is paused after accept errors (out of file descriptors?)".into(),
+            );
+        }
+        if self.connections.len() - self.metrics_connections >= self.max_connections {
+            return Err(format!("at --max-connections ({})", self.max_connections));
+        }
+        self.app.routes.handlers().try_for_each(|h| h.readiness())
+    }
+
+    /// Writes the server's own figures: its connections and what passed
+    /// through them.
+    fn write_metrics(&self, out: &mut Exposition) {
+        let (mut http, mut open, mut closing, mut behind) = (0u64, 0u64, 0u64, 0u64);
+        for (_, entry) in &self.connections {
+            if entry.route == METRICS_ROUTE {
+                continue;
+            }
+            match entry.conn.stage() {
+                "open" => open += 1,
+                "closing" => closing += 1,
+                _ => http += 1,
+            }
+            behind += u64::from(entry.feed.is_catching_up());
+        }
+        let counts = &self.counts;
+        out.gauge_by(
+            "eddy_connections",
+            "Client connections now, by stage: http (requests, a handshake), open (WebSocket), closing.",
+            "stage",
+            &[("http", http as f64), ("open", open as f64), ("closing", closing as f64)],
+        );
+        out.counter_by(
+            "eddy_connections_total",
+            "Client connections accepted, and refused with 503 over a connection cap.",
+            "result",
+            &[("accepted", counts.accepted), ("refused", counts.refused)],
+        );
+        out.counter_by(
+            "eddy_websockets_total",
+            "WebSocket handshakes admitted (opened) and refused by their path's handler.",
+            "result",
+            &[
+                ("opened", counts.websockets_opened),
+                ("refused", counts.websockets_refused),
+            ],
+        );
+        out.gauge(
+            "eddy_rooms",
+            "Rooms with someone in them.",
+            self.app.outbox.groups().len() as f64,
+        );
+        out.counter(
+            "eddy_deliveries_total",
+            "Messages queued to clients: a line to a room of ten is ten deliveries.",
+            counts.deliveries,
+        );
+        out.counter(
+            "eddy_fell_behind_total",
+            "Lines a member did not get live, its queue over --max-pending-bytes: history feeds them later.",
+            counts.fell_behind,
+        );
+        out.gauge(
+            "eddy_slow_readers",
+            "Members now behind, being fed from history.",
+            behind as f64,
+        );
+        out.counter(
+            "eddy_history_fed_lines_total",
+            "Lines a member that fell behind (or resumed) was fed from history.",
+            counts.fed_from_history,
+        );
+        out.counter(
+            "eddy_history_gaps_total",
+            "Times a member was told lines it missed are no longer in history.",
+            counts.gaps,
+        );
+        out.counter(
+            "eddy_caught_up_total",
+            "Times a member fed from history reached the head and went live again.",
+            counts.caught_up,
+        );
+        out.counter(
+            "eddy_cut_off_total",
+            "Clients closed for not reading: unread output over twice --max-pending-bytes.",
+            counts.cut_off,
+        );
+        let codes: Vec<(String, u64)> = self
+            .app
+            .closes_sent
+            .iter()
+            .map(|(code, count)| (code.to_string(), *count))
+            .collect();
+        let codes: Vec<(&str, u64)> = codes.iter().map(|(c, n)| (c.as_str(), *n)).collect();
+        out.counter_by(
+            "eddy_close_frames_sent_total",
+            "Close frames the server began a closing handshake with, by close code.",
+            "code",
+            &codes,
+        );
+        out.counter(
+            "eddy_received_bytes_total",
+            "Bytes read from clients: request heads and frames.",
+            counts.bytes_received,
+        );
+        out.counter(
+            "eddy_sent_bytes_total",
+            "Bytes written to clients.",
+            counts.bytes_sent,
+        );
+    }
+
     /// Continues a connection's reading that stopped early.
-    fn resume(&mut self, key: usize, id: ConnId) {
+    fn resume(&mut self, ioloop: &IoLoop<Self>, key: usize, id: ConnId) {
         let Some(entry) = self.connections.get_mut(key).filter(|e| e.conn.id() == id) else {
             return;
         };
         entry.resume_queued = false;
         if entry.conn.wants_resume() {
-            self.on_connection_ready(key, false);
+            self.on_connection_ready(ioloop, key, false);
         }
     }
 
@@ -927,6 +1279,9 @@ impl ServerState {
                 continue; // listed twice
             }
             let mut entry = self.connections.remove(key);
+            if entry.route == METRICS_ROUTE {
+                self.metrics_connections -= 1;
+            }
             if let Some(count) = self.per_ip.get_mut(&entry.ip) {
                 *count -= 1;
                 if *count == 0 {
@@ -971,7 +1326,10 @@ impl ServerState {
             return;
         }
         self.shutting_down = true;
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in [self.listener.take(), self.metrics_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = ioloop.remove_handler(&mut listener);
         }
         info!("closing {} connections", self.connections.len());
@@ -1000,6 +1358,14 @@ impl ServerState {
     }
 }
 
+/// What [`offer`] needs besides the connection: the output cap, and where
+/// it records what it did (connections to settle, counts).
+struct Tally<'a> {
+    cap: usize,
+    dirty: &'a mut VecDeque<usize>,
+    counts: &'a mut ServerCounts,
+}
+
 /// Offers a broadcast frame to one open connection: queued if its feed
 /// takes it; if it falls behind instead, it is listed to be settled (and fed
 /// from history once its queue drains).
@@ -1008,23 +1374,24 @@ fn offer(
     key: usize,
     seq: Option<Seq>,
     frame: &tungstenite::Bytes,
-    cap: usize,
-    dirty: &mut VecDeque<usize>,
+    tally: &mut Tally<'_>,
 ) {
     if !entry.conn.takes_messages() {
         return;
     }
     let was_live = matches!(entry.feed, Feed::Live { .. });
     let pending = entry.conn.pending();
-    if entry.feed.offer(seq, frame.len(), pending, cap) {
+    if entry.feed.offer(seq, frame.len(), pending, tally.cap) {
         entry.conn.queue(frame.clone());
-        mark_dirty(dirty, key, entry);
+        tally.counts.deliveries += 1;
+        mark_dirty(tally.dirty, key, entry);
     } else if was_live {
         debug!(
             "conn {}: fell behind with {pending} bytes unsent",
             entry.conn.id()
         );
-        mark_dirty(dirty, key, entry);
+        tally.counts.fell_behind += 1;
+        mark_dirty(tally.dirty, key, entry);
     }
 }
 
@@ -1071,7 +1438,7 @@ mod tests {
     fn a_slot_freed_during_a_turn_is_reused_only_after_it() {
         let (mut ioloop, mut state) = echo_server();
         let (a, _a_client, peer) = socket_pair();
-        state.add_connection(&mut ioloop, a, peer);
+        state.add_connection(&mut ioloop, a, peer, false);
         let a_id = state.connections[0].conn.id();
 
         // Mid-batch, connection A finishes...
@@ -1080,18 +1447,18 @@ mod tests {
         // ...and B arrives in the same batch: it must not get A's slot, or an
         // event polled for A would reach B.
         let (b, _b_client, peer) = socket_pair();
-        state.add_connection(&mut ioloop, b, peer);
+        state.add_connection(&mut ioloop, b, peer, false);
         assert_eq!(state.connections.len(), 2);
         let b_id = state.connections[1].conn.id();
         // A stale event polled for A's token still finds A (done), not B.
         assert_eq!(state.connections[0].conn.id(), a_id);
-        state.on_connection_ready(0, true);
+        state.on_connection_ready(&ioloop, 0, true);
         assert!(state.connections[0].conn.is_closed());
 
         // After the turn, the slot is free and goes to the next newcomer.
         state.end_of_turn(&mut ioloop);
         let (c, _c_client, peer) = socket_pair();
-        state.add_connection(&mut ioloop, c, peer);
+        state.add_connection(&mut ioloop, c, peer, false);
         let c_id = state.connections[0].conn.id();
         assert!(a_id < b_id && b_id < c_id, "ids are never reused");
 
@@ -1146,7 +1513,7 @@ mod tests {
         peer: SocketAddr,
     ) -> usize {
         use std::io::Write;
-        state.add_connection(ioloop, socket, peer);
+        state.add_connection(ioloop, socket, peer, false);
         let key = state.connections.len() - 1;
         client
             .write_all(
@@ -1156,7 +1523,7 @@ mod tests {
             .unwrap();
         // The request is on loopback already; poll until the server reads it.
         while !state.connections[key].conn.takes_messages() {
-            state.on_connection_ready(key, true);
+            state.on_connection_ready(ioloop, key, true);
         }
         key
     }

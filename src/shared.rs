@@ -62,6 +62,7 @@ use crate::history::{
     Position, PresenceChange, Refused, Seal, Seq,
 };
 use crate::log::MAX_SEQ;
+use crate::metrics::Exposition;
 use crate::redis::{self, Happening, RedisConn, RedisUrl, Reply};
 
 /// Assigns a line its seq and appends it: `KEYS` meta, log; `ARGV` the
@@ -1558,6 +1559,32 @@ fn entries(reply: &Reply) -> Option<Vec<(Seq, Vec<u8>)>> {
 }
 
 impl History for SharedHistory {
+    fn write_metrics(&self, out: &mut Exposition) {
+        self.cache.write_memory_metrics(out);
+        if let Some(conns) = &self.conns {
+            redis::write_metrics(
+                &[
+                    ("commands", conns.commands.stats()),
+                    ("subscriber", conns.subscriber.stats()),
+                ],
+                out,
+            );
+        }
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        let Some(conns) = &self.conns else {
+            return Err("not connected to Redis yet".into());
+        };
+        if !conns.commands.is_up() {
+            return Err("Redis unreachable: the commands connection is down".into());
+        }
+        if !conns.subscriber.is_up() {
+            return Err("Redis unreachable: the subscriber connection is down".into());
+        }
+        Ok(())
+    }
+
     fn position(&mut self, room: &str) -> Option<Position> {
         let Some(r) = self.rooms.get_mut(room) else {
             self.follow(room);

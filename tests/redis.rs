@@ -2,7 +2,8 @@
 //! (started here on a free port, its files in a temp directory): one order
 //! for every client on every server, rooms apart, resumes on another server,
 //! and the faults: a server killed, Redis killed and restarted, with its data
-//! and empty, unreachable at startup, and a hostile "Redis" on a socket.
+//! and empty, unreachable at startup, and a hostile "Redis" on a socket;
+//! and `/readyz`, which says whether Redis can be reached.
 //!
 //! Needs `redis-server` on the PATH (`apt-get install -y redis-server`;
 //! `.ci/run` installs Debian's). Without one, each test is skipped with a
@@ -935,4 +936,64 @@ fn a_resume_token_brings_the_member_back_on_any_server() {
     let (mut forger, welcome) = enter(a, &format!("room=t&resume={forged}"));
     assert_ne!(welcome["id"], ann_id);
     next_notice(&mut forger, "resume_refused");
+}
+
+/// `/readyz` says ready.
+fn assert_ready(metrics: SocketAddr) {
+    let ready = common::get(metrics, "/readyz");
+    let body = String::from_utf8_lossy(&ready.body);
+    assert_eq!(ready.status, 200, "{body}");
+}
+
+#[test]
+fn readyz_and_the_metrics_follow_redis_going_and_coming_back() {
+    if !have_redis() {
+        return;
+    }
+    let mut redis = Redis::start("ready");
+    let binary = Binary::start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--redis",
+        &redis.url(),
+    ]);
+    binary.listening_addr();
+    let metrics = binary.metrics_addr();
+    // Both connections up (each logs it once).
+    for _ in 0..2 {
+        binary.wait_for_line("): connected");
+    }
+    assert_ready(metrics);
+
+    redis.kill();
+    // Said once per connection, whatever the socket reported.
+    binary.wait_for_line("retrying");
+    let ready = common::get(metrics, "/readyz");
+    assert_eq!(ready.status, 503);
+    let body = String::from_utf8(ready.body).unwrap();
+    assert!(body.starts_with("not ready: Redis unreachable"), "{body}");
+    assert_eq!(body.lines().count(), 1, "one line: {body}");
+    // Alive all the while: the loop answers.
+    assert_eq!(common::get(metrics, "/healthz").status, 200);
+
+    redis.restart();
+    wait_reconnected(&binary);
+    assert_ready(metrics);
+
+    // What /metrics says of it, read with Prometheus's parser.
+    if !common::have_parser() {
+        return;
+    }
+    let scrape = common::scrape(metrics);
+    for conn in ["commands", "subscriber"] {
+        let labels = [("conn", conn)];
+        assert_eq!(scrape.value("eddy_redis_reconnects_total", &labels), 1.0);
+        assert!(scrape.value("eddy_redis_failures_total", &labels) >= 1.0);
+    }
+    // Scripts and commands; the subscriber's may all wait for a room.
+    assert!(scrape.value("eddy_redis_commands_total", &[("conn", "commands")]) >= 1.0);
+    // The scripts loaded at each connection were answered, and timed.
+    assert!(scrape.value("eddy_redis_reply_seconds_count", &[]) >= 2.0);
 }

@@ -195,6 +195,11 @@ impl Handler {
                 assert!(!self.left, "Closing twice");
                 self.left = true;
             }
+            Report::CloseSent(code) => {
+                // Ours, so after the handler heard of the closing.
+                assert!(self.left, "close frame {code} before Closing");
+                assert!((1000..5000).contains(&code), "close code {code}");
+            }
         }
         if self.close_after != 0 && self.messages == self.close_after {
             self.close_requested = true;
@@ -265,6 +270,11 @@ impl Driver {
                         handler.report(r)
                     });
             }
+            if step == Step::Ask {
+                let (_, asked) = self.conn.probe().expect("a probe to answer");
+                let response = http::probe_response(&asked, 200, "probe", "text/plain", "ok\n".into());
+                step = self.conn.answer(response, &mut budget);
+            }
             assert!(budget <= READ_BUDGET);
             self.deliver();
             if step == Step::Stop {
@@ -281,9 +291,10 @@ impl Driver {
         let pending = self.conn.pending();
         let written = self.peer.borrow().received.len();
         let handler = &mut self.handler;
-        self.conn.flush(&mut |r| handler.report(r));
+        let flushed = self.conn.flush(&mut |r| handler.report(r));
         let now_pending = self.conn.pending();
         let now_written = self.peer.borrow().received.len();
+        assert_eq!(flushed, now_written - written, "flush says what it wrote");
         assert_eq!(
             pending - now_pending,
             now_written - written,
@@ -463,6 +474,8 @@ fuzz_target!(|data: &[u8]| {
             csp: Some("default-src 'self'".into()),
             allowed_origins: vec!["https://chat.example".into()],
             websocket_paths: vec!["/soc".into()],
+            // The metrics listener's paths too, answered as the server does.
+            probes: true,
         },
         websocket: ws::websocket_config(max_message, read_buffer),
         timeouts: std::sync::Arc::clone(&timeouts),

@@ -11,7 +11,9 @@
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use eddy::http::{MAX_HEAD_BYTES, MAX_HEADERS, Parsed, Reply, Response, Site, answer};
+use eddy::http::{
+    MAX_HEAD_BYTES, MAX_HEADERS, Parsed, Reply, Response, Site, answer, probe_response,
+};
 use eddy::templates::Assets;
 use libfuzzer_sys::fuzz_target;
 use tungstenite::Bytes;
@@ -29,6 +31,9 @@ static SITE: LazyLock<Site> = LazyLock::new(|| Site {
     csp: Some("default-src 'self'".into()),
     allowed_origins: vec!["https://chat.example".into()],
     websocket_paths: vec!["/soc".into()],
+    // The probe paths too, answered below as the server would: their
+    // responses must hold to the same rules.
+    probes: true,
 });
 
 /// A fixed clock: two answers to the same bytes must be byte-for-byte equal.
@@ -58,6 +63,10 @@ fn outcome(buf: &[u8]) -> Outcome {
             let (upgrade, r) = match reply {
                 Reply::Upgrade(r, _) => (true, r),
                 Reply::Respond(r) => (false, r),
+                Reply::Ask(_, asked) => (
+                    false,
+                    probe_response(&asked, 200, "probe", "text/plain", "ok\n".into()),
+                ),
             };
             let Response {
                 status,
@@ -185,6 +194,11 @@ fn check(buf: &[u8], got: &Outcome) {
         assert_eq!(body.len(), length, "{text:?}");
     }
     match status {
+        // A probe's answer (the server's own text, never cached).
+        200 if *why == "probe" => {
+            assert_eq!(header(text, "Cache-Control"), Some("no-store"));
+            assert!(header(text, "ETag").is_none());
+        }
         200 | 304 => {
             assert!(header(text, "ETag").is_some());
             assert_eq!(

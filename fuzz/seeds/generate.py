@@ -37,6 +37,9 @@ HTTP_HEAD = {
     "upgrade_bad_origin": upgrade("Origin: http://evil.example\r\n"),
     "upgrade_other_route": upgrade(target="/echo"),
     "room_page": b"GET /r/rust HTTP/1.1\r\nHost: h\r\n\r\n",
+    # The metrics listener's paths (the target's site has them).
+    "probes": b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\nHEAD /healthz HTTP/1.0\r\n\r\n"
+    b"GET /readyz?x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     "upgrade_bad_version": upgrade(version="8"),
     "upgrade_bad_key": upgrade(key="dGhlIHNhbXBsZSBub25jZR=="),
     "upgrade_no_connection": upgrade().replace(b"Connection: Upgrade\r\n", b""),
@@ -111,6 +114,9 @@ CONNECTION = {
     "bad_utf8": header() + UP + text(b"\xff\xfe") + text("unread"),
     "unmasked": header() + UP + frame(0x1, b"plain", mask=None),
     "reserved_bits": header(deadlines=0xff) + UP + text("x", rsv=0x40),
+    "probes_pipelined": header(end=1, chunks=(13, 0, 0))
+    + b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\nHEAD /readyz HTTP/1.1\r\nHost: h\r\n\r\n"
+    + b"GET /healthz HTTP/1.0\r\n\r\n",
     "keep_alive_split": header(end=2, chunks=(5, 9, 2), rooms=(1, 255))
     + b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /nope HTTP/1.1\r\nHost: h\r\n\r\n",
     "garbage": header(chunks=(1, 2, 3)) + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\r\n" * 3,

@@ -32,6 +32,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// A server running in a thread. Dropping it stops the loop and joins.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The metrics listener's address, if the config asked for one.
+    pub metrics: Option<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -86,10 +88,12 @@ impl TestServer {
 
     fn run(server: Server) -> TestServer {
         let addr = server.local_addr().unwrap();
+        let metrics = server.metrics_addr();
         let handle = server.handle();
         let thread = thread::spawn(move || server.run());
         TestServer {
             addr,
+            metrics,
             handle,
             thread: Some(thread),
         }
@@ -185,6 +189,13 @@ impl HttpResponse {
             n.eq_ignore_ascii_case(name).then(|| v.trim())
         })
     }
+}
+
+/// `GET path` on a fresh connection: its one response.
+pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut stream = tcp(addr);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    read_response(&mut stream, false)
 }
 
 /// Reads exactly one response (head, then `Content-Length` bytes of body;
@@ -586,6 +597,14 @@ impl Binary {
         url.trim_end_matches('/').parse().unwrap()
     }
 
+    /// Waits for the "metrics at http://ADDR/metrics" line (logged right
+    /// after the listening line) and returns ADDR.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self.wait_for_line("metrics at http://");
+        let rest = line.split("metrics at http://").nth(1).unwrap();
+        rest.split('/').next().unwrap().parse().unwrap()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our
@@ -642,4 +661,96 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Reads an exposition from stdin with `prometheus_client`'s parser (which
+/// raises on anything malformed) and prints every sample as JSON.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        samples.append({"family": family.name, "type": family.type,
+                        "name": sample.name, "labels": sample.labels,
+                        "value": sample.value})
+print(json.dumps(samples))
+"#;
+
+/// Whether Prometheus's Python parser can be run: without it, a loud
+/// notice (the caller skips), unless `CI` is set: then it fails.
+pub fn have_parser() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "CI is set but python3 cannot import prometheus_client: pip install prometheus_client"
+            );
+        }
+        eprintln!(
+            "\n*** SKIPPED: parsing /metrics needs python3 with prometheus_client \
+             (pip install prometheus_client). ***\n"
+        );
+    }
+    found
+}
+
+/// The samples of one scrape, as the parser read them.
+pub struct Scrape(pub Vec<Value>);
+
+impl Scrape {
+    /// The value of the one sample named `name` with (at least) `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<&Value> = self
+            .0
+            .iter()
+            .filter(|s| s["name"] == name)
+            .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .collect();
+        assert_eq!(matching.len(), 1, "{name} {labels:?}: {matching:?}");
+        matching[0]["value"].as_f64().unwrap()
+    }
+
+    /// The type of the family a sample named `name` is in.
+    pub fn type_of(&self, name: &str) -> &str {
+        let sample = self.0.iter().find(|s| s["name"] == name);
+        sample.unwrap_or_else(|| panic!("no {name}"))["type"]
+            .as_str()
+            .unwrap()
+    }
+}
+
+/// `GET /metrics`, parsed.
+pub fn scrape(metrics: SocketAddr) -> Scrape {
+    let response = get(metrics, "/metrics");
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let mut python = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&response.body)
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "prometheus_client refused the exposition: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&response.body)
+    );
+    Scrape(serde_json::from_slice(&output.stdout).unwrap())
 }
