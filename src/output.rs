@@ -36,9 +36,6 @@ thread_local! {
     static CORK: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(CORK_BYTES));
 }
 
-/// The most chunk slots an empty queue keeps; a larger ring is freed.
-const IDLE_CHUNKS: usize = 8;
-
 /// Bytes waiting to be written to one socket, oldest first.
 #[derive(Debug, Default)]
 pub struct OutputQueue {
@@ -139,10 +136,13 @@ impl OutputQueue {
                 Err(e) => return Err(e),
             }
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > IDLE_CHUNKS {
-            // A burst (a storm of joins) grew the ring; an idle connection
-            // should not keep it: at 10,000 clients that is most of the
-            // memory they cost.
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            // An idle connection keeps no ring. Not even a small one: a
+            // ring made in a storm of joins, kept, sits among the storm's
+            // freed frames and keeps their heap page from going back to
+            // the system (one page a connection: see `memory.rs`). The
+            // next frame makes a new one (a small allocation, from the
+            // allocator's per-thread cache).
             self.chunks = VecDeque::new();
         }
         Ok(written)
@@ -340,7 +340,7 @@ mod tests {
         let mut sink = Vec::new();
         queue.flush(&mut sink).unwrap();
         assert!(queue.is_empty());
-        assert!(queue.chunks.capacity() <= IDLE_CHUNKS);
+        assert_eq!(queue.chunks.capacity(), 0, "an idle queue keeps no ring");
         assert_eq!(sink.len(), 1000 * 13);
     }
 }

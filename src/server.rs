@@ -696,6 +696,7 @@ impl ServerState {
         let mut conn = Connection::new(id, socket, Arc::clone(&self.settings.timeouts));
         let ip = peer.ip();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        let mut refused = false;
         if metrics {
             if self.metrics_connections >= MAX_METRICS_CONNECTIONS {
                 debug!("conn {id}: metrics connection refused, {MAX_METRICS_CONNECTIONS} open");
@@ -705,7 +706,7 @@ impl ServerState {
                 ));
             }
         } else if open >= self.max_connections {
-            self.counts.refused += 1;
+            refused = true;
             debug!("conn {id}: refused, {open} connections open");
             conn.refuse(http::service_unavailable(
                 SystemTime::now(),
@@ -716,7 +717,7 @@ impl ServerState {
             .max_connections_per_ip
             .is_some_and(|max| from_ip >= max)
         {
-            self.counts.refused += 1;
+            refused = true;
             debug!("conn {id}: refused, {from_ip} connections from {ip}");
             conn.refuse(http::service_unavailable(
                 SystemTime::now(),
@@ -731,6 +732,8 @@ impl ServerState {
         *self.per_ip.entry(ip).or_insert(0) += 1;
         if metrics {
             self.metrics_connections += 1;
+        } else if refused {
+            self.counts.refused += 1;
         } else {
             self.counts.accepted += 1;
         }

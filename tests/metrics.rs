@@ -177,7 +177,8 @@ fn at_the_connection_cap_not_ready_but_still_scraped() {
     assert_eq!(response.status, 200);
     let text = String::from_utf8(response.body).unwrap();
     assert!(
-        text.contains("eddy_connections_total{result=\"refused\"} 1\n"),
+        text.contains("eddy_connections_total{result=\"refused\"} 1\n")
+            && text.contains("eddy_connections_total{result=\"accepted\"} 1\n"),
         "{text}"
     );
 }

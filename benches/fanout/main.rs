@@ -69,8 +69,9 @@
 //! fresh data directory each start, synced as named; `eddy-redis` and
 //! `eddy-redis-2workers`: Eddy on a fresh `redis-server` of its own, as one
 //! process or as `--workers 2`, its CPU and memory counted with Redis's and
-//! Redis's commands and CPU per line reported; these asked for by name
-//! only). Every other Eddy runs with `--data-dir off`.
+//! Redis's commands and CPU per line reported; `eddy-metrics`: Eddy with
+//! its metrics listener, scraped once a second while it runs; these asked
+//! for by name only). Every other Eddy runs with `--data-dir off`.
 //!
 //! `uws`, the uWebSockets peer (`benches/peers/uws/`), needs `UWS_SRC=DIR`:
 //! it is built from `DIR/uWebSockets` and `DIR/uSockets` at the commits
@@ -700,6 +701,9 @@ fn main() {
         }),
         ("eddy-redis-2workers", Kind::EddyRedis(2), || {
             Some(servers::eddy_redis(2))
+        }),
+        ("eddy-metrics", Kind::EddyMetrics, || {
+            Some(servers::eddy_metrics())
         }),
         ("tornado", Kind::Tornado, || Some(servers::tornado())),
         ("tokio", Kind::Tokio, || Some(servers::tokio())),

@@ -10,11 +10,12 @@
 //! there is dropped (with its value) and reported, so that an older build
 //! can run a scenario that sets a newer build's flags.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ pub enum Kind {
     /// every second, as the disk log's default), with this many `--workers`.
     /// Its CPU and memory are the parent's, the workers' and Redis's.
     EddyRedis(u8),
+    /// Eddy with its metrics listener (`--metrics-addr`), scraped once a
+    /// second while it runs, as Prometheus would: what metrics cost.
+    EddyMetrics,
     Tornado,
     Tokio,
     /// The uWebSockets chat (`benches/peers/uws/`), built from the sources
@@ -50,6 +54,7 @@ impl Kind {
             Kind::EddyDisk(_) => "eddy-disk-everysec",
             Kind::EddyRedis(1) => "eddy-redis",
             Kind::EddyRedis(_) => "eddy-redis-2workers",
+            Kind::EddyMetrics => "eddy-metrics",
             Kind::Tornado => "tornado",
             Kind::Tokio => "tokio-tungstenite",
             Kind::Uws => "uws",
@@ -66,14 +71,21 @@ impl Kind {
     pub fn is_eddy(self) -> bool {
         matches!(
             self,
-            Kind::Eddy | Kind::Baseline | Kind::EddyDisk(_) | Kind::EddyRedis(_)
+            Kind::Eddy
+                | Kind::Baseline
+                | Kind::EddyDisk(_)
+                | Kind::EddyRedis(_)
+                | Kind::EddyMetrics
         )
     }
 
     /// Whether it is this build of Eddy, in any of its setups (for the
     /// scenarios only Eddy has: rooms, history memory).
     pub fn is_this_eddy(self) -> bool {
-        matches!(self, Kind::Eddy | Kind::EddyDisk(_) | Kind::EddyRedis(_))
+        matches!(
+            self,
+            Kind::Eddy | Kind::EddyDisk(_) | Kind::EddyRedis(_) | Kind::EddyMetrics
+        )
     }
 
     /// Whether it has rooms as Eddy's (`/soc?room=NAME`, the welcome naming
@@ -135,6 +147,11 @@ pub fn eddy_disk(fsync: &'static str) -> Result<Recipe, String> {
     )?;
     recipe.args.extend(["--fsync".into(), fsync.into()]);
     Ok(recipe)
+}
+
+/// Eddy with its metrics listener, scraped once a second while it runs.
+pub fn eddy_metrics() -> Result<Recipe, String> {
+    eddy_build(Kind::EddyMetrics, PathBuf::from(env!("CARGO_BIN_EXE_eddy")))
 }
 
 /// Eddy on a Redis of its own with `workers` workers; skipped if there is
@@ -364,6 +381,38 @@ pub struct Running {
     redis: Option<Redis>,
     /// Its workers' pids (Eddy with `--workers`).
     workers: Vec<u32>,
+    /// Its scraper (Eddy with metrics): told to stop, and its thread.
+    scraper: Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>,
+}
+
+/// Scrapes `addr`'s `/metrics` once a second until `stop`, as Prometheus
+/// does, on a fresh connection each time; a scrape that fails is said.
+fn scrape_every_second(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut scrapes = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            // The scrape interval, not a synchronisation.
+            thread::sleep(Duration::from_secs(1));
+            let result = (|| -> std::io::Result<usize> {
+                let mut stream = std::net::TcpStream::connect(addr)?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                stream.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response)?;
+                if !response.starts_with(b"HTTP/1.1 200 ") {
+                    return Err(std::io::Error::other("not 200"));
+                }
+                Ok(response.len())
+            })();
+            match result {
+                Ok(_) => scrapes += 1,
+                Err(e) => eprintln!("  scrape of {addr} failed: {e}"),
+            }
+        }
+        eprintln!("  {scrapes} scrapes of /metrics");
+    })
 }
 
 /// A `redis-server` of the bench's own, on a free port, pinned as the
@@ -509,6 +558,14 @@ impl Recipe {
             }
             _ => None,
         };
+        let metrics_port = match self.kind {
+            Kind::EddyMetrics => {
+                let port = free_port()?;
+                command.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+                Some(port)
+            }
+            _ => None,
+        };
         match self.kind {
             Kind::Tornado | Kind::Uws => command.args(["--port", &port.to_string()]),
             _ => command.args(["--addr", &format!("127.0.0.1:{port}")]),
@@ -589,6 +646,11 @@ impl Recipe {
         }
         // Keep draining the server's output.
         thread::spawn(move || for _ in rx {});
+        let scraper = metrics_port.map(|port| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            (Arc::clone(&stop), scrape_every_second(addr, stop))
+        });
         // taskset execs the server: the pid is the server's.
         let pid = child.id();
         Ok(Running {
@@ -599,6 +661,7 @@ impl Recipe {
             data_dir,
             redis,
             workers,
+            scraper,
         })
     }
 }
@@ -632,6 +695,10 @@ impl Running {
     }
 
     fn end(&mut self) {
+        if let Some((stop, scraper)) = self.scraper.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = scraper.join();
+        }
         // SAFETY: kill(2) with our child's pid.
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
