@@ -201,6 +201,31 @@ pub enum Step {
     Ask,
 }
 
+/// A connection's stage as `/metrics` counts it (its state, coarser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Requests, or a handshake being admitted.
+    Http,
+    /// A WebSocket.
+    Open,
+    /// Closing or closed.
+    Closing,
+}
+
+impl Stage {
+    /// Every stage, in the order `/metrics` lists them.
+    pub const ALL: [Stage; 3] = [Stage::Http, Stage::Open, Stage::Closing];
+
+    /// Its label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Http => "http",
+            Stage::Open => "open",
+            Stage::Closing => "closing",
+        }
+    }
+}
+
 /// The connection's stage; see the module docs.
 enum State {
     /// Reading request heads. `buf` holds bytes read but not yet answered.
@@ -407,13 +432,12 @@ impl<S: Socket> Connection<S> {
         matches!(self.state, State::Closing)
     }
 
-    /// Its stage, for `/metrics`: `http` (requests, a handshake), `open`
-    /// (a WebSocket) or `closing`.
-    pub fn stage(&self) -> &'static str {
+    /// Its stage, for `/metrics`.
+    pub fn stage(&self) -> Stage {
         match self.state {
-            State::Http { .. } | State::Upgrading(_) | State::Asking(_) => "http",
-            State::Open(_) => "open",
-            State::Closing | State::Closed => "closing",
+            State::Http { .. } | State::Upgrading(_) | State::Asking(_) => Stage::Http,
+            State::Open(_) => Stage::Open,
+            State::Closing | State::Closed => Stage::Closing,
         }
     }
 

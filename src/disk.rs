@@ -307,7 +307,7 @@ impl DiskHistory {
                 opened.new_epochs += 1;
             }
             opened.rooms += 1;
-            opened.lines += head + 1 - log.first();
+            opened.lines += log.records();
             opened.bytes += log.bytes();
             let name: Arc<str> = room.into();
             history.cache.restore(&name, epoch.clone(), head);
@@ -722,7 +722,7 @@ impl History for DiskHistory {
         let (mut lines, mut bytes) = (0u64, 0u64);
         for room in self.rooms.values() {
             if let Some(log) = room.log.borrow().as_ref() {
-                lines += (log.last() + 1).saturating_sub(log.first());
+                lines += log.records();
                 bytes += log.bytes();
             }
         }

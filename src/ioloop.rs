@@ -460,12 +460,12 @@ impl<S: EventHandler> IoLoop<S> {
             Err(e) => return Err(e),
         }
         self.turn_began = Some(Instant::now());
-        self.events_per_turn
-            .observe(self.events.iter().count() as f64);
         // Take the events out so handlers can borrow `self` mutably; give
         // the buffer back afterwards so its allocation is reused.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut count = 0u32;
         for event in events.iter() {
+            count += 1;
             if event.token() == WAKER_TOKEN {
                 // Remote callbacks and stop requests are picked up at the
                 // start of the next turn; the wake-up itself carries nothing.
@@ -473,6 +473,7 @@ impl<S: EventHandler> IoLoop<S> {
             }
             state.ready(self, event.token(), event);
         }
+        self.events_per_turn.observe(f64::from(count));
         self.events = events;
         Ok(())
     }

@@ -1125,6 +1125,11 @@ impl Log {
         self.last
     }
 
+    /// How many records it keeps (`first()..=last()`).
+    pub fn records(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.first())
+    }
+
     /// Bytes in all segments.
     pub fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()

@@ -68,7 +68,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
 use crate::connection::{
-    Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Socket, Step, Timeouts,
+    Connection, READ_BUDGET, Report, SHUTDOWN_REASON, Settings, Socket, Stage, Step, Timeouts,
 };
 use crate::feed::{self, Feed, FeedNotice, Member, Pace, Progress};
 use crate::handler::{
@@ -227,7 +227,8 @@ impl Server {
                 websocket_paths: Vec::new(),
                 probes: true,
             },
-            ..settings.clone()
+            websocket: settings.websocket,
+            timeouts: Arc::clone(&settings.timeouts),
         };
         let metrics_addr = match &metrics_listener {
             Some(listener) => Some(listener.local_addr()?),
@@ -685,7 +686,7 @@ impl ServerState {
         if let Err(e) = socket.set_nodelay(true) {
             debug!("set_nodelay failed for {peer}: {e}");
         }
-        let open = self.connections.len();
+        let open = self.chat_connections();
         let slot = self.connections.vacant_entry();
         let key = slot.key();
         if key >= MAX_SLOTS {
@@ -1111,6 +1112,12 @@ impl ServerState {
         }
     }
 
+    /// Connections to the chat's port: the metrics listener's are not
+    /// counted against `--max-connections`.
+    fn chat_connections(&self) -> usize {
+        self.connections.len() - self.metrics_connections
+    }
+
     /// Whether the server can take clients now (`/readyz`): accepting, under
     /// its connection cap, and every handler's store within reach.
     fn readiness(&self) -> Result<(), String> {
@@ -1122,7 +1129,7 @@ impl ServerState {
                 "accepting is paused after accept errors (out of file descriptors?)".into(),
             );
         }
-        if self.connections.len() - self.metrics_connections >= self.max_connections {
+        if self.chat_connections() >= self.max_connections {
             return Err(format!("at --max-connections ({})", self.max_connections));
         }
         self.app.routes.handlers().try_for_each(|h| h.readiness())
@@ -1131,24 +1138,21 @@ impl ServerState {
     /// Writes the server's own figures: its connections and what passed
     /// through them.
     fn write_metrics(&self, out: &mut Exposition) {
-        let (mut http, mut open, mut closing, mut behind) = (0u64, 0u64, 0u64, 0u64);
+        let (mut by_stage, mut behind) = ([0u64; Stage::ALL.len()], 0u64);
         for (_, entry) in &self.connections {
             if entry.route == METRICS_ROUTE {
                 continue;
             }
-            match entry.conn.stage() {
-                "open" => open += 1,
-                "closing" => closing += 1,
-                _ => http += 1,
-            }
+            by_stage[entry.conn.stage() as usize] += 1;
             behind += u64::from(entry.feed.is_catching_up());
         }
         let counts = &self.counts;
+        let stages = Stage::ALL.map(|stage| (stage.as_str(), by_stage[stage as usize] as f64));
         out.gauge_by(
             "eddy_connections",
             "Client connections now, by stage: http (requests, a handshake), open (WebSocket), closing.",
             "stage",
-            &[("http", http as f64), ("open", open as f64), ("closing", closing as f64)],
+            &stages,
         );
         out.counter_by(
             "eddy_connections_total",

@@ -165,6 +165,12 @@ fn at_the_connection_cap_not_ready_but_still_scraped() {
         max_connections: Some(1),
         ..config()
     });
+    // A scraper's connection, held open, takes no place from the chat's.
+    let mut scraper = tcp(metrics);
+    scraper
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut scraper, false).status, 200);
     let _client = join(server.addr);
     let ready = get(metrics, "/readyz");
     assert_eq!(ready.status, 503);
