@@ -62,6 +62,7 @@ pub const USAGE: &str = "usage: eddy [--addr HOST:PORT] [--templates DIR] [--all
                          [--presence-list-up-to N] [--resume-window SECS] \
                          [--data-dir DIR|off] [--fsync always|everysec|no] \
                          [--workers N] [--redis URL] [--metrics-addr HOST:PORT] \
+                         [--tls-cert FILE --tls-key FILE] \
                          [--header-timeout SECS] [--keep-alive-timeout SECS] \
                          [--ping-interval SECS|off] [--ping-timeout SECS]";
 
@@ -134,6 +135,10 @@ Options:
                            seqs and order live there, and --data-dir is not used [default: off]
   --metrics-addr HOST:PORT Serve Prometheus metrics (/metrics) and health checks (/healthz,
                            /readyz) on this address, a listener of its own [default: off]
+  --tls-cert FILE          Serve HTTPS and wss:// on --addr with this certificate (PEM: the
+                           server's certificate, then its chain); SIGHUP reads it again.
+                           Needs --tls-key and a build with --features tls [default: off]
+  --tls-key FILE           The certificate's private key (PEM, unencrypted)
   --header-timeout SECS    Time for a request head (the WebSocket handshake included) to
                            arrive in full; then 408 and close [default: {header}]
   --keep-alive-timeout SECS
@@ -181,6 +186,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
         data_dir: Some(PathBuf::from(config::DEFAULT_DATA_DIR)),
         ..Config::default()
     };
+    let (mut tls_cert, mut tls_key) = (None, None);
     while let Some(arg) = parser.next()? {
         match arg {
             Long("addr") => addr = parser.value()?.string()?,
@@ -257,6 +263,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
                     }
                 };
             }
+            Long("tls-cert") => tls_cert = Some(PathBuf::from(parser.value()?)),
+            Long("tls-key") => tls_key = Some(PathBuf::from(parser.value()?)),
             Long("metrics-addr") => {
                 let value = parser.value()?.string()?;
                 config.metrics_addr = Some(resolve("--metrics-addr", &value)?);
@@ -302,6 +310,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             _ => return Err(arg.unexpected().into()),
         }
     }
+    config.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(config::TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err(CliError("--tls-cert needs --tls-key".into())),
+        (None, Some(_)) => return Err(CliError("--tls-key needs --tls-cert".into())),
+    };
     let addr = resolve("--addr", &addr)?;
     config.validate().map_err(|e| CliError(e.0))?;
     Ok(Command::Run {

@@ -201,6 +201,20 @@ pub struct Config {
     /// Where the metrics listener listens (`--metrics-addr`): `/metrics`,
     /// `/healthz`, `/readyz`. `None`: no such listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The certificate chain and key for HTTPS and `wss://` on the chat
+    /// port (`--tls-cert`, `--tls-key`; the `tls` feature). `None`: plain
+    /// HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the TLS certificate chain and key are (PEM files), read at startup
+/// and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate, then the chain up to (not including) the root.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    pub key: PathBuf,
 }
 
 /// The binary's `--data-dir` when none is given: relative to the working
@@ -258,6 +272,7 @@ impl Default for Config {
             redis: None,
             workers: 1,
             metrics_addr: None,
+            tls: None,
             resume_window: DEFAULT_RESUME_WINDOW,
             max_connections: None,
             max_connections_per_ip: None,
@@ -347,6 +362,12 @@ impl Config {
                  would need a metrics port of its own",
                 self.workers
             )));
+        }
+        if self.tls.is_some() && !cfg!(feature = "tls") {
+            return Err(ConfigError(
+                "--tls-cert needs an eddy built with TLS: cargo install --path . --features tls"
+                    .into(),
+            ));
         }
         for origin in &mut self.allowed_origins {
             *origin = http::normalize_origin(origin).map_err(ConfigError)?;

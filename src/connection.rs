@@ -96,16 +96,53 @@ fn queue_response(out: &mut OutputQueue, response: http::Response) {
 }
 
 /// What a socket must offer. A trait so that tests can drive a connection
-/// with a mock; the server uses `mio::net::TcpStream`.
+/// with a mock; the server uses [`crate::transport::Transport`]: TCP, or
+/// TLS over it.
+///
+/// `read` may say `Interrupted` when it took bytes off the wire that gave
+/// no plaintext yet (TLS's handshake and framing); they are counted in
+/// [`take_overhead`](Socket::take_overhead) and charged to the read budget.
 pub trait Socket: Read + Write {
-    /// Sends FIN: no more bytes from us (`shutdown(SHUT_WR)`).
-    fn shutdown_write(&self) -> io::Result<()>;
+    /// Ends our side: TLS's close_notify if any, then FIN
+    /// (`shutdown(SHUT_WR)`).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Output the socket holds that is not on the wire yet (TLS records the
+    /// kernel did not take): pending output, like the queue's. 0 for TCP.
+    fn held(&self) -> usize {
+        0
+    }
+
+    /// Writes what [`held`](Socket::held) counts, as far as the kernel takes
+    /// it. `Ok` means "no error", not "all sent".
+    fn send_held(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Bytes read off the wire since the last call that were not returned
+    /// as plaintext by `read`.
+    fn take_overhead(&mut self) -> usize {
+        0
+    }
 }
 
 impl Socket for mio::net::TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
     }
+}
+
+/// Reads from `socket` into `buf` within `budget`: charges the plaintext
+/// read and the wire's overhead (see [`Socket`]).
+pub fn read_within<S: Socket + ?Sized>(
+    socket: &mut S,
+    buf: &mut [u8],
+    budget: &mut usize,
+) -> io::Result<usize> {
+    let result = socket.read(buf);
+    let charged = result.as_ref().map_or(0, |n| *n) + socket.take_overhead();
+    *budget = budget.saturating_sub(charged);
+    result
 }
 
 /// What every connection needs from the server's configuration.
@@ -358,7 +395,7 @@ impl<S: Socket> Connection<S> {
             }
             Deadline::Ping => {
                 trace!("conn {}: ping", self.id);
-                let ahead = u32::try_from(self.out.pending()).unwrap_or(u32::MAX);
+                let ahead = u32::try_from(self.pending()).unwrap_or(u32::MAX);
                 self.out.push(ws::encode_ping_frame());
                 let pong = Deadline::Pong {
                     ahead,
@@ -448,12 +485,13 @@ impl<S: Socket> Connection<S> {
 
     /// Whether output is waiting for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty() && !self.is_closed()
+        (!self.out.is_empty() || self.socket.held() > 0) && !self.is_closed()
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written: the queue's, and what the socket
+    /// holds (TLS records).
     pub fn pending(&self) -> usize {
-        self.out.pending()
+        self.out.pending() + self.socket.held()
     }
 
     /// Whether reading stopped early and should be resumed now, by calling
@@ -462,7 +500,7 @@ impl<S: Socket> Connection<S> {
     pub fn wants_resume(&self) -> bool {
         match self.paused {
             Some(Pause::Budget) => true,
-            Some(Pause::Backlog) => self.out.pending() <= PIPELINE_PAUSE_BYTES,
+            Some(Pause::Backlog) => self.pending() <= PIPELINE_PAUSE_BYTES,
             Some(Pause::Blocked) | None => false,
         }
     }
@@ -592,7 +630,13 @@ impl<S: Socket> Connection<S> {
         if self.is_closed() {
             return 0;
         }
-        let written = match self.out.flush(&mut self.socket) {
+        // Records the socket holds go first: they come before anything
+        // still queued.
+        let sent = self
+            .socket
+            .send_held()
+            .and_then(|()| self.out.flush(&mut self.socket));
+        let written = match sent {
             Ok(n) => {
                 trace!(
                     "conn {}: wrote {n} bytes, {} pending",
@@ -621,7 +665,7 @@ impl<S: Socket> Connection<S> {
                 return 0;
             }
         };
-        if self.is_closing() && self.out.is_empty() {
+        if self.is_closing() && self.out.is_empty() && self.socket.held() == 0 {
             if !self.write_shut {
                 self.write_shut = true;
                 // ENOTCONN here means the peer already reset: nothing to shut.
@@ -727,7 +771,7 @@ impl<S: Socket> Connection<S> {
                     }
                 }
             }
-            if self.out.pending() > PIPELINE_PAUSE_BYTES {
+            if self.pending() > PIPELINE_PAUSE_BYTES {
                 self.paused = Some(Pause::Backlog);
                 return Step::Stop;
             }
@@ -737,7 +781,7 @@ impl<S: Socket> Connection<S> {
             }
             let mut chunk = [0u8; READ_CHUNK];
             let want = READ_CHUNK.min(*budget);
-            match self.socket.read(&mut chunk[..want]) {
+            match read_within(&mut self.socket, &mut chunk[..want], budget) {
                 Ok(0) => {
                     // The client half-closed. Answers already queued still go
                     // out (a client may send a request, then FIN, then read).
@@ -746,7 +790,6 @@ impl<S: Socket> Connection<S> {
                     return Step::Stop;
                 }
                 Ok(n) => {
-                    *budget -= n;
                     if let State::Http { buf } = &mut self.state {
                         if buf.is_empty() {
                             // A new request begins: its head must be
@@ -897,9 +940,9 @@ impl<S: Socket> Connection<S> {
                 return;
             }
             let want = READ_CHUNK.min(*budget);
-            match self.socket.read(&mut chunk[..want]) {
+            match read_within(&mut self.socket, &mut chunk[..want], budget) {
                 Ok(0) => self.peer_eof = true,
-                Ok(n) => *budget -= n,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.paused = Some(Pause::Blocked);
                     return;
@@ -914,7 +957,7 @@ impl<S: Socket> Connection<S> {
                 }
             }
         }
-        if self.out.is_empty() {
+        if self.out.is_empty() && self.socket.held() == 0 {
             self.state = State::Closed;
         }
     }
@@ -938,6 +981,9 @@ mod tests {
         received: Vec<u8>,
         /// How many more bytes the socket takes before WouldBlock.
         write_room: usize,
+        /// Bytes the socket holds unsent, as TLS records: sent (from
+        /// `write_room`) before anything written after them.
+        held: usize,
         write_shut: bool,
     }
 
@@ -967,7 +1013,7 @@ mod tests {
     impl Write for MockSocket {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             let mut peer = self.0.borrow_mut();
-            if peer.write_room == 0 {
+            if peer.write_room == 0 || peer.held > 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = buf.len().min(peer.write_room);
@@ -981,8 +1027,18 @@ mod tests {
     }
 
     impl Socket for MockSocket {
-        fn shutdown_write(&self) -> io::Result<()> {
+        fn shutdown_write(&mut self) -> io::Result<()> {
             self.0.borrow_mut().write_shut = true;
+            Ok(())
+        }
+        fn held(&self) -> usize {
+            self.0.borrow().held
+        }
+        fn send_held(&mut self) -> io::Result<()> {
+            let mut peer = self.0.borrow_mut();
+            let n = peer.held.min(peer.write_room);
+            peer.held -= n;
+            peer.write_room -= n;
             Ok(())
         }
     }
@@ -1097,6 +1153,36 @@ mod tests {
         assert!(first < second, "{received}");
         assert!(received.contains("\r\n\r\nPAGE"));
         assert!(!conn.is_closing(), "keep-alive");
+    }
+
+    #[test]
+    fn records_the_socket_holds_are_pending_output_and_go_before_the_fin() {
+        let (socket, mut conn) = upgraded_with_room();
+        flush(&mut conn);
+        {
+            // TLS records the kernel did not take.
+            let mut peer = socket.0.borrow_mut();
+            peer.held = 500;
+            peer.write_room = 0;
+        }
+        assert_eq!(conn.pending(), 500, "the cap sees them");
+        assert!(conn.wants_write(), "WRITABLE is wanted for them");
+        conn.close(CloseCode::Normal, "bye", &mut |_| {});
+        flush(&mut conn);
+        assert_eq!(conn.pending(), 500 + 7, "the close frame waits behind them");
+        assert!(
+            !socket.0.borrow().write_shut,
+            "no FIN while records are held"
+        );
+        socket.0.borrow_mut().write_room = 1000;
+        flush(&mut conn);
+        let peer = socket.0.borrow();
+        assert_eq!(peer.held, 0);
+        assert!(
+            peer.received.ends_with(b"\x88\x05\x03\xe8bye"),
+            "the close frame"
+        );
+        assert!(peer.write_shut, "FIN once all is out");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! 2. [`server`]: the listener and the table of connections; dispatches
 //!    readiness to connections and messages to their path's handler,
 //!    flushes, reaps. [`groups`]: who is in which group (room).
-//! 3. [`connection`]: one socket's state machine, HTTP → WebSocket → closing.
+//! 3. [`connection`]: one socket's state machine, HTTP → WebSocket → closing,
+//!    over a [`transport`]: TCP, or TLS over it (`tls`, with the feature).
 //! 4. [`http`]: pure request-head parsing and routing (httparse).
 //! 5. [`ws`]: tungstenite over an I/O adapter, limits, close codes.
 //! 6. [`output`]: the per-connection output queue and its corked flush.
@@ -66,6 +67,9 @@ pub mod resp;
 pub mod server;
 pub mod shared;
 pub mod templates;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
 pub mod workers;
 pub mod ws;
 

@@ -87,6 +87,13 @@ fn supervise(addr: std::net::SocketAddr, mut config: Config) -> ExitCode {
         eprintln!("eddy: {e}");
         return ExitCode::from(1);
     }
+    #[cfg(feature = "tls")]
+    if let Some(files) = &config.tls
+        && let Err(e) = eddy::tls::Certificates::load(&files.cert, &files.key)
+    {
+        eprintln!("eddy: {e}");
+        return ExitCode::from(1);
+    }
     let listener = match std::net::TcpListener::bind(addr)
         .and_then(|l| eddy::limits::widen_backlog(&l).map(|()| l))
     {
@@ -98,7 +105,12 @@ fn supervise(addr: std::net::SocketAddr, mut config: Config) -> ExitCode {
     };
     match listener.local_addr() {
         Ok(local) => log::info!(
-            "listening on http://{local}/ with {} workers",
+            "listening on {}://{local}/ with {} workers",
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             config.workers
         ),
         Err(e) => log::warn!("cannot read the bound address: {e}"),

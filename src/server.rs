@@ -78,6 +78,7 @@ use crate::history::{RoomHistory, Seq};
 use crate::http::Site;
 use crate::ioloop::{EventHandler, IoLoop, LoopHandle, TimeoutHandle};
 use crate::metrics::{self, Exposition, ServerCounts};
+use crate::transport::Transport;
 use crate::{http, limits, memory, templates, ws};
 
 /// The listening socket's token, outside the slab's range.
@@ -163,6 +164,16 @@ impl Server {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        #[cfg(feature = "tls")]
+        let tls = match &config.tls {
+            Some(files) => {
+                let certificates = crate::tls::Certificates::load(&files.cert, &files.key)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                info!("TLS with the certificate in {}", files.cert.display());
+                Some(certificates)
+            }
+            None => None,
+        };
         let (assets, source) = templates::load(config.templates.as_deref())?;
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
@@ -262,6 +273,8 @@ impl Server {
             shutting_down: false,
             signals: None,
             handler_timer: None,
+            #[cfg(feature = "tls")]
+            tls,
         };
         Ok(Server { ioloop, state })
     }
@@ -282,10 +295,11 @@ impl Server {
     }
 
     /// Makes SIGINT and SIGTERM start a graceful shutdown (a second one
-    /// stops at once). Signals are process-wide, so only `main` calls this;
-    /// in-process test servers are shut down through a [`ServerHandle`].
+    /// stops at once), and SIGHUP load the TLS certificate and key again.
+    /// Signals are process-wide, so only `main` calls this; in-process test
+    /// servers are shut down through a [`ServerHandle`].
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
-        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM])?;
+        let mut signals = Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
         self.ioloop
             .add_handler(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         self.state.signals = Some(signals);
@@ -294,7 +308,12 @@ impl Server {
 
     /// Runs until shut down. Returns an error only if polling itself fails.
     pub fn run(mut self) -> io::Result<()> {
-        info!("listening on http://{}/", self.state.local_addr);
+        let scheme = if self.state.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!("listening on {scheme}://{}/", self.state.local_addr);
         if let Some(addr) = self.state.metrics_addr {
             info!("metrics at http://{addr}/metrics, probes at /healthz and /readyz");
         }
@@ -363,7 +382,7 @@ impl Control for LoopHandle<ServerState> {
 /// A slot in the connection table: the connection plus the server's
 /// bookkeeping about it.
 struct Entry {
-    conn: Connection<TcpStream>,
+    conn: Connection<Transport>,
     /// The peer's address, for the per-address count.
     ip: IpAddr,
     /// The interest mio has for this socket now. Compared with what is
@@ -398,10 +417,19 @@ const METRICS_ROUTE: u16 = u16::MAX - 1;
 // connection 16 (measured at 10,000 idle connections). If this fails, an
 // idle connection has grown: make room, or say so in the README's figures.
 // Release builds only: in debug builds mio's socket carries a selector id.
-#[cfg(not(debug_assertions))]
+// With the `tls` feature a connection's [`Transport`] is an enum of the
+// socket (4 bytes) and a boxed TLS session (8), 16 bytes with its tag: the
+// entry is 200 bytes, one size class up (16 bytes a connection, measured
+// against a TLS session's several KiB).
+#[cfg(all(not(debug_assertions), not(feature = "tls")))]
 const _: () = assert!(
     std::mem::size_of::<Entry>() <= 184,
     "Entry outgrew 184 bytes"
+);
+#[cfg(all(not(debug_assertions), feature = "tls"))]
+const _: () = assert!(
+    std::mem::size_of::<Entry>() <= 200,
+    "Entry outgrew 200 bytes"
 );
 
 /// A connection seen by [`feed::catch_up`]. Its flush may find the
@@ -525,6 +553,10 @@ pub struct ServerState {
     signals: Option<Signals>,
     /// When the handlers' next [`WebSocketHandler::tick`] is due, and its timer.
     handler_timer: Option<(Instant, TimeoutHandle)>,
+    /// The certificate and key the chat port's connections get
+    /// (`--tls-cert`); `None`: plain HTTP.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Certificates>,
 }
 
 impl EventHandler for ServerState {
@@ -686,6 +718,13 @@ impl ServerState {
         if let Err(e) = socket.set_nodelay(true) {
             debug!("set_nodelay failed for {peer}: {e}");
         }
+        let socket = match self.transport(socket, metrics) {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!("cannot begin TLS with {peer}: {e}");
+                return;
+            }
+        };
         let open = self.chat_connections();
         let slot = self.connections.vacant_entry();
         let key = slot.key();
@@ -754,6 +793,20 @@ impl ServerState {
         // arms the timer for its first deadline (the request head's), which
         // must run even if the client never sends a byte.
         mark_dirty(&mut self.dirty, key, entry);
+    }
+
+    /// What a new connection speaks through: TLS on the chat port when
+    /// `--tls-cert` is given (the handshake then counts against the head
+    /// deadline, like the request head it carries); plain TCP otherwise,
+    /// and always on the metrics listener.
+    fn transport(&self, socket: TcpStream, metrics: bool) -> io::Result<Transport> {
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = self.tls.as_ref().filter(|_| !metrics) {
+            return Ok(Transport::Tls(Box::new(certificates.accept(socket)?)));
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = metrics;
+        Ok(Transport::Plain(socket))
     }
 
     /// Lets a connection read, one message at a time: after each, what the
@@ -1311,6 +1364,10 @@ impl ServerState {
         // Drain the pipe: edge-triggered, like any other source.
         let received: Vec<i32> = signals.pending().collect();
         for signal in received {
+            if signal == libc::SIGHUP {
+                self.reload_certificates();
+                continue;
+            }
             let name = if signal == libc::SIGINT {
                 "SIGINT"
             } else {
@@ -1324,6 +1381,24 @@ impl ServerState {
                 self.begin_shutdown(ioloop);
             }
         }
+    }
+
+    /// SIGHUP: loads the TLS certificate and key again (a few small files,
+    /// read on the loop: rare, and quick). Connections accepted from now on
+    /// get the new pair; open ones keep theirs. A bad new pair is logged
+    /// and the old one kept.
+    fn reload_certificates(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = &mut self.tls {
+            match certificates.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificate and key loaded again"),
+                Err(e) => {
+                    log::error!("SIGHUP: {e}; keeping the certificate and key loaded before");
+                }
+            }
+            return;
+        }
+        info!("SIGHUP: nothing to reload (no --tls-cert)");
     }
 
     /// Stops accepting, closes every connection (WebSockets with 1001), and

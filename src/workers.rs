@@ -11,7 +11,8 @@
 //! faster than once a second, so a worker that cannot start does not spin),
 //! and on SIGTERM or SIGINT passes SIGTERM on to every worker, waits for each
 //! to shut down gracefully (SIGKILL after its shutdown time and a margin),
-//! and exits. Workers are started with `std::process::Command` (a new
+//! and exits; SIGHUP it passes on as it is (each worker loads its TLS
+//! certificate again). Workers are started with `std::process::Command` (a new
 //! program, never a `fork()` of a process with threads), each in a process
 //! group of its own (a Ctrl-C reaches the parent alone; under systemd, use
 //! `KillMode=mixed`), and stop if the parent dies (`PR_SET_PDEATHSIG`).
@@ -127,7 +128,7 @@ pub fn supervise(
         command.spawn()
     };
     let mut poll = Poll::new()?;
-    let mut signals = Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])?;
+    let mut signals = Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP])?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
     let mut workers: Vec<Worker> = Vec::with_capacity(count);
@@ -193,6 +194,14 @@ pub fn supervise(
         for signal in signals.pending() {
             if signal == libc::SIGCHLD {
                 continue; // reaped below, whatever woke us
+            }
+            if signal == libc::SIGHUP {
+                // Each worker loads its TLS certificate itself.
+                info!("SIGHUP: passed on to {} workers", workers.len());
+                for child in workers.iter().filter_map(|w| w.child.as_ref()) {
+                    signal_child(child, libc::SIGHUP);
+                }
+                continue;
             }
             if stopping.is_none() {
                 info!("signal {signal}: stopping {} workers", workers.len());

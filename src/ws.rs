@@ -29,6 +29,7 @@ use tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message};
 
+use crate::connection::{Socket, read_within};
 use crate::output::OutputQueue;
 
 /// The most tungstenite may hold unwritten. It only ever writes control
@@ -172,16 +173,23 @@ pub struct Adapter<'a, S> {
     pub bounds: &'a mut FrameBounds,
 }
 
-impl<S: Read> Read for Adapter<'_, S> {
+impl<S: Socket> Read for Adapter<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if *self.budget == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
+        loop {
+            if *self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let want = buf.len().min(*self.budget);
+            match read_within(self.socket, &mut buf[..want], self.budget) {
+                Ok(n) => {
+                    self.bounds.feed(&buf[..n]);
+                    return Ok(n);
+                }
+                // Wire bytes that gave no plaintext yet (TLS): charged; on.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        let want = buf.len().min(*self.budget);
-        let n = self.socket.read(&mut buf[..want])?;
-        *self.budget -= n;
-        self.bounds.feed(&buf[..n]);
-        Ok(n)
     }
 }
 
@@ -341,6 +349,75 @@ mod tests {
             self.pos += n;
             Ok(n)
         }
+    }
+
+    impl Write for MockSocket {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            unreachable!("tungstenite writes to the queue, never the socket")
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for MockSocket {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A TLS peer sending records that decrypt to nothing, forever: every
+    /// read takes 1,000 bytes off the wire and gives no plaintext.
+    struct EmptyRecords {
+        overhead: usize,
+        reads: usize,
+    }
+
+    impl Read for EmptyRecords {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            self.overhead += 1000;
+            Err(io::ErrorKind::Interrupted.into())
+        }
+    }
+
+    impl Write for EmptyRecords {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for EmptyRecords {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn take_overhead(&mut self) -> usize {
+            std::mem::take(&mut self.overhead)
+        }
+    }
+
+    #[test]
+    fn wire_bytes_that_give_no_plaintext_spend_the_read_budget() {
+        let mut socket = EmptyRecords {
+            overhead: 0,
+            reads: 0,
+        };
+        let mut out = OutputQueue::new();
+        let mut budget = 64 * 1024;
+        let mut bounds = FrameBounds::default();
+        let mut ctx = WebSocketContext::new(Role::Server, Some(websocket_config(1024, 1024)));
+        let mut io = Adapter {
+            socket: &mut socket,
+            out: &mut out,
+            budget: &mut budget,
+            bounds: &mut bounds,
+        };
+        assert!(matches!(classify(ctx.read(&mut io)), Incoming::WouldBlock));
+        assert_eq!(budget, 0, "the budget is spent, not read around");
+        assert_eq!(socket.reads, 66, "64 KiB of empty records, then a pause");
     }
 
     fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {

@@ -694,6 +694,48 @@ fn a_hostile_redis_never_takes_the_server_down() {
     }
 }
 
+/// TLS with `--workers`: each worker loads the certificate, and a SIGHUP to
+/// the parent reaches every worker, so that every new connection, on
+/// whichever worker, gets the renewed one.
+#[cfg(feature = "tls")]
+#[test]
+fn sighup_to_the_parent_renews_every_workers_certificate() {
+    use common::pki::{Pki, tls_connect, wss_join};
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start("workers-tls");
+    let mut pki = Pki::new("workers");
+    let url = redis.url();
+    let mut args = vec!["--addr", "127.0.0.1:0", "--workers", "2", "--redis", &url];
+    let flags = pki.flags();
+    args.extend(flags.iter().map(String::as_str));
+    let mut parent = Binary::start(&args);
+    let addr = parent.listening_addr();
+    worker_pids(&parent, 2);
+    let client = pki.client();
+    let (_a, _) = wss_join(addr, &client);
+    pki.issue();
+    parent.signal(libc::SIGHUP);
+    parent.wait_for_line("SIGHUP: passed on to 2 workers");
+    let mut reloaded = Vec::new();
+    for _ in 0..2 {
+        let line = parent.wait_for_line("SIGHUP: TLS certificate and key loaded again");
+        reloaded.push(line.split("worker").nth(1).map(str::to_owned));
+    }
+    reloaded.sort();
+    reloaded.dedup();
+    assert_eq!(reloaded.len(), 2, "both workers: {reloaded:?}");
+    // Whichever worker takes them, new connections see the new certificate.
+    for _ in 0..8 {
+        let stream = tls_connect(addr, &client);
+        let presented = stream.conn.peer_certificates().unwrap()[0].to_vec();
+        assert_eq!(presented, pki.issued.to_vec());
+    }
+    parent.signal(libc::SIGTERM);
+    assert_eq!(parent.wait_exit(TIMEOUT), Some(0));
+}
+
 /// The pids of the workers the parent said it started.
 fn worker_pids(parent: &Binary, count: usize) -> Vec<u32> {
     (0..count)

@@ -16,13 +16,30 @@ use common::*;
 
 const UNIT: &str = include_str!("../contrib/eddy.service");
 
-/// The unit's `ExecStart` words, the program first.
-fn exec_start() -> Vec<&'static str> {
+/// The words of the unit's `key` line (`ExecStart`), the program first.
+fn command(key: &str) -> Vec<&'static str> {
     let line = UNIT
         .lines()
-        .find_map(|line| line.strip_prefix("ExecStart="))
-        .expect("an ExecStart line");
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("a {key} line"));
     line.split_whitespace().collect()
+}
+
+/// The unit's `ExecStart` words, the program first.
+fn exec_start() -> Vec<&'static str> {
+    command("ExecStart")
+}
+
+/// Runs the unit's `ExecReload` as systemd would for `binary`
+/// (`$MAINPID` its pid).
+fn reload(binary: &Binary) {
+    let pid = binary.pid.to_string();
+    let words: Vec<String> = command("ExecReload")
+        .iter()
+        .flat_map(|w| expand(w, &[("MAINPID", pid.as_str())]))
+        .collect();
+    let status = Command::new(&words[0]).args(&words[1..]).status().unwrap();
+    assert!(status.success(), "{words:?}");
 }
 
 /// Expands `word` as systemd does: `${NAME}` within a word, and `$NAME` as
@@ -139,7 +156,47 @@ fn the_units_command_line_serves_chat_metrics_and_stops_on_sigterm() {
         state.join("rooms").is_dir(),
         "the history is in $STATE_DIRECTORY"
     );
+    // systemctl reload: SIGHUP, which without TLS has nothing to load.
+    reload(&binary);
+    binary.wait_for_line("SIGHUP: nothing to reload (no --tls-cert)");
+    assert_room_works(addr);
     // systemctl stop: SIGTERM, then a graceful exit well within TimeoutStopSec.
+    binary.signal(libc::SIGTERM);
+    assert_eq!(binary.wait_exit(Duration::from_secs(30)), Some(0));
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// With TLS in `EDDY_FLAGS`, as the README's drop-in has it: the unit's
+/// command line serves `wss://`, and `systemctl reload` gives new
+/// connections the renewed certificate.
+#[cfg(feature = "tls")]
+#[test]
+fn the_units_command_line_serves_tls_and_reload_renews_the_certificate() {
+    use common::pki::{Pki, tls_connect, wss_join};
+    let mut pki = Pki::new("service");
+    let state = scratch("tls");
+    let flags = pki.flags().join(" ");
+    let env = [
+        ("EDDY_ADDR", "127.0.0.1:0"),
+        ("EDDY_METRICS_ADDR", "127.0.0.1:0"),
+        ("EDDY_FLAGS", flags.as_str()),
+        ("STATE_DIRECTORY", state.to_str().unwrap()),
+    ];
+    let args: Vec<String> = exec_start()[1..]
+        .iter()
+        .flat_map(|w| expand(w, &env))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut binary = Binary::start_in(&args, Some(&state));
+    let addr = binary.listening_addr();
+    let client = pki.client();
+    let (_chatting, _) = wss_join(addr, &client);
+    pki.issue();
+    reload(&binary);
+    binary.wait_for_line("SIGHUP: TLS certificate and key loaded again");
+    let stream = tls_connect(addr, &client);
+    let presented = stream.conn.peer_certificates().expect("a certificate")[0].to_vec();
+    assert_eq!(presented, pki.issued.to_vec(), "the renewed certificate");
     binary.signal(libc::SIGTERM);
     assert_eq!(binary.wait_exit(Duration::from_secs(30)), Some(0));
     let _ = std::fs::remove_dir_all(&state);

@@ -38,6 +38,21 @@
 //! fast client has had every line (the figures of the run), and, later,
 //! when every slow reader has (how long after the last line was sent is
 //! reported). Both must happen within `send_limit`.
+//!
+//! TLS (`tls`, for Eddy serving wss://): each client then has a rustls
+//! [`ClientConnection`] beside its socket, driven sans-I/O as the server
+//! drives its own: the socket is read as a plain client's is, into the
+//! loop's scratch buffer, and those bytes are handed to rustls
+//! (`read_tls` from the buffer, `process_new_packets`), whose plaintext
+//! (`reader()`) is what the frame parser sees; what the client sends is
+//! written as plaintext into rustls (`writer()`) and its records onto the
+//! socket (`write_tls`) until it would block. The upgrade request is
+//! queued at once: rustls holds it until the handshake is done. Then
+//! everything else is as over plain TCP: the same lines, the same checks.
+//! A client without TLS carries no TLS state (`None`), and pays one branch
+//! a read and a flush for it. The clients' crypto runs on the load
+//! generator's CPU, as everything of theirs does: it shows in the load
+//! generator's CPU, never in the server's.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -49,6 +64,8 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 /// Bytes of every chat line sent, unless the plan says otherwise.
 pub const LINE_BYTES: usize = 64;
@@ -122,6 +139,9 @@ pub struct Plan {
     pub slow_percent: usize,
     /// What a slow reader reads, in bytes a second, during the send phase.
     pub slow_bytes_per_s: f64,
+    /// Speak TLS with this configuration (to [`crate::pki::SERVER_NAME`]);
+    /// `None`: plain TCP.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Plan {
@@ -264,6 +284,10 @@ pub struct Outcome {
     /// client still connected): the server's memory, for the bench.
     pub idle_probe: Option<u64>,
     pub after_probe: Option<u64>,
+    /// Over TLS: the version, cipher suite and key exchange the first
+    /// client to open agreed on ("TLSv1_3, TLS13_AES_128_GCM_SHA256,
+    /// X25519").
+    pub tls: Option<String>,
 }
 
 impl Outcome {
@@ -366,6 +390,9 @@ struct Shared {
     /// Set by the coordinator: stop, whatever the state.
     stop: AtomicBool,
     tally: Mutex<Tally>,
+    /// Over TLS: what the first client to open agreed on (see
+    /// [`Outcome::tls`]).
+    tls: OnceLock<String>,
 }
 
 impl Shared {
@@ -414,6 +441,7 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u6
         done_at: Default::default(),
         stop: AtomicBool::new(false),
         tally: Mutex::new(Tally::default()),
+        tls: OnceLock::new(),
     });
     let cpu_start = own_cpu();
     let threads: Vec<_> = (0..plan.threads)
@@ -489,6 +517,7 @@ pub fn run(plan: Plan, between: impl FnOnce() -> u64, after: impl FnOnce() -> u6
     outcome.caught_up = tally.caught_up;
     outcome.foreign = tally.foreign;
     outcome.wrong_room = tally.wrong_room;
+    outcome.tls = shared.tls.get().cloned();
     outcome
 }
 
@@ -566,6 +595,9 @@ struct Client {
     /// [`FAST`] or [`SLOW`].
     pace: usize,
     stream: Option<TcpStream>,
+    /// Its TLS session over `stream`, in a run over TLS (boxed: a plain
+    /// client carries a pointer's worth, not a session's).
+    tls: Option<Box<ClientConnection>>,
     stage: Stage,
     /// Whether it failed before the send phase began: then no line was
     /// ever due to it, and none counts as lost.
@@ -672,6 +704,7 @@ impl ClientLoop {
                 room: plan.room_of(index),
                 pace: if plan.is_slow(index) { SLOW } else { FAST },
                 stream: None,
+                tls: None,
                 stage: Stage::Waiting,
                 failed_before_sending: false,
                 input: Vec::new(),
@@ -813,6 +846,17 @@ impl ClientLoop {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
+        if let Some(config) = &plan.tls {
+            // Its ClientHello is made here and waits in rustls for the
+            // socket to be writable, like the upgrade request below. This
+            // session's crypto (key exchange, certificate check, every
+            // record) runs on this thread, the load generator's CPU: not
+            // counted as the server's, shown in the load generator's.
+            let name = ServerName::try_from(crate::pki::SERVER_NAME).map_err(io::Error::other)?;
+            let session =
+                ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+            client.tls = Some(Box::new(session));
+        }
         let mut stream = TcpStream::from_std(socket.into());
         self.poll.registry().register(
             &mut stream,
@@ -844,6 +888,7 @@ impl ClientLoop {
         }
         client.stage = Stage::Done;
         client.stream = None;
+        client.tls = None;
         client.failed_before_sending = !self.shared.sending.load(Ordering::Relaxed);
         // Out of `complete` before into `failed`: the sum may lag for a
         // moment, never run ahead and end the phase early.
@@ -858,6 +903,13 @@ impl ClientLoop {
         let Some(stream) = client.stream.as_mut() else {
             return;
         };
+        if let Some(tls) = client.tls.as_deref_mut() {
+            if let Err(e) = flush_tls(tls, &mut client.output, stream) {
+                eprintln!("client {}: TLS write: {e}", client.index);
+                self.fail(i);
+            }
+            return;
+        }
         while !client.output.is_empty() {
             match stream.write(&client.output) {
                 Ok(n) => {
@@ -934,8 +986,40 @@ impl ClientLoop {
                     if sending && client.pace == FAST {
                         self.fast_bytes += n as u64;
                     }
-                    client.input.extend_from_slice(&self.scratch[..n]);
+                    let closed = match client.tls.as_deref_mut() {
+                        None => {
+                            client.input.extend_from_slice(&self.scratch[..n]);
+                            false
+                        }
+                        Some(tls) => match decrypt(tls, &self.scratch[..n], &mut client.input) {
+                            Ok(closed) => closed,
+                            Err(e) => {
+                                // A broken TLS stream, as a broken socket.
+                                eprintln!("client {}: TLS: {e}", client.index);
+                                self.fail(i);
+                                return;
+                            }
+                        },
+                    };
                     self.parse(i, now);
+                    if closed {
+                        // The server's close_notify: its end, as EOF.
+                        if self.clients[i].stage != Stage::Done
+                            && !self.shared.stop.load(Ordering::Relaxed)
+                        {
+                            self.fail(i);
+                        }
+                        return;
+                    }
+                    if self.clients[i]
+                        .tls
+                        .as_ref()
+                        .is_some_and(|tls| tls.wants_write())
+                    {
+                        // Handshake messages, or the plaintext it held
+                        // until the handshake was done.
+                        self.flush(i);
+                    }
                     if n < room {
                         // A short read emptied the socket: the next bytes
                         // raise a new edge. Reading on to `WouldBlock`
@@ -974,6 +1058,11 @@ impl ClientLoop {
             self.clients[i].stage = Stage::Open;
             self.in_flight -= 1;
             at = end + 4;
+            if let Some(tls) = self.clients[i].tls.as_deref()
+                && self.shared.tls.get().is_none()
+            {
+                let _ = self.shared.tls.set(agreed(tls));
+            }
         }
         loop {
             let input = &self.clients[i].input[at..];
@@ -1177,6 +1266,80 @@ impl ClientLoop {
         out.extend(payload.iter().enumerate().map(|(k, b)| b ^ mask[k % 4]));
         self.flush(i);
     }
+}
+
+/// Hands `wire`, bytes a TLS client read off its socket, to rustls, and
+/// appends the plaintext they decrypt to `input`. `Ok(true)`: the server
+/// closed the session (close_notify). An error is a broken stream.
+fn decrypt(tls: &mut ClientConnection, mut wire: &[u8], input: &mut Vec<u8>) -> io::Result<bool> {
+    while !wire.is_empty() {
+        // From the bytes already read, not from the socket: rustls reads
+        // 4 KiB at a time, and the socket is read once, in one system
+        // call, as a plain client's is. Each slice is processed before
+        // the next, so rustls's buffer never fills.
+        if tls.read_tls(&mut wire)? == 0 {
+            break; // after close_notify, rustls takes nothing more
+        }
+        let state = tls.process_new_packets().map_err(io::Error::other)?;
+        let plaintext = state.plaintext_bytes_to_read();
+        if plaintext > 0 {
+            let at = input.len();
+            input.resize(at + plaintext, 0);
+            tls.reader().read_exact(&mut input[at..])?;
+        }
+        if state.peer_has_closed() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Encrypts what a TLS client has queued in `output` (what rustls takes:
+/// during the handshake it holds it) and writes its records to `stream`
+/// until none is left or the socket would block; what is left waits for
+/// the next WRITABLE edge, as a plain client's output does.
+fn flush_tls(
+    tls: &mut ClientConnection,
+    output: &mut Vec<u8>,
+    stream: &mut TcpStream,
+) -> io::Result<()> {
+    loop {
+        if !output.is_empty() {
+            let n = tls.writer().write(output)?;
+            output.drain(..n);
+        }
+        if !tls.wants_write() {
+            return Ok(());
+        }
+        match tls.write_tls(stream) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a TLS client agreed on with the server, for the report.
+fn agreed(tls: &ClientConnection) -> String {
+    let version = tls
+        .protocol_version()
+        .map_or_else(|| "?".into(), |v| format!("{v:?}"));
+    let suite = tls
+        .negotiated_cipher_suite()
+        .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite()));
+    let group = tls
+        .negotiated_key_exchange_group()
+        .map_or_else(|| "?".into(), |g| format!("{:?}", g.name()));
+    format!("{version}, {suite}, {group}")
 }
 
 /// Asks the kernel to delay this socket's acknowledgements for now

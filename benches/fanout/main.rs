@@ -1,13 +1,15 @@
 //! `cargo bench`: Eddy against its peers, same load, same machine, one run.
 //!
 //! For each scenario (N clients, S senders, M lines each) and each server
-//! (Eddy; optionally an older build of Eddy; the seed's Tornado server; a
-//! tokio-tungstenite chat in the shape of that crate's own example; a
-//! uWebSockets chat, if its sources are at hand: `UWS_SRC`, below), the
-//! bench starts the server, runs the load generator ([`loadgen`]) against
-//! it, reads the server's CPU time and memory from /proc, and stops it. Each
-//! scenario is run `runs` times and the medians are reported, with ratios
-//! to Eddy, as a Markdown table and an SVG plot in `target/eddy-bench/`.
+//! (Eddy; Eddy over TLS, if the bench is built with `--features tls`:
+//! `eddy-tls`, below; optionally an older build of Eddy; the seed's Tornado
+//! server; a tokio-tungstenite chat in the shape of that crate's own
+//! example; a uWebSockets chat, if its sources are at hand: `UWS_SRC`,
+//! below), the bench starts the server, runs the load generator
+//! ([`loadgen`]) against it, reads the server's CPU time and memory from
+//! /proc, and stops it. Each scenario is run `runs` times and the medians
+//! are reported, with ratios to Eddy, as a Markdown table and an SVG plot
+//! in `target/eddy-bench/`.
 //!
 //! On a machine with two or more CPUs the server under test is pinned to
 //! CPU 0 (the tokio peer excepted: its runtime gets every CPU, as its users
@@ -63,15 +65,30 @@
 //! `EDDY_BENCH_ONLY='rooms|1,000 clients × 10 senders × 100 lines'`
 //! runs the many-rooms scenario and its single-room comparison alone.
 //! `EDDY_BENCH_RUNS` overrides the runs per scenario;
-//! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`,
-//! `eddy-before`, `tornado`, `tokio`, `uws`, and `eddy-disk-everysec`,
-//! `eddy-disk-always`, `eddy-disk-no`: Eddy with its history on disk, a
-//! fresh data directory each start, synced as named; `eddy-redis` and
-//! `eddy-redis-2workers`: Eddy on a fresh `redis-server` of its own, as one
-//! process or as `--workers 2`, its CPU and memory counted with Redis's and
-//! Redis's commands and CPU per line reported; `eddy-metrics`: Eddy with
-//! its metrics listener, scraped once a second while it runs; these asked
-//! for by name only). Every other Eddy runs with `--data-dir off`.
+//! `EDDY_BENCH_SERVERS=eddy,tokio` picks servers (of `eddy`, `eddy-tls`,
+//! `eddy-before`, `tornado`, `tokio`, `uws`: the default; and
+//! `eddy-disk-everysec`, `eddy-disk-always`, `eddy-disk-no`: Eddy with its
+//! history on disk, a fresh data directory each start, synced as named;
+//! `eddy-redis` and `eddy-redis-2workers`: Eddy on a fresh `redis-server`
+//! of its own, as one process or as `--workers 2`, its CPU and memory
+//! counted with Redis's and Redis's commands and CPU per line reported;
+//! `eddy-metrics`: Eddy with its metrics listener, scraped once a second
+//! while it runs; these asked for by name only). Every other Eddy runs with
+//! `--data-dir off`.
+//!
+//! `eddy-tls` is Eddy serving HTTPS and wss:// on its port (`--tls-cert`,
+//! `--tls-key`: a CA and a certificate for `localhost` that the bench makes
+//! with rcgen when it starts, in `target/eddy-bench/tls-<pid>/`, removed
+//! once the runs are done; [`pki`]), and every client speaking TLS to it
+//! (rustls, sans-I/O over the load generator's own sockets; [`loadgen`]),
+//! with the same protocol and the same checks as plain Eddy's. A table sets
+//! it beside plain Eddy in each scenario both ran (at 1,000 clients × 10
+//! senders, the issue's figure): deliveries/s and server CPU per delivery,
+//! the cost of encryption, and memory per connection. The clients' own
+//! crypto runs on the load generator's CPU (its column shows it) and is not
+//! counted as the server's. It needs `cargo bench --features tls` (the Eddy
+//! the bench builds has TLS only then); without it, it is reported as
+//! skipped.
 //!
 //! `uws`, the uWebSockets peer (`benches/peers/uws/`), needs `UWS_SRC=DIR`:
 //! it is built from `DIR/uWebSockets` and `DIR/uSockets` at the commits
@@ -92,6 +109,7 @@
 //! ```
 
 mod loadgen;
+mod pki;
 mod plot;
 mod proc;
 mod servers;
@@ -487,6 +505,9 @@ struct Summary {
     peak_kib: Option<f64>,
     /// Flags (with values) this build does not know and was run without.
     dropped_flags: Vec<String>,
+    /// Over TLS: what the clients and the server agreed on (the first
+    /// run's).
+    tls: Option<String>,
 }
 
 impl Summary {
@@ -664,7 +685,7 @@ fn main() {
         .and_then(|r| r.parse().ok());
     let runs = runs_asked.unwrap_or(default_runs);
     let wanted = std::env::var("EDDY_BENCH_SERVERS")
-        .unwrap_or_else(|_| "eddy,eddy-before,tornado,tokio,uws".into());
+        .unwrap_or_else(|_| "eddy,eddy-tls,eddy-before,tornado,tokio,uws".into());
 
     match eddy::limits::raise_fd_limit() {
         Ok((_, soft, hard)) => eprintln!("open-file limit {soft} (hard {hard})"),
@@ -705,6 +726,7 @@ fn main() {
         ("eddy-metrics", Kind::EddyMetrics, || {
             Some(servers::eddy_metrics())
         }),
+        ("eddy-tls", Kind::EddyTls, || Some(servers::eddy_tls())),
         ("tornado", Kind::Tornado, || Some(servers::tornado())),
         ("tokio", Kind::Tokio, || Some(servers::tokio())),
         ("uws", Kind::Uws, || Some(servers::uws())),
@@ -790,17 +812,21 @@ fn main() {
     let _ = std::fs::write(dir.join("results.md"), &report);
     let _ = std::fs::write(dir.join("fanout.svg"), plot::svg(&plot_data(&rows)));
     eprintln!("wrote {0}/results.md and {0}/fanout.svg", dir.display());
+    // The runs are done: eddy-tls's certificate and key go (before any
+    // exit below, which would skip the drop).
+    drop(recipes);
+    // Eddy must run and be right; over TLS too, where the bench has TLS
+    // (without it, eddy-tls is skipped, and that is no failure).
+    let must_pass =
+        |kind: Kind| kind == Kind::Eddy || (kind == Kind::EddyTls && cfg!(feature = "tls"));
     let broken = rows
         .iter()
-        .any(|r| r.kind == Kind::Eddy && r.result.as_ref().is_ok_and(|s| !s.faults().is_empty()));
+        .any(|r| must_pass(r.kind) && r.result.as_ref().is_ok_and(|s| !s.faults().is_empty()));
     if broken {
         eprintln!("Eddy lost, reordered, repeated or did not finish: see the table");
         std::process::exit(1);
     }
-    if rows
-        .iter()
-        .any(|r| r.kind == Kind::Eddy && r.result.is_err())
-    {
+    if rows.iter().any(|r| must_pass(r.kind) && r.result.is_err()) {
         std::process::exit(1);
     }
 }
@@ -909,6 +935,7 @@ fn measure(
             send_limit: scenario.send_limit,
             slow_percent: scenario.slow_percent,
             slow_bytes_per_s,
+            tls: recipe.tls_client(),
         };
         let mut cpu_at_send = None;
         let mut redis_at_send = None;
@@ -1036,6 +1063,7 @@ fn summarize(scenario: Scenario, runs: &[Run]) -> Summary {
         rss_after_kib: per(&|r| r.outcome.after_probe.map(|k| k as f64)),
         peak_kib: per(&|r| Some(r.peak as f64)),
         dropped_flags: Vec::new(),
+        tls: runs.iter().find_map(|r| r.outcome.tls.clone()),
     }
 }
 
@@ -1082,13 +1110,16 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
         .iter()
         .any(|r| r.kind == Kind::Baseline && r.result.is_ok());
     let uws = rows.iter().any(|r| r.kind == Kind::Uws && r.result.is_ok());
+    let tls = rows
+        .iter()
+        .any(|r| r.kind == Kind::EddyTls && r.result.is_ok());
     let _ = writeln!(
         out,
         "`EDDY_BENCH={set} cargo bench`, {date} — {machine}; medians of {runs} run(s). Eddy \
          with `--rate-limit off --ping-interval off` and `--announce-joins-up-to all`: every \
          server announces every join, except in scenarios marked (defaults), where each runs \
          with its defaults (Eddy announces joins while the room has up to 1,000 members; the \
-         peers always).{}{} {} Load generator: {threads} thread(s), acknowledgements \
+         peers always).{}{}{} {} Load generator: {threads} thread(s), acknowledgements \
          delayed.\n",
         if baseline {
             format!(
@@ -1108,14 +1139,22 @@ fn report(rows: &[Row], set: &str, runs: usize, pinned: bool, threads: usize) ->
         } else {
             String::new()
         },
+        if tls {
+            " eddy-tls: Eddy with `--tls-cert` and `--tls-key` (a certificate made by the \
+             bench), every client speaking TLS (rustls, no session resumption); the clients' \
+             crypto is the load generator's CPU, not the server's."
+        } else {
+            ""
+        },
         if pinned {
-            "Eddy (and eddy-before), Tornado and uws pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
+            "Eddy (eddy-tls and eddy-before too), Tornado and uws pinned to CPU 0, the load generator to CPU 1, the tokio peer on all CPUs."
         } else {
             "No pinning (one CPU)."
         }
     );
     fanout_table(&mut out, rows);
     rooms_table(&mut out, rows);
+    tls_table(&mut out, rows);
     slow_table(&mut out, rows);
     history_table(&mut out, rows);
     let mut notes: Vec<String> = Vec::new();
@@ -1319,6 +1358,80 @@ fn rooms_table(out: &mut String, rows: &[Row]) {
             } else {
                 format!("missed: {}", missed.join("; "))
             },
+        );
+    }
+}
+
+/// Eddy over TLS beside plain Eddy in each scenario both ran: what
+/// encryption costs the server, per delivery and per connection.
+fn tls_table(out: &mut String, rows: &[Row]) {
+    let tls: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.kind == Kind::EddyTls && !r.scenario.is_history() && r.result.is_ok())
+        .collect();
+    if tls.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n**TLS.** Eddy serving wss:// (eddy-tls: `--tls-cert`, `--tls-key`) beside plain Eddy, \
+         same scenario, same checks. ×: TLS over plain. Server CPU is Eddy's alone: the clients' \
+         TLS (handshakes, encryption, decryption) runs on the load generator's CPU, shown in its \
+         column. Memory: the server's RSS per connection over what it had before any client \
+         came, a second after the joins and at its peak.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | agreed | deliveries/s plain | TLS | × | server CPU s / M deliveries plain | TLS | × | p99 ms plain | TLS | KiB / conn 1 s after joins plain | TLS | peak KiB / conn plain | TLS | load gen CPU plain | TLS |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    for row in tls {
+        let Ok(s) = &row.result else {
+            continue;
+        };
+        let Some(plain) = eddy_summary(rows, &row.scenario) else {
+            error_row(out, row, "no plain Eddy run to compare", 14);
+            continue;
+        };
+        // A ratio only of figures above 0: CPU time comes in clock ticks.
+        let ratio = |tls: Option<f64>, plain: Option<f64>| {
+            opt(
+                tls.zip(plain.filter(|p| *p > 0.0))
+                    .filter(|(t, _)| *t > 0.0)
+                    .map(|(t, p)| t / p),
+                3,
+            )
+        };
+        let deliveries = |s: &Summary| {
+            s.deliveries_per_s
+                .map_or("–".into(), |d| thousands(d as usize))
+        };
+        let load = |s: &Summary| {
+            s.loadgen_cpu
+                .map_or("–".into(), |c| format!("{:.0} %", c * 100.0))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.scenario.name(),
+            s.tls.as_deref().unwrap_or("–"),
+            deliveries(plain),
+            deliveries(s),
+            ratio(s.deliveries_per_s, plain.deliveries_per_s),
+            opt(plain.server_cpu_s_per_million, 2),
+            opt(s.server_cpu_s_per_million, 2),
+            ratio(s.server_cpu_s_per_million, plain.server_cpu_s_per_million),
+            opt(plain.p99_ms, 2),
+            opt(s.p99_ms, 2),
+            opt(plain.settled_kib_per_conn, 2),
+            opt(s.settled_kib_per_conn, 2),
+            opt(plain.peak_kib_per_conn, 1),
+            opt(s.peak_kib_per_conn, 1),
+            load(plain),
+            load(s),
         );
     }
 }

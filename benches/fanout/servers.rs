@@ -2,8 +2,9 @@
 //! (the baseline), and its peers, each started as its own process on a free
 //! port, pinned where the plan says, and stopped with SIGTERM. A server that
 //! cannot be prepared (no Python, no network for pip, a failed build, a
-//! baseline path that is not there, no uWebSockets sources) is reported as
-//! skipped with the reason.
+//! baseline path that is not there, no uWebSockets sources, a bench built
+//! without the `tls` feature for `eddy-tls`) is reported as skipped with
+//! the reason.
 //!
 //! Eddy and the baseline get the same flags, less those a build does not
 //! know: each is asked for its `--help` once, and a flag it does not name
@@ -18,6 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+
+use crate::pki::Pki;
 
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,10 @@ pub enum Kind {
     /// Eddy with its metrics listener (`--metrics-addr`), scraped once a
     /// second while it runs, as Prometheus would: what metrics cost.
     EddyMetrics,
+    /// Eddy serving HTTPS and wss:// (`--tls-cert`, `--tls-key`: the
+    /// certificate [`crate::pki`] makes), its clients speaking TLS: what
+    /// encryption costs. Needs the `tls` feature.
+    EddyTls,
     Tornado,
     Tokio,
     /// The uWebSockets chat (`benches/peers/uws/`), built from the sources
@@ -55,6 +64,7 @@ impl Kind {
             Kind::EddyRedis(1) => "eddy-redis",
             Kind::EddyRedis(_) => "eddy-redis-2workers",
             Kind::EddyMetrics => "eddy-metrics",
+            Kind::EddyTls => "eddy-tls",
             Kind::Tornado => "tornado",
             Kind::Tokio => "tokio-tungstenite",
             Kind::Uws => "uws",
@@ -76,6 +86,7 @@ impl Kind {
                 | Kind::EddyDisk(_)
                 | Kind::EddyRedis(_)
                 | Kind::EddyMetrics
+                | Kind::EddyTls
         )
     }
 
@@ -84,7 +95,7 @@ impl Kind {
     pub fn is_this_eddy(self) -> bool {
         matches!(
             self,
-            Kind::Eddy | Kind::EddyDisk(_) | Kind::EddyRedis(_) | Kind::EddyMetrics
+            Kind::Eddy | Kind::EddyDisk(_) | Kind::EddyRedis(_) | Kind::EddyMetrics | Kind::EddyTls
         )
     }
 
@@ -104,6 +115,10 @@ pub struct Recipe {
     /// The program's `--help` (Eddy and the baseline; `None` for the
     /// peers): a flag it does not name is not passed.
     help: Option<String>,
+    /// The certificate it serves and the clients' configuration (Eddy over
+    /// TLS); shared by the recipe's clones, its files removed with the
+    /// last of them.
+    tls: Option<Arc<Pki>>,
 }
 
 /// The repository's root (benches run with the package root as cwd, but
@@ -131,6 +146,11 @@ impl Recipe {
                     .as_deref()
                     .is_some_and(|help| names_flag(help, "--max-rooms")))
     }
+
+    /// The configuration its clients speak TLS with; `None`: plain TCP.
+    pub fn tls_client(&self) -> Option<Arc<ClientConfig>> {
+        self.tls.as_ref().map(|pki| Arc::clone(&pki.client))
+    }
 }
 
 /// Eddy: the binary `cargo bench` built, every join announced (as the
@@ -152,6 +172,25 @@ pub fn eddy_disk(fsync: &'static str) -> Result<Recipe, String> {
 /// Eddy with its metrics listener, scraped once a second while it runs.
 pub fn eddy_metrics() -> Result<Recipe, String> {
     eddy_build(Kind::EddyMetrics, PathBuf::from(env!("CARGO_BIN_EXE_eddy")))
+}
+
+/// Eddy over TLS, with a certificate made for the bench ([`crate::pki`]);
+/// skipped unless the bench, and so the Eddy it built, has the `tls`
+/// feature (a build without it refuses `--tls-cert`).
+pub fn eddy_tls() -> Result<Recipe, String> {
+    if !cfg!(feature = "tls") {
+        return Err("needs `cargo bench --features tls`".into());
+    }
+    let pki = Pki::new()?;
+    let mut recipe = eddy_build(Kind::EddyTls, PathBuf::from(env!("CARGO_BIN_EXE_eddy")))?;
+    recipe.args.extend([
+        "--tls-cert".into(),
+        pki.cert.display().to_string(),
+        "--tls-key".into(),
+        pki.key.display().to_string(),
+    ]);
+    recipe.tls = Some(Arc::new(pki));
+    Ok(recipe)
 }
 
 /// Eddy on a Redis of its own with `workers` workers; skipped if there is
@@ -220,6 +259,7 @@ fn eddy_build(kind: Kind, program: PathBuf) -> Result<Recipe, String> {
         )
         .collect(),
         help: Some(help),
+        tls: None,
     })
 }
 
@@ -274,6 +314,7 @@ pub fn tornado() -> Result<Recipe, String> {
         program: python,
         args: vec![peer.join("server.py").to_string_lossy().into_owned()],
         help: None,
+        tls: None,
     })
 }
 
@@ -297,6 +338,7 @@ pub fn tokio() -> Result<Recipe, String> {
         program: target.join("release/tokio-chat"),
         args: Vec::new(),
         help: None,
+        tls: None,
     })
 }
 
@@ -353,6 +395,7 @@ pub fn uws() -> Result<Recipe, String> {
         program: out.join("uws-chat"),
         args: Vec::new(),
         help: None,
+        tls: None,
     })
 }
 

@@ -151,7 +151,7 @@ impl Write for MockSocket {
 }
 
 impl Socket for MockSocket {
-    fn shutdown_write(&self) -> io::Result<()> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
         let mut peer = self.0.borrow_mut();
         assert!(!peer.write_shut, "shutdown_write twice");
         peer.write_shut = true;

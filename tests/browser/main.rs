@@ -655,6 +655,45 @@ fn the_tutorials_own_page_still_chats_with_eddy() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The page over HTTPS: it loads, connects to `wss:` (it follows
+/// `location`), and chats with a rustls client that trusts the test's CA.
+/// Chromium does not know that CA: it runs with `--ignore-certificate-errors`
+/// (headless_chrome's default), so this checks the protocol end to end;
+/// the certificate itself is checked by the rustls clients of `tests/tls.rs`.
+#[cfg(feature = "tls")]
+#[test]
+fn the_page_chats_over_https_and_wss() {
+    use common::pki::{Pki, wss_join, wss_json};
+    let Some(chromium) = Chromium::launch("https") else {
+        return;
+    };
+    let pki = Pki::new("browser");
+    let server = TestServer::chat(eddy::Config {
+        tls: Some(eddy::config::TlsFiles {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+        }),
+        ..config()
+    });
+    let page = chromium.open(&format!("https://{}/", server.addr));
+    page.wait_for_status("open");
+    page.wait_for_row("Welcome to WebSocket");
+    assert_eq!(page.eval("location.protocol"), "https:");
+    assert_eq!(page.eval("window.isSecureContext"), true);
+
+    let (mut client, client_id) = wss_join(server.addr, &pki.client());
+    page.wait_for_row(&format!("{client_id} has joined"));
+    say(&page, "typed in a page served over TLS");
+    let line = wss_json(&mut client);
+    assert_eq!(line["message"], "typed in a page served over TLS", "{line}");
+    client
+        .send(tungstenite::Message::text("answered over wss"))
+        .unwrap();
+    let row = page.wait_for_row("answered over wss");
+    assert!(row.ends_with(&format!("who:{client_id}")), "{row}");
+    assert_eq!(page.errors(), serde_json::json!([]), "the page threw");
+}
+
 #[test]
 fn the_content_security_policy_is_in_force() {
     let Some(chromium) = Chromium::launch("csp") else {

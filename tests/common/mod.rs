@@ -4,6 +4,9 @@
 //! the test instead of hanging it; nothing sleeps to synchronise.
 #![allow(dead_code)] // each test file uses its own subset
 
+#[cfg(feature = "tls")]
+pub mod pki;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -589,10 +592,11 @@ impl Binary {
         }
     }
 
-    /// Waits for the "listening on http://ADDR/" line and returns ADDR.
+    /// Waits for the "listening on http://ADDR/" line (https with TLS)
+    /// and returns ADDR.
     pub fn listening_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("listening on http://");
-        let rest = line.split("listening on http://").nth(1).unwrap();
+        let line = self.wait_for_line("listening on http");
+        let rest = line.split("://").nth(1).unwrap();
         let url = rest.split_whitespace().next().unwrap();
         url.trim_end_matches('/').parse().unwrap()
     }
