@@ -134,7 +134,8 @@ Options:
                            (redis://[user:password@]host:port[/db]; no TLS): their history,
                            seqs and order live there, and --data-dir is not used [default: off]
   --metrics-addr HOST:PORT Serve Prometheus metrics (/metrics) and health checks (/healthz,
-                           /readyz) on this address, a listener of its own [default: off]
+                           /readyz) on this address, a listener of its own; with --workers,
+                           worker k on PORT+k (port 0: each a free port, logged) [default: off]
   --tls-cert FILE          Serve HTTPS and wss:// on --addr with this certificate (PEM: the
                            server's certificate, then its chain); SIGHUP reads it again.
                            Needs --tls-key and a build with --features tls [default: off]
@@ -569,13 +570,13 @@ mod tests {
             (
                 &[
                     "--metrics-addr",
-                    "127.0.0.1:0",
+                    "127.0.0.1:65535",
                     "--workers",
                     "2",
                     "--redis",
                     "redis://127.0.0.1:1",
                 ],
-                "not supported yet",
+                "past 65535",
             ),
             (&["--max-message-bytes", "64k"], "whole number"),
             (

@@ -199,7 +199,8 @@ pub struct Config {
     /// process alone; more need [`Config::redis`].
     pub workers: usize,
     /// Where the metrics listener listens (`--metrics-addr`): `/metrics`,
-    /// `/healthz`, `/readyz`. `None`: no such listener.
+    /// `/healthz`, `/readyz`. `None`: no such listener. With `--workers`,
+    /// each worker has its own ([`crate::workers::metrics_addr_of`]).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The certificate chain and key for HTTPS and `wss://` on the chat
     /// port (`--tls-cert`, `--tls-key`; the `tls` feature). `None`: plain
@@ -356,11 +357,15 @@ impl Config {
                 self.workers
             )));
         }
-        if self.workers > 1 && self.metrics_addr.is_some() {
+        if let Some(addr) = self.metrics_addr
+            && addr.port() != 0
+            && usize::from(addr.port()) + self.workers - 1 > usize::from(u16::MAX)
+        {
             return Err(ConfigError(format!(
-                "--metrics-addr with --workers {} is not supported yet: each worker \
-                 would need a metrics port of its own",
-                self.workers
+                "--metrics-addr {addr} with --workers {}: worker k listens on port {}+k, \
+                 past 65535",
+                self.workers,
+                addr.port()
             )));
         }
         if self.tls.is_some() && !cfg!(feature = "tls") {

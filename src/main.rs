@@ -38,6 +38,10 @@ fn main() -> ExitCode {
     if inherited.is_none() && config.workers > 1 {
         return supervise(addr, config);
     }
+    let mut config = config;
+    if let (Some(number), Some(addr)) = (workers::worker_number(), config.metrics_addr) {
+        config.metrics_addr = Some(workers::metrics_addr_of(addr, number));
+    }
     let routes = match eddy::chat::routes(&config) {
         Ok(routes) => routes,
         Err(e) => {

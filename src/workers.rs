@@ -18,7 +18,7 @@
 //! `KillMode=mixed`), and stop if the parent dies (`PR_SET_PDEATHSIG`).
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -41,6 +41,25 @@ const RESTART_EVERY: Duration = Duration::from_secs(1);
 
 /// Past a worker's own shutdown time, how long it still has before SIGKILL.
 const KILL_MARGIN: Duration = Duration::from_secs(5);
+
+/// This process's worker number, if it is a worker.
+pub fn worker_number() -> Option<usize> {
+    std::env::var(WORKER_ENV).ok()?.parse().ok()
+}
+
+/// Where worker `number`'s metrics listener listens, for `--metrics-addr
+/// addr`: each worker has its own loop, and so its own figures and its own
+/// health; a scraper lists them all as targets. Port 0 stays 0: each worker
+/// a free port, which it logs.
+pub fn metrics_addr_of(addr: SocketAddr, number: usize) -> SocketAddr {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        // `Config::validate` refuses a base port whose workers would pass 65535.
+        let port = usize::from(addr.port()) + number;
+        addr.set_port(u16::try_from(port).unwrap_or(u16::MAX));
+    }
+    addr
+}
 
 /// The listening socket a worker inherited from its parent, if this process
 /// is a worker.
@@ -258,4 +277,22 @@ fn signal_child(child: &Child, signal: libc::c_int) {
 /// How many workers `--workers 0` means: one per CPU this process may use.
 pub fn one_per_cpu() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_has_the_metrics_port_after_the_one_before() {
+        let base: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        assert_eq!(metrics_addr_of(base, 0), base);
+        assert_eq!(metrics_addr_of(base, 3).port(), 9103);
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(
+            metrics_addr_of(any, 5),
+            any,
+            "port 0: each its own free port"
+        );
+    }
 }

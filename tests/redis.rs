@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Binary, Client, TIMEOUT, enter, recv_json, recv_text, send};
+use common::{Binary, Client, TIMEOUT, enter, get, recv_json, recv_text, send};
 use serde_json::Value;
 
 /// Whether `redis-server` can be run. Without one: a loud notice and
@@ -734,6 +734,52 @@ fn sighup_to_the_parent_renews_every_workers_certificate() {
     }
     parent.signal(libc::SIGTERM);
     assert_eq!(parent.wait_exit(TIMEOUT), Some(0));
+}
+
+/// `--metrics-addr` with `--workers 2`: each worker's loop has a metrics
+/// listener of its own (port 0 here: each a free port, logged; a fixed
+/// port gives worker k PORT+k, as the unit test of `workers.rs` checks),
+/// healthy and ready, counting the connections it took.
+#[test]
+fn each_worker_serves_its_own_metrics_and_health() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start("workers-metrics");
+    let url = redis.url();
+    let parent = Binary::start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--redis",
+        &url,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let addr = parent.listening_addr();
+    let mut metrics = vec![parent.metrics_addr(), parent.metrics_addr()];
+    metrics.sort();
+    metrics.dedup();
+    assert_eq!(metrics.len(), 2, "two listeners: {metrics:?}");
+    for at in &metrics {
+        assert_eq!(get(*at, "/healthz").status, 200);
+        assert_eq!(get(*at, "/readyz").status, 200);
+    }
+    let clients: Vec<Client> = (0..8).map(|_| enter(addr, "room=m").0).collect();
+    let open: Vec<u64> = metrics
+        .iter()
+        .map(|at| {
+            let text = String::from_utf8(get(*at, "/metrics").body).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("eddy_connections{stage=\"open\"} "))
+                .unwrap_or_else(|| panic!("no open connections in {text}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(open.iter().sum::<u64>(), 8, "each counts its own: {open:?}");
+    drop(clients);
 }
 
 /// The pids of the workers the parent said it started.
