@@ -6,8 +6,9 @@
 //!
 //! 1. `epoll` reports the sender's socket readable; [`IoLoop`] calls
 //!    [`ServerState::ready`] with its token, the connection's slab slot.
-//! 2. The [`Connection`] reads until `WouldBlock`; tungstenite decodes the
-//!    frame; the connection reports [`Report::Message`].
+//! 2. The [`Connection`] reads until `WouldBlock` (through TLS, with
+//!    `--tls-cert`: [`Transport`]); tungstenite decodes the frame; the
+//!    connection reports [`Report::Message`].
 //! 3. The report reaches `on_message` of the handler the connection's path
 //!    was routed to ([`Routes`]), which serializes the JSON once; the
 //!    [`crate::Outbox`] frames it once, addressed to a group (the
@@ -419,8 +420,8 @@ const METRICS_ROUTE: u16 = u16::MAX - 1;
 // Release builds only: in debug builds mio's socket carries a selector id.
 // With the `tls` feature a connection's [`Transport`] is an enum of the
 // socket (4 bytes) and a boxed TLS session (8), 16 bytes with its tag: the
-// entry is 200 bytes, one size class up (16 bytes a connection, measured
-// against a TLS session's several KiB).
+// entry is 200 bytes, one size class up: 16 bytes a connection, where a TLS
+// session itself costs about 9 KiB (docs/performance.md, "What TLS costs").
 #[cfg(all(not(debug_assertions), not(feature = "tls")))]
 const _: () = assert!(
     std::mem::size_of::<Entry>() <= 184,
