@@ -303,6 +303,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The chat port's URL scheme, for the log: `https` with `--tls-cert`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Checks the settings against each other, and normalizes the allowed
     /// origins (lowercase, no trailing slash).
     pub fn validate(&mut self) -> Result<(), ConfigError> {

@@ -485,7 +485,7 @@ impl<S: Socket> Connection<S> {
 
     /// Whether output is waiting for the socket to become writable.
     pub fn wants_write(&self) -> bool {
-        (!self.out.is_empty() || self.socket.held() > 0) && !self.is_closed()
+        self.pending() > 0 && !self.is_closed()
     }
 
     /// Bytes queued and not yet written: the queue's, and what the socket
@@ -665,7 +665,7 @@ impl<S: Socket> Connection<S> {
                 return 0;
             }
         };
-        if self.is_closing() && self.out.is_empty() && self.socket.held() == 0 {
+        if self.is_closing() && self.pending() == 0 {
             if !self.write_shut {
                 self.write_shut = true;
                 // ENOTCONN here means the peer already reset: nothing to shut.
@@ -957,7 +957,7 @@ impl<S: Socket> Connection<S> {
                 }
             }
         }
-        if self.out.is_empty() && self.socket.held() == 0 {
+        if self.pending() == 0 {
             self.state = State::Closed;
         }
     }

@@ -110,11 +110,7 @@ fn supervise(addr: std::net::SocketAddr, mut config: Config) -> ExitCode {
     match listener.local_addr() {
         Ok(local) => log::info!(
             "listening on {}://{local}/ with {} workers",
-            if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
+            config.scheme(),
             config.workers
         ),
         Err(e) => log::warn!("cannot read the bound address: {e}"),

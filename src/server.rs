@@ -309,12 +309,11 @@ impl Server {
 
     /// Runs until shut down. Returns an error only if polling itself fails.
     pub fn run(mut self) -> io::Result<()> {
-        let scheme = if self.state.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        info!("listening on {scheme}://{}/", self.state.local_addr);
+        info!(
+            "listening on {}://{}/",
+            self.state.config.scheme(),
+            self.state.local_addr
+        );
         if let Some(addr) = self.state.metrics_addr {
             info!("metrics at http://{addr}/metrics, probes at /healthz and /readyz");
         }

@@ -203,7 +203,7 @@ pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
 
 /// Reads exactly one response (head, then `Content-Length` bytes of body;
 /// none for a HEAD request) from `stream`.
-pub fn read_response(stream: &mut TcpStream, head_request: bool) -> HttpResponse {
+pub fn read_response(stream: &mut impl Read, head_request: bool) -> HttpResponse {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

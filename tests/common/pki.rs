@@ -2,7 +2,7 @@
 //! certificates for `localhost` and 127.0.0.1 it signs, written as PEM to a
 //! temporary directory; and rustls clients that trust that CA alone.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,8 +14,6 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use tungstenite::WebSocket;
-
-use super::TIMEOUT;
 
 /// A TLS stream to the server, as a client sees it.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
@@ -145,35 +143,11 @@ pub fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream {
     stream
 }
 
-/// `GET path` over TLS; the status line and the body.
-pub fn https_get(stream: &mut TlsStream, path: &str) -> (String, Vec<u8>) {
+/// `GET path` over TLS: its one response.
+pub fn https_get(stream: &mut TlsStream, path: &str) -> super::HttpResponse {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     stream.flush().unwrap();
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let n = stream.read(&mut chunk).expect("reading the response");
-        assert!(n > 0, "EOF before the response ended: {bytes:?}");
-        bytes.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let head = &text[..end];
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if bytes.len() >= end + 4 + length {
-                let status = head.lines().next().unwrap().to_owned();
-                return (status, bytes[end + 4..end + 4 + length].to_vec());
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no whole response");
-    }
+    super::read_response(stream, false)
 }
 
 /// A chat client over `wss://localhost:PORT/soc`.
